@@ -1,0 +1,1 @@
+"""gpt2-serve: a GPT-2 inference service."""

@@ -1,0 +1,96 @@
+"""EngineCore: requests in, one step at a time: schedule -> run -> postprocess."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence as Seq
+
+from app.engine.config import EngineConfig
+from app.engine.errors import InvalidRequestError
+from app.engine.kv_cache import SlotAllocator
+from app.engine.model_runner import ModelRunner
+from app.engine.params import SamplingParams
+from app.engine.protocol import RequestOutput, StepResult, StepStats
+from app.engine.scheduler import Scheduler
+from app.engine.sequence import Sequence
+from app.engine.validation import ModelLimits, validate_request
+
+
+class EngineCore:
+    """Owns the model runner, the scheduler and the live requests. Not thread-safe."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.runner = ModelRunner(config)
+        model_cfg = self.runner.model.config
+        self.limits = ModelLimits(model_cfg.vocab_size, self.runner.max_model_len)
+        self.eos_token_id = model_cfg.eos_token_id
+        self.slots = SlotAllocator(self.runner.num_slots, self.runner.max_model_len)
+        self.scheduler = Scheduler(
+            config.max_num_seqs, config.max_num_batched_tokens, self.slots, self.eos_token_id
+        )
+        self.requests: dict[str, Sequence] = {}
+        self._aborted: list[RequestOutput] = []
+
+    def add_request(
+        self, request_id: str, prompt_ids: Seq[int], params: SamplingParams
+    ) -> None:
+        validate_request(prompt_ids, params, self.limits)
+        if request_id in self.requests:
+            raise InvalidRequestError("request_id", f"{request_id!r} is already in use")
+        seq = Sequence(request_id, list(prompt_ids), len(prompt_ids), params, time.monotonic())
+        self.requests[request_id] = seq
+        self.scheduler.add(seq)
+
+    def abort_request(self, request_id: str) -> bool:
+        """Cancel a request; its slot is free before the next step. False if it is unknown."""
+        seq = self.requests.pop(request_id, None)
+        if seq is None:
+            return False
+        self.scheduler.abort(seq)
+        self._aborted.append(_output(seq, 0))
+        return True
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.num_unfinished > 0 or bool(self._aborted)
+
+    def step(self) -> StepResult:
+        start = time.perf_counter()
+        outputs, self._aborted = self._aborted, []
+        batch = self.scheduler.schedule(time.monotonic())
+        if not batch.items:
+            return StepResult(tuple(outputs), None)
+        sampled = [seq for seq, n in batch.items if batch.samples(seq, n)]
+        num_decode = batch.num_decode
+        tokens, logprobs = self.runner.execute(batch)
+        self.scheduler.postprocess(batch, tokens)
+        for seq, lp in zip(sampled, logprobs, strict=True):
+            if lp is not None:
+                seq.logprobs.append(lp)
+            outputs.append(_output(seq, 1))
+            if seq.is_finished:
+                del self.requests[seq.request_id]
+        stats = StepStats(
+            step_seconds=time.perf_counter() - start,
+            num_decode_tokens=num_decode,
+            num_prefill_tokens=batch.num_tokens - num_decode,
+            batch_size=len(batch.items),
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            kv_slots_used=self.slots.num_used,
+            kv_slots_total=self.slots.num_slots,
+        )
+        return StepResult(tuple(outputs), stats)
+
+
+def _output(seq: Sequence, num_new: int) -> RequestOutput:
+    new_ids = seq.token_ids[seq.num_tokens - num_new :] if num_new else []
+    want_logprobs = num_new and seq.params.logprobs is not None and seq.logprobs
+    return RequestOutput(
+        request_id=seq.request_id,
+        new_token_ids=tuple(new_ids),
+        new_logprobs=tuple(seq.logprobs[-num_new:]) if want_logprobs else (),
+        finish_reason=seq.finish_reason.value if seq.finish_reason else None,
+        num_prompt_tokens=seq.num_prompt_tokens,
+        num_output_tokens=seq.num_output_tokens,
+    )

@@ -1,0 +1,125 @@
+"""Sequences -> tensors -> forward -> sampled ids. The only engine module that touches the model."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from app.engine.config import EngineConfig
+from app.engine.device import resolve_device, resolve_dtype
+from app.engine.sampler import Sampler, SamplingRow
+from app.engine.scheduler import ScheduledBatch
+from app.engine.sequence import Sequence, TokenLogprobs
+from app.model.attention import AttnBatch, DecodeRows, KVCache, PrefillChunk
+from app.model.gpt2 import GPT2
+from app.model.matmul import pick_gemm_backend
+from app.model.weights import load_gpt2, resolve_model_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepInputs:
+    input_ids: torch.Tensor  # (N,)
+    positions: torch.Tensor  # (N,)
+    attn: AttnBatch
+    sample_rows: torch.Tensor  # (M,) rows whose logits are sampled
+    sampling: list[SamplingRow]
+    sample_items: list[int]  # index into batch.items of each sampled row
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig) -> None:
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.model_dir = resolve_model_dir(config.model)
+        self.model: GPT2 = load_gpt2(self.model_dir, self.dtype, self.device)
+        mcfg = self.model.config
+        self.gemm = pick_gemm_backend(self.device, self.dtype, config.cpu_gemm)
+        self.model.set_gemm_backend(self.gemm)
+        self.max_model_len = min(config.max_model_len or mcfg.n_positions, mcfg.n_positions)
+        self.num_slots = config.max_num_seqs
+        if config.kv_cache_tokens is not None:
+            self.num_slots = min(self.num_slots, config.kv_cache_tokens // self.max_model_len)
+            if self.num_slots < 1:
+                raise ValueError(
+                    f"kv_cache_tokens={config.kv_cache_tokens} holds no full sequence of "
+                    f"max_model_len={self.max_model_len} tokens"
+                )
+        self.kv = KVCache(mcfg.n_layer, self.num_slots, mcfg.n_head, self.max_model_len,
+                          mcfg.head_dim, self.dtype, self.device)
+        self.sampler = Sampler(mcfg.vocab_size, mcfg.eos_token_id, self.device, config.seed)
+        log.info(
+            "model runner: device=%s dtype=%s gemm=%s slots=%d x %d tokens, KV %.1f MiB",
+            self.device, self.dtype, self.gemm, self.num_slots, self.max_model_len,
+            self.kv.num_bytes / 2**20,
+        )
+
+    @torch.inference_mode()
+    def execute(self, batch: ScheduledBatch) -> tuple[list[int], list[TokenLogprobs | None]]:
+        for move in batch.moves:
+            self.kv.move(move.src, move.dst, move.length)
+        inputs = self.prepare(batch)
+        hidden = self.model(inputs.input_ids, inputs.positions, inputs.attn, self.kv)
+        logits = self.model.compute_logits(hidden.index_select(0, inputs.sample_rows))
+        chosen, logprobs = self.sampler(logits, inputs.sampling)
+        # Hand results back in batch.items order, which is what the scheduler walks.
+        order = sorted(range(len(inputs.sample_items)), key=inputs.sample_items.__getitem__)
+        tokens = chosen.tolist()
+        return [tokens[i] for i in order], [logprobs[i] for i in order]
+
+    def prepare(self, batch: ScheduledBatch) -> StepInputs:
+        """Flatten the step: single-token rows first (decode attention), then prefill chunks."""
+        order = sorted(range(len(batch.items)), key=lambda i: batch.items[i][1] > 1)
+        singles = [batch.items[i][0] for i in order if batch.items[i][1] == 1]
+        chunks = [batch.items[i] for i in order if batch.items[i][1] > 1]
+        ids: list[int] = []
+        positions: list[int] = []
+        sample_rows: list[int] = []
+        sampling: list[SamplingRow] = []
+        sample_items: list[int] = []
+        for item in order:
+            seq, n = batch.items[item]
+            if batch.samples(seq, n):
+                sample_rows.append(len(ids) + n - 1)
+                sampling.append(SamplingRow(seq.params, seq.token_ids, seq.num_prompt_tokens))
+                sample_items.append(item)
+            ids.extend(seq.token_ids[seq.num_computed : seq.num_computed + n])
+            positions.extend(range(seq.num_computed, seq.num_computed + n))
+        attn = AttnBatch(
+            num_decode=len(singles),
+            decode=self._decode_rows(singles) if singles else None,
+            prefills=[PrefillChunk(s.slot or 0, s.num_computed, n) for s, n in chunks],
+        )
+        return StepInputs(
+            input_ids=self._tensor(ids),
+            positions=self._tensor(positions),
+            attn=attn,
+            sample_rows=self._tensor(sample_rows),
+            sampling=sampling,
+            sample_items=sample_items,
+        )
+
+    def _decode_rows(self, singles: list[Sequence]) -> DecodeRows:
+        slots = [s.slot or 0 for s in singles]
+        pos = [s.num_computed for s in singles]
+        span = max(slots) + 1
+        # Context length per slot in [0, span); slots not decoding get 1 so softmax stays finite.
+        lengths = [1] * span
+        for slot, p in zip(slots, pos, strict=True):
+            lengths[slot] = p + 1
+        max_len = max(lengths)
+        mask = torch.arange(max_len, device=self.device) < self._tensor(lengths).unsqueeze(1)
+        return DecodeRows(
+            slots=self._tensor(slots),
+            positions=self._tensor(pos),
+            span=span,
+            max_len=max_len,
+            mask=mask.view(span, 1, 1, max_len),
+            rows_are_span=slots == list(range(span)),
+        )
+
+    def _tensor(self, values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=self.device)

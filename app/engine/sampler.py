@@ -1,0 +1,145 @@
+"""Batched sampling: penalties, temperature, top-k / top-p / min-p, per-request seeds, logprobs.
+
+Sampling uses the exponential race (argmax of probs / E, E ~ Exp(1)), which draws from probs
+without torch.multinomial, so nothing here waits on the device. Each stage runs only when some
+row of the batch asks for it. A seeded row draws its noise from a generator keyed by
+(seed, output index) alone, so its tokens do not depend on who else is in the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from app.engine.params import SamplingParams
+from app.engine.sequence import TokenLogprobs
+
+
+@dataclass(frozen=True)
+class SamplingRow:
+    params: SamplingParams
+    token_ids: list[int]  # prompt + output so far (penalties read it)
+    num_prompt_tokens: int
+
+
+class Sampler:
+    def __init__(self, vocab_size: int, eos_token_id: int, device: torch.device, seed: int) -> None:
+        self.vocab_size = vocab_size
+        self.eos_token_id = eos_token_id
+        self.device = device
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+
+    def __call__(
+        self, logits: torch.Tensor, rows: list[SamplingRow]
+    ) -> tuple[torch.Tensor, list[TokenLogprobs | None]]:
+        """logits (M, V) -> chosen ids (M,) and, for rows that asked, their logprobs."""
+        logits = logits.float()
+        raw = logits
+        logits = self._apply_penalties_and_masks(logits.clone(), rows)
+        greedy = logits.argmax(dim=-1)
+        if all(r.params.is_greedy for r in rows):
+            chosen = greedy
+        else:
+            sampled = self._sample(logits, rows)
+            is_greedy = torch.tensor([r.params.is_greedy for r in rows], device=logits.device)
+            chosen = torch.where(is_greedy, greedy, sampled)
+        return chosen, self._logprobs(raw, chosen, rows)
+
+    def _apply_penalties_and_masks(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        for i, r in enumerate(rows):
+            p = r.params
+            if p.has_penalties:
+                logits[i] = self._penalize(logits[i], r)
+            if p.logit_bias:
+                ids = torch.tensor(list(p.logit_bias), device=logits.device)
+                bias = torch.tensor(list(p.logit_bias.values()), device=logits.device)
+                logits[i].index_add_(0, ids, bias)
+            if len(r.token_ids) - r.num_prompt_tokens < p.min_tokens:
+                banned = list(p.stop_token_ids)
+                if not p.ignore_eos:
+                    banned.append(self.eos_token_id)
+                logits[i, banned] = float("-inf")
+        return logits
+
+    def _penalize(self, row: torch.Tensor, r: SamplingRow) -> torch.Tensor:
+        p = r.params
+        ids = torch.tensor(r.token_ids, device=row.device)
+        if p.repetition_penalty != 1.0:  # HF: shrink seen tokens' logits toward "less likely"
+            seen = torch.zeros_like(row, dtype=torch.bool).index_fill_(0, ids, True)
+            scaled = torch.where(row > 0, row / p.repetition_penalty, row * p.repetition_penalty)
+            row = torch.where(seen, scaled, row)
+        if p.presence_penalty or p.frequency_penalty:  # OpenAI: over generated tokens only
+            counts = torch.bincount(ids[r.num_prompt_tokens :], minlength=self.vocab_size)
+            counts = counts[: self.vocab_size].to(row.dtype)
+            row = row - p.frequency_penalty * counts - p.presence_penalty * (counts > 0).to(row.dtype)
+        return row
+
+    def _sample(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        temps = torch.tensor(
+            [r.params.temperature if not r.params.is_greedy else 1.0 for r in rows],
+            device=logits.device,
+        )
+        logits = logits / temps.unsqueeze(1)
+        if any(0 < r.params.top_k < self.vocab_size for r in rows):
+            logits = self._top_k(logits, [r.params.top_k for r in rows])
+        probs = logits.softmax(dim=-1)
+        if any(r.params.top_p < 1.0 for r in rows):
+            probs = self._top_p(probs, [r.params.top_p for r in rows])
+        if any(r.params.min_p > 0.0 for r in rows):
+            min_p = torch.tensor([r.params.min_p for r in rows], device=probs.device)
+            floor = probs.amax(dim=-1, keepdim=True) * min_p.unsqueeze(1)
+            probs = probs.masked_fill(probs < floor, 0.0)
+        return (probs / self._exponential_noise(rows)).argmax(dim=-1)
+
+    def _top_k(self, logits: torch.Tensor, ks: list[int]) -> torch.Tensor:
+        k_max = max(k for k in ks if 0 < k < self.vocab_size)
+        top = logits.topk(k_max, dim=-1).values  # (M, k_max), descending
+        k_index = torch.tensor(
+            [min(k, k_max) - 1 if 0 < k < self.vocab_size else k_max - 1 for k in ks],
+            device=logits.device,
+        )
+        kth = top.gather(1, k_index.unsqueeze(1))
+        off = torch.tensor([not 0 < k < self.vocab_size for k in ks], device=logits.device)
+        return logits.masked_fill((logits < kth) & ~off.unsqueeze(1), float("-inf"))
+
+    @staticmethod
+    def _top_p(probs: torch.Tensor, ps: list[float]) -> torch.Tensor:
+        top_p = torch.tensor(ps, device=probs.device).unsqueeze(1)
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # Drop a token when the tokens ranked above it already reach top_p; the first always stays.
+        drop_sorted = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
+        return probs.masked_fill(drop, 0.0)
+
+    def _exponential_noise(self, rows: list[SamplingRow]) -> torch.Tensor:
+        noise = torch.empty((len(rows), self.vocab_size), device=self.device)
+        noise.exponential_(generator=self.generator)
+        for i, r in enumerate(rows):
+            if r.params.seed is not None:
+                step = len(r.token_ids) - r.num_prompt_tokens
+                g = torch.Generator(device=self.device)
+                g.manual_seed((r.params.seed * 1_000_003 + step) % 2**63)
+                noise[i].exponential_(generator=g)
+        return noise.clamp_(min=1e-20)
+
+    @staticmethod
+    def _logprobs(
+        raw: torch.Tensor, chosen: torch.Tensor, rows: list[SamplingRow]
+    ) -> list[TokenLogprobs | None]:
+        wanted = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
+        result: list[TokenLogprobs | None] = [None] * len(rows)
+        if not wanted:
+            return result
+        index = torch.tensor(wanted, device=raw.device)
+        logp = raw.index_select(0, index).log_softmax(dim=-1)
+        chosen_logp = logp.gather(1, chosen.index_select(0, index).unsqueeze(1)).squeeze(1)
+        k_max = max(rows[i].params.logprobs or 0 for i in wanted)
+        top_vals, top_ids = logp.topk(k_max, dim=-1) if k_max else (logp[:, :0], logp[:, :0])
+        chosen_list, vals, ids = chosen_logp.tolist(), top_vals.tolist(), top_ids.tolist()
+        for j, i in enumerate(wanted):
+            k = rows[i].params.logprobs or 0
+            top = tuple(zip((int(t) for t in ids[j][:k]), vals[j][:k], strict=True))
+            result[i] = TokenLogprobs(int(chosen[i]), chosen_list[j], top)
+        return result

@@ -1,0 +1,92 @@
+"""Load a Hugging Face GPT-2 checkpoint (local directory or hub id) into app.model.GPT2.
+
+Checkpoint names map one to one onto ours once the optional 'transformer.' prefix is dropped;
+HF's Conv1D already stores weights as [in, out], so nothing is transposed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from app.model.gpt2 import GPT2, GPT2Config
+
+log = logging.getLogger(__name__)
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# Buffers some checkpoints carry (the causal mask) that the model computes itself; lm_head is tied.
+IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "lm_head.weight")
+
+
+class ModelNotFoundError(RuntimeError):
+    """The model is neither a local directory nor reachable on the hub."""
+
+
+def resolve_model_dir(model: str) -> Path:
+    """A local directory as is; otherwise a hub id, fetched or found in the local HF cache."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ModelNotFoundError(f"--model {model!r} is a file; pass the checkpoint's directory")
+    try:
+        from huggingface_hub import snapshot_download
+
+        patterns = ["*.json", "*.txt", "*.safetensors", "pytorch_model.bin"]
+        return Path(snapshot_download(repo_id=model, allow_patterns=patterns))
+    except Exception as exc:  # offline, unknown id, gated repo, ...
+        raise ModelNotFoundError(
+            f"model {model!r} is not a local directory and could not be fetched from the "
+            f"Hugging Face Hub ({type(exc).__name__}). Download it on a machine with network "
+            f"access (e.g. `huggingface-cli download {model} --local-dir ./{Path(model).name}`) "
+            f"and pass that directory: --model ./{Path(model).name} (or GPT2_MODEL=...)."
+        ) from exc
+
+
+def read_config(model_dir: Path) -> GPT2Config:
+    with open(model_dir / "config.json") as f:
+        return GPT2Config.from_hf(json.load(f))
+
+
+def load_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
+    for name in WEIGHT_FILES:
+        file = model_dir / name
+        if not file.exists():
+            continue
+        if name.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            raw = load_file(str(file))
+        else:
+            raw = torch.load(file, map_location="cpu", weights_only=True)
+        return {
+            k.removeprefix("transformer."): v
+            for k, v in raw.items()
+            if not k.endswith(IGNORED_SUFFIXES)
+        }
+    raise ModelNotFoundError(f"no {' or '.join(WEIGHT_FILES)} in {model_dir}")
+
+
+def load_gpt2(model_dir: Path, dtype: torch.dtype, device: torch.device) -> GPT2:
+    """Build GPT2 from a checkpoint directory; every parameter must be present, none extra."""
+    cfg = read_config(model_dir)
+    with torch.device("meta"):
+        model = GPT2(cfg)
+    state = load_state_dict(model_dir)
+    expected = set(model.state_dict())
+    missing, unexpected = expected - set(state), set(state) - expected
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {model_dir} does not match GPT-2: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
+    state = {k: v.to(dtype=dtype) for k, v in state.items()}
+    model.load_state_dict(state, assign=True)
+    model = model.to(device)
+    model.eval()
+    log.info("loaded GPT-2 %s: %d layers, %d dims, %d heads", model_dir, cfg.n_layer,
+             cfg.n_embd, cfg.n_head)
+    return model

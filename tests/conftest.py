@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from transformers import GPT2LMHeadModel
+
+from app.engine import EngineConfig
+from app.engine.llm import LLM
+from tests.checkpoints import make_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("tiny-gpt2")
+    make_checkpoint(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def hf_model(tiny_model_dir: Path) -> GPT2LMHeadModel:
+    return GPT2LMHeadModel.from_pretrained(tiny_model_dir).eval()
+
+
+@pytest.fixture
+def make_llm(tiny_model_dir: Path) -> Iterator[object]:
+    def factory(**overrides: object) -> LLM:
+        config = EngineConfig(model=str(tiny_model_dir), device="cpu", **overrides)  # type: ignore[arg-type]
+        return LLM(config)
+
+    yield factory
