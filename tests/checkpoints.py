@@ -38,6 +38,9 @@ def make_checkpoint(
     )
     model = GPT2LMHeadModel(config).eval()
     directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory, safe_serialization=safe_serialization)
+    model.save_pretrained(directory)
+    if not safe_serialization:  # transformers 5 writes safetensors only; make the legacy format
+        (directory / "model.safetensors").unlink()
+        torch.save(model.state_dict(), directory / "pytorch_model.bin")
     write_tokenizer(directory)
     return model

@@ -19,7 +19,7 @@ class EngineConfig:
     # Tokens one step may process (decode tokens + prefill chunks): bounds a step's latency.
     max_num_batched_tokens: int = 512
     seed: int = 0  # engine RNG for requests that give no seed
-    cpu_gemm: str = "auto"  # auto | torch | numpy (see app/model/matmul.py)
+    cpu_gemm: str = "auto"  # auto | torch | onednn (see app/model/matmul.py)
     cuda_graphs: bool = True
     cuda_graph_batch_sizes: tuple[int, ...] = field(default=(1, 2, 4, 8, 16, 24, 32, 48, 64))
 
@@ -38,4 +38,6 @@ class EngineConfig:
                     "can decode each step)"
                 )
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {self.dtype!r}")
+            raise ValueError(
+                f"dtype must be auto, float32, bfloat16 or float16, not {self.dtype!r}"
+            )

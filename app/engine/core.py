@@ -32,9 +32,7 @@ class EngineCore:
         self.requests: dict[str, Sequence] = {}
         self._aborted: list[RequestOutput] = []
 
-    def add_request(
-        self, request_id: str, prompt_ids: Seq[int], params: SamplingParams
-    ) -> None:
+    def add_request(self, request_id: str, prompt_ids: Seq[int], params: SamplingParams) -> None:
         validate_request(prompt_ids, params, self.limits)
         if request_id in self.requests:
             raise InvalidRequestError("request_id", f"{request_id!r} is already in use")

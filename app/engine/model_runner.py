@@ -37,8 +37,8 @@ class ModelRunner:
         self.model_dir = resolve_model_dir(config.model)
         self.model: GPT2 = load_gpt2(self.model_dir, self.dtype, self.device)
         mcfg = self.model.config
-        self.gemm = pick_gemm_backend(self.device, self.dtype, config.cpu_gemm)
-        self.model.set_gemm_backend(self.gemm)
+        wanted = pick_gemm_backend(self.device, self.dtype, config.cpu_gemm)
+        self.gemm = self.model.set_gemm_backend(wanted, batch_hint=config.max_num_seqs)
         self.max_model_len = min(config.max_model_len or mcfg.n_positions, mcfg.n_positions)
         self.num_slots = config.max_num_seqs
         if config.kv_cache_tokens is not None:
@@ -48,12 +48,23 @@ class ModelRunner:
                     f"kv_cache_tokens={config.kv_cache_tokens} holds no full sequence of "
                     f"max_model_len={self.max_model_len} tokens"
                 )
-        self.kv = KVCache(mcfg.n_layer, self.num_slots, mcfg.n_head, self.max_model_len,
-                          mcfg.head_dim, self.dtype, self.device)
+        self.kv = KVCache(
+            mcfg.n_layer,
+            self.num_slots,
+            mcfg.n_head,
+            self.max_model_len,
+            mcfg.head_dim,
+            self.dtype,
+            self.device,
+        )
         self.sampler = Sampler(mcfg.vocab_size, mcfg.eos_token_id, self.device, config.seed)
         log.info(
             "model runner: device=%s dtype=%s gemm=%s slots=%d x %d tokens, KV %.1f MiB",
-            self.device, self.dtype, self.gemm, self.num_slots, self.max_model_len,
+            self.device,
+            self.dtype,
+            self.gemm,
+            self.num_slots,
+            self.max_model_len,
             self.kv.num_bytes / 2**20,
         )
 
@@ -111,13 +122,15 @@ class ModelRunner:
         for slot, p in zip(slots, pos, strict=True):
             lengths[slot] = p + 1
         max_len = max(lengths)
-        mask = torch.arange(max_len, device=self.device) < self._tensor(lengths).unsqueeze(1)
+        visible = torch.arange(max_len, device=self.device) < self._tensor(lengths).unsqueeze(1)
+        bias = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
+        bias.masked_fill_(~visible, float("-inf"))
         return DecodeRows(
             slots=self._tensor(slots),
             positions=self._tensor(pos),
             span=span,
             max_len=max_len,
-            mask=mask.view(span, 1, 1, max_len),
+            bias=bias.view(span, 1, 1, max_len),
             rows_are_span=slots == list(range(span)),
         )
 

@@ -37,8 +37,11 @@ class SamplingParams:
             ("repetition_penalty", 0.0 < self.repetition_penalty <= 10.0, "must be in (0, 10]"),
             ("presence_penalty", -2.0 <= self.presence_penalty <= 2.0, "must be in [-2, 2]"),
             ("frequency_penalty", -2.0 <= self.frequency_penalty <= 2.0, "must be in [-2, 2]"),
-            ("logprobs", self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
-             f"must be in [0, {MAX_LOGPROBS}]"),
+            (
+                "logprobs",
+                self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
+                f"must be in [0, {MAX_LOGPROBS}]",
+            ),
         ]
         for name, ok, rule in limits:
             if not ok:
@@ -47,7 +50,9 @@ class SamplingParams:
             raise InvalidRequestError("seed", f"must be in [0, 2**63), got {self.seed}")
         for token_id, bias in self.logit_bias.items():
             if not -100.0 <= bias <= 100.0:
-                raise InvalidRequestError("logit_bias", f"bias for {token_id} must be in [-100, 100]")
+                raise InvalidRequestError(
+                    "logit_bias", f"bias for {token_id} must be in [-100, 100]"
+                )
 
     @property
     def is_greedy(self) -> bool:

@@ -47,7 +47,9 @@ class Sampler:
             chosen = torch.where(is_greedy, greedy, sampled)
         return chosen, self._logprobs(raw, chosen, rows)
 
-    def _apply_penalties_and_masks(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    def _apply_penalties_and_masks(
+        self, logits: torch.Tensor, rows: list[SamplingRow]
+    ) -> torch.Tensor:
         for i, r in enumerate(rows):
             p = r.params
             if p.has_penalties:
@@ -73,7 +75,9 @@ class Sampler:
         if p.presence_penalty or p.frequency_penalty:  # OpenAI: over generated tokens only
             counts = torch.bincount(ids[r.num_prompt_tokens :], minlength=self.vocab_size)
             counts = counts[: self.vocab_size].to(row.dtype)
-            row = row - p.frequency_penalty * counts - p.presence_penalty * (counts > 0).to(row.dtype)
+            row = (
+                row - p.frequency_penalty * counts - p.presence_penalty * (counts > 0).to(row.dtype)
+            )
         return row
 
     def _sample(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:

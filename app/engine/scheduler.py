@@ -113,8 +113,11 @@ class Scheduler:
             if reason is not None:
                 seq.status = Status.FINISHED
                 seq.finish_reason = reason
-                self._release(seq)
                 finished.append(seq)
+        # Release only now: a release may move another sequence's cache, and the move must
+        # cover every position this step wrote for it.
+        for seq in finished:
+            self._release(seq)
         return finished
 
     def _finish_reason(self, seq: Sequence, token: int) -> FinishReason | None:

@@ -15,7 +15,9 @@ class ModelLimits:
     max_model_len: int  # context window of one sequence
 
 
-def validate_request(prompt_ids: Sequence[int], params: SamplingParams, limits: ModelLimits) -> None:
+def validate_request(
+    prompt_ids: Sequence[int], params: SamplingParams, limits: ModelLimits
+) -> None:
     if not prompt_ids:
         raise InvalidRequestError("prompt", "must contain at least one token")
     _check_ids("prompt", prompt_ids, limits.vocab_size)

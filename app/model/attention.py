@@ -24,7 +24,7 @@ class DecodeRows:
     positions: torch.Tensor  # (n,) long: position of each row's token
     span: int  # attention covers cache slots [0, span)
     max_len: int  # longest context among the rows (max position + 1)
-    mask: torch.Tensor  # (span, 1, 1, max_len) bool: True where slot s may attend
+    bias: torch.Tensor  # (span, 1, 1, max_len) float: 0 where slot s may attend, -inf elsewhere
     rows_are_span: bool  # row i is slot i for all i < span: no scatter/gather needed
 
 
@@ -47,7 +47,7 @@ class AttnBatch:
 
 
 class KVCache:
-    """Keys and values for every layer, allocated once: (layers, slots, heads, max_len, head_dim)."""
+    """Every layer's keys and values, allocated once: (layers, slots, heads, len, head_dim)."""
 
     def __init__(
         self,
@@ -113,8 +113,11 @@ def _attend_decode(
         q_span[d.slots] = q
     keys = cache_k[: d.span, :, : d.max_len]  # (span, H, L, D), a view
     values = cache_v[: d.span, :, : d.max_len]
-    o = F.scaled_dot_product_attention(q_span.unsqueeze(2), keys, values, attn_mask=d.mask)
-    o = o.squeeze(2)  # (span, H, D)
+    # Two batched mat-vec products: for one query row this ran faster on CPU than SDPA's
+    # flash kernel, and the additive mask is built once per step rather than once per layer.
+    scores = torch.matmul(q_span.unsqueeze(2), keys.transpose(-1, -2))  # (span, H, 1, L)
+    scores = scores.mul_(q.shape[-1] ** -0.5).add_(d.bias)
+    o = torch.matmul(scores.softmax(dim=-1), values).squeeze(2)  # (span, H, D)
     return o if d.rows_are_span else o[d.slots]
 
 

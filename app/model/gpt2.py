@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from app.model.attention import AttnBatch, KVCache, attend
-from app.model.matmul import Conv1D, GemmBackend, numpy_mm
+from app.model.matmul import Conv1D, GemmBackend, onednn_linear, pack_linear_weight
 
 
 @dataclass(frozen=True)
@@ -71,11 +71,11 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: GPT2Config) -> None:
         super().__init__()
-        self.c_fc = Conv1D(cfg.n_embd, 4 * cfg.n_embd)
+        self.c_fc = Conv1D(cfg.n_embd, 4 * cfg.n_embd, activation="gelu_tanh")
         self.c_proj = Conv1D(4 * cfg.n_embd, cfg.n_embd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+        return self.c_proj(self.c_fc(x))
 
 
 class Block(nn.Module):
@@ -104,14 +104,19 @@ class GPT2(nn.Module):
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
         self.requires_grad_(False)
-        self._lm_head_t: torch.Tensor | None = None  # (C, V) copy of wte for the numpy GEMM
+        self._lm_head_packed: torch.Tensor | None = None  # oneDNN layout of wte, when enabled
 
-    def set_gemm_backend(self, backend: GemmBackend) -> None:
-        for module in self.modules():
-            if isinstance(module, Conv1D):
-                module.backend = backend
-        # numpy wants the (C, V) operand contiguous; torch reads wte transposed in place.
-        self._lm_head_t = self.wte.weight.t().contiguous() if backend == "numpy" else None
+    def set_gemm_backend(self, backend: GemmBackend, batch_hint: int = 32) -> GemmBackend:
+        """Switch every GEMM to `backend`; returns the backend actually in use."""
+        layers = [m for m in self.modules() if isinstance(m, Conv1D)]
+        if backend == "onednn":
+            self._lm_head_packed = pack_linear_weight(self.wte.weight, batch_hint)
+            if self._lm_head_packed is not None and all(m.use_onednn(batch_hint) for m in layers):
+                return "onednn"
+        for m in layers:
+            m._packed = None
+        self._lm_head_packed = None
+        return "torch"
 
     def forward(
         self,
@@ -129,6 +134,6 @@ class GPT2(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(M, C) hidden states -> (M, V) logits."""
         x = self.ln_f(hidden)
-        if self._lm_head_t is not None:
-            return numpy_mm(x, self._lm_head_t)
+        if self._lm_head_packed is not None:
+            return onednn_linear(x, self._lm_head_packed, None, "none")
         return F.linear(x, self.wte.weight)

@@ -87,6 +87,11 @@ def load_gpt2(model_dir: Path, dtype: torch.dtype, device: torch.device) -> GPT2
     model.load_state_dict(state, assign=True)
     model = model.to(device)
     model.eval()
-    log.info("loaded GPT-2 %s: %d layers, %d dims, %d heads", model_dir, cfg.n_layer,
-             cfg.n_embd, cfg.n_head)
+    log.info(
+        "loaded GPT-2 %s: %d layers, %d dims, %d heads",
+        model_dir,
+        cfg.n_layer,
+        cfg.n_embd,
+        cfg.n_head,
+    )
     return model

@@ -1,0 +1,104 @@
+"""Greedy decoding through the engine equals transformers' generate, alone and in a busy batch."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+import torch
+from transformers import GPT2LMHeadModel
+
+from app.engine import SamplingParams
+from app.engine.llm import LLM
+
+NUM_PROMPTS = 16
+
+
+def _prompts() -> list[tuple[list[int], int]]:
+    """16 prompts of 1..1000 tokens, each with its own max_tokens so they finish apart."""
+    rng = random.Random(0)
+    lengths = [1, 2, 3, 5, 8, 13, 30, 64, 100, 128, 200, 333, 500, 700, 900, 1000]
+    assert len(lengths) == NUM_PROMPTS
+    prompts = []
+    for n in lengths:
+        max_tokens = min(rng.randint(4, 24), 1024 - n)
+        prompts.append(([rng.randrange(50257) for _ in range(n)], max_tokens))
+    return prompts
+
+
+PROMPTS = _prompts()
+
+
+@pytest.fixture(scope="module")
+def hf_reference(hf_model: GPT2LMHeadModel) -> list[list[int]]:
+    refs = []
+    with torch.inference_mode():
+        for ids, max_tokens in PROMPTS:
+            out = hf_model.generate(
+                torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=max_tokens,
+                min_new_tokens=max_tokens,  # our ignore_eos below: no early EOS stop either
+                do_sample=False,
+                pad_token_id=50256,
+            )
+            refs.append(out[0, len(ids) :].tolist())
+    return refs
+
+
+def _greedy(max_tokens: int) -> SamplingParams:
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+
+
+@pytest.mark.parametrize("cpu_gemm", ["torch", "onednn"])
+def test_concurrent_staggered_greedy_equals_transformers_and_solo(
+    make_llm: Any, hf_reference: list[list[int]], cpu_gemm: str
+) -> None:
+    llm: LLM = make_llm(max_num_seqs=8, max_num_batched_tokens=256, cpu_gemm=cpu_gemm)
+    # Staggered arrival: a new request joins every other step while earlier ones decode.
+    pending = list(enumerate(PROMPTS))
+    ids_by_request: dict[str, int] = {}
+    got: dict[int, list[int]] = {i: [] for i in range(NUM_PROMPTS)}
+    step = 0
+    while pending or llm.core.has_unfinished():
+        if pending and step % 2 == 0:
+            i, (ids, max_tokens) = pending.pop(0)
+            ids_by_request[llm.submit(ids, _greedy(max_tokens))] = i
+        for out in llm.step():
+            got[ids_by_request[out.request_id]].extend(out.new_token_ids)
+        step += 1
+    for i in range(NUM_PROMPTS):
+        assert got[i] == hf_reference[i], f"prompt {i} ({len(PROMPTS[i][0])} tokens) differs"
+    # ... and each equals its solo run through the same engine.
+    for i in (0, 7, 15):
+        ids, max_tokens = PROMPTS[i]
+        (solo,) = llm.generate([ids], _greedy(max_tokens))
+        assert solo.token_ids == got[i]
+    assert llm.core.slots.num_used == 0
+
+
+def test_generate_returns_text_and_finish_reason(make_llm: Any) -> None:
+    llm: LLM = make_llm()
+    (c,) = llm.generate(["Hello, world"], SamplingParams(max_tokens=5, temperature=0.0))
+    assert c.finish_reason in ("stop", "length")
+    assert c.text == llm.tokenizer.decode(c.token_ids, skip_special_tokens=True)
+    assert 1 <= len(c.token_ids) <= 5
+
+
+def test_repetition_penalty_matches_transformers(make_llm: Any, hf_model: GPT2LMHeadModel) -> None:
+    llm: LLM = make_llm()
+    ids = PROMPTS[6][0]
+    with torch.inference_mode():
+        ref = hf_model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=30,
+            min_new_tokens=30,
+            do_sample=False,
+            repetition_penalty=1.3,
+            pad_token_id=50256,
+        )[0, len(ids) :].tolist()
+    params = SamplingParams(max_tokens=30, temperature=0.0, repetition_penalty=1.3, ignore_eos=True)
+    (c,) = llm.generate([ids], params)
+    assert c.token_ids == ref
