@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from app.engine.config import EngineConfig
+from app.engine.cuda_graphs import StaticDecode
 from app.engine.device import resolve_device, resolve_dtype
 from app.engine.sampler import Sampler, SamplingRow
 from app.engine.scheduler import ScheduledBatch
@@ -57,6 +58,13 @@ class ModelRunner:
             self.dtype,
             self.device,
         )
+        self._default_threads = torch.get_num_threads()
+        self.static_decode: StaticDecode | None = None
+        if self.device.type == "cuda" and config.cuda_graphs:
+            sizes = [b for b in config.cuda_graph_batch_sizes if b <= self.num_slots]
+            self.static_decode = StaticDecode(
+                self.model, self.kv, sizes, self.max_model_len, capture=True
+            )
         self.sampler = Sampler(mcfg.vocab_size, mcfg.eos_token_id, self.device, config.seed)
         log.info(
             "model runner: device=%s dtype=%s gemm=%s slots=%d x %d tokens, KV %.1f MiB",
@@ -73,13 +81,37 @@ class ModelRunner:
         for move in batch.moves:
             self.kv.move(move.src, move.dst, move.length)
         inputs = self.prepare(batch)
-        hidden = self.model(inputs.input_ids, inputs.positions, inputs.attn, self.kv)
-        logits = self.model.compute_logits(hidden.index_select(0, inputs.sample_rows))
+        self._set_threads(self._threads_for(len(inputs.input_ids)))
+        logits = self.forward(inputs)
         chosen, logprobs = self.sampler(logits, inputs.sampling)
         # Hand results back in batch.items order, which is what the scheduler walks.
         order = sorted(range(len(inputs.sample_items)), key=inputs.sample_items.__getitem__)
         tokens = chosen.tolist()
         return [tokens[i] for i in order], [logprobs[i] for i in order]
+
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        """Logits of the rows to sample: a captured graph for plain decode steps, else eager."""
+        n = len(inputs.input_ids)
+        d = inputs.attn.decode
+        if (
+            self.static_decode is not None
+            and d is not None
+            and self.static_decode.can_run(n, inputs.attn)
+        ):
+            logits = self.static_decode.run(inputs.input_ids, inputs.positions, d.bias)
+            return logits.index_select(0, inputs.sample_rows)
+        hidden = self.model(inputs.input_ids, inputs.positions, inputs.attn, self.kv)
+        return self.model.compute_logits(hidden.index_select(0, inputs.sample_rows))
+
+    def _threads_for(self, num_tokens: int) -> int:
+        """One-row steps run their GEMMs in OpenBLAS, which wants the cores to itself."""
+        if self.gemm == "onednn" and num_tokens == 1:
+            return 1
+        return self._default_threads
+
+    def _set_threads(self, n: int) -> None:
+        if self.device.type == "cpu" and n != torch.get_num_threads():
+            torch.set_num_threads(n)
 
     def prepare(self, batch: ScheduledBatch) -> StepInputs:
         """Flatten the step: single-token rows first (decode attention), then prefill chunks."""

@@ -14,7 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from app.model.attention import AttnBatch, KVCache, attend
-from app.model.matmul import Conv1D, GemmBackend, onednn_linear, pack_linear_weight
+from app.model.matmul import (
+    Conv1D,
+    GemmBackend,
+    numpy_mm,
+    onednn_linear,
+    pack_linear_weight,
+)
 
 
 @dataclass(frozen=True)
@@ -135,5 +141,7 @@ class GPT2(nn.Module):
         """(M, C) hidden states -> (M, V) logits."""
         x = self.ln_f(hidden)
         if self._lm_head_packed is not None:
+            if x.shape[0] == 1:  # matrix-vector: see matmul.py on why numpy
+                return numpy_mm(self.wte.weight, x.view(-1, 1)).view(1, -1)
             return onednn_linear(x, self._lm_head_packed, None, "none")
         return F.linear(x, self.wte.weight)

@@ -102,3 +102,38 @@ def test_repetition_penalty_matches_transformers(make_llm: Any, hf_model: GPT2LM
     params = SamplingParams(max_tokens=30, temperature=0.0, repetition_penalty=1.3, ignore_eos=True)
     (c,) = llm.generate([ids], params)
     assert c.token_ids == ref
+
+
+def test_static_padded_decode_path_matches_eager(make_llm: Any) -> None:
+    """The CUDA-graph decode path (static buffers, padding to captured sizes), run eagerly on
+    CPU, yields the same greedy tokens as the plain path."""
+    from app.engine.cuda_graphs import StaticDecode
+
+    prompts = [ids for ids, _ in PROMPTS[:6]]
+    params = _greedy(12)
+    eager = [c.token_ids for c in make_llm(max_num_seqs=8).generate(prompts, params)]
+    llm: LLM = make_llm(max_num_seqs=8)
+    runner = llm.core.runner
+    runner.static_decode = StaticDecode(
+        runner.model, runner.kv, [1, 4, 8], runner.max_model_len, capture=False
+    )
+    calls = []
+    original = runner.static_decode.run
+    runner.static_decode.run = lambda *a: calls.append(a[0].shape[0]) or original(*a)  # type: ignore[method-assign]
+    assert [c.token_ids for c in llm.generate(prompts, params)] == eager
+    assert 6 in calls, "decode steps of 6 rows should have gone through the padded 8-row path"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_greedy_with_graphs_matches_transformers(
+    tiny_model_dir: Any, hf_reference: list[list[int]]
+) -> None:
+    from app.engine import EngineConfig
+
+    llm = LLM(
+        EngineConfig(model=str(tiny_model_dir), device="cuda", dtype="float32", max_num_seqs=16)
+    )
+    assert llm.core.runner.static_decode is not None
+    got = llm.generate([ids for ids, _ in PROMPTS], [_greedy(n) for _, n in PROMPTS])
+    assert [c.token_ids for c in got] == hf_reference

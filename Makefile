@@ -1,0 +1,37 @@
+# One entry point for set-up, tests, the service and the benchmarks. Every target installs what it
+# needs into .venv first, so each works on a fresh machine.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel of torch (found on this machine class's local wheel index). GPU nodes get the
+# CUDA build from the Docker image instead; pyproject.toml admits both.
+TORCH_CPU ?= torch==2.13.0
+
+.PHONY: install test lint unit serve bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_CPU)"
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+lint: install
+	$(VENV)/bin/ruff check app tests bench
+	$(VENV)/bin/ruff format --check app tests bench
+	$(VENV)/bin/mypy
+
+unit: install
+	$(VENV)/bin/pytest -q
+
+test: lint unit
+
+serve: install
+	$(VENV)/bin/gpt2-serve serve $(ARGS)
+
+bench: install
+	$(PY) -m bench.engine_bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
