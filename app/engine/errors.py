@@ -18,3 +18,15 @@ class InvalidRequestError(EngineError, ValueError):
 
 class EngineDeadError(EngineError):
     """The engine stopped (shut down or crashed); in-flight requests end with this."""
+
+
+class OverloadedError(EngineError):
+    """The waiting queue is full; try again after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class EngineNotReadyError(EngineError):
+    """The engine is starting, restarting after a crash, or draining for shutdown."""

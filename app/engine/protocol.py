@@ -41,3 +41,49 @@ class StepStats:
 class StepResult:
     outputs: tuple[RequestOutput, ...]
     stats: StepStats | None  # None when nothing ran
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the worker reports once loaded; the API layer shows it in /info and /v1/models."""
+
+    model_id: str  # the name callers use in "model" fields
+    model_path: str
+    vocab_size: int
+    max_model_len: int
+    eos_token_id: int
+    dtype: str
+    device: str
+    max_num_seqs: int
+    kv_slots: int
+
+
+@dataclass(frozen=True)
+class RequestTimings:
+    """Seconds, measured in the API process from the moment the request was accepted."""
+
+    queue: float  # accepted -> first scheduled (approximated by first token when unknown)
+    time_to_first_token: float
+    decode: float  # first token -> last token
+    total: float
+    mean_inter_token: float
+    max_inter_token: float
+
+
+@dataclass(frozen=True)
+class GenerationDelta:
+    """One piece of a streamed generation: new text and tokens; the last one has finish_reason."""
+
+    request_id: str
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprobs, ...]
+    finish_reason: str | None  # stop | length | abort | timeout
+    num_prompt_tokens: int
+    num_output_tokens: int
+    stop_reason: str | int | None = None  # the stop string or stop token id that ended it
+    timings: RequestTimings | None = None  # on the last delta only
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
