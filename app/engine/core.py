@@ -91,4 +91,5 @@ def _output(seq: Sequence, num_new: int) -> RequestOutput:
         finish_reason=seq.finish_reason.value if seq.finish_reason else None,
         num_prompt_tokens=seq.num_prompt_tokens,
         num_output_tokens=seq.num_output_tokens,
+        first_scheduled_time=seq.first_scheduled_time,
     )

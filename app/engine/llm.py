@@ -23,7 +23,7 @@ from app.engine.errors import EngineDeadError
 from app.engine.params import SamplingParams
 from app.engine.protocol import RequestOutput
 from app.engine.sequence import TokenLogprobs
-from app.engine.tokenizer import load_tokenizer
+from app.engine.tokenizer import GPT2Tokenizer, load_tokenizer
 from app.engine.validation import validate_request
 
 log = logging.getLogger(__name__)
@@ -47,10 +47,10 @@ class LLM:
 
     def __init__(self, config: EngineConfig, core: EngineCore | None = None) -> None:
         self.core = core or EngineCore(config)
-        self.tokenizer: Any = load_tokenizer(self.core.runner.model_dir)
+        self.tokenizer: GPT2Tokenizer = load_tokenizer(self.core.runner.model_dir)
 
     def encode(self, prompt: Prompt) -> list[int]:
-        return list(self.tokenizer.encode(prompt)) if isinstance(prompt, str) else list(prompt)
+        return self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
 
     def submit(self, prompt: Prompt, params: SamplingParams, request_id: str | None = None) -> str:
         request_id = request_id or f"req-{next(_ids)}"
@@ -104,7 +104,7 @@ class AsyncLLM:
 
     def __init__(self, config: EngineConfig, core: EngineCore | None = None) -> None:
         self.core = core or EngineCore(config)
-        self.tokenizer: Any = load_tokenizer(self.core.runner.model_dir)
+        self.tokenizer: GPT2Tokenizer = load_tokenizer(self.core.runner.model_dir)
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Any]]] = {}
         self._lock = threading.Lock()

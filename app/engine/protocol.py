@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.engine.params import SamplingParams
 from app.engine.sequence import TokenLogprobs
 
 
@@ -17,6 +18,7 @@ class RequestOutput:
     finish_reason: str | None
     num_prompt_tokens: int
     num_output_tokens: int
+    first_scheduled_time: float | None = None  # time.monotonic() in the worker
 
     @property
     def finished(self) -> bool:
@@ -87,3 +89,41 @@ class GenerationDelta:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+
+# Messages between the EngineClient (API process) and the worker process. Token ids and small
+# dataclasses only: they are pickled through multiprocessing queues.
+
+
+@dataclass(frozen=True)
+class AddRequest:
+    request_id: str
+    prompt_ids: tuple[int, ...]
+    params: SamplingParams
+
+
+@dataclass(frozen=True)
+class AbortRequest:
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    pass
+
+
+@dataclass(frozen=True)
+class WorkerReady:
+    info: ModelInfo
+
+
+@dataclass(frozen=True)
+class WorkerFailed:
+    error: str
+
+
+@dataclass(frozen=True)
+class RequestRejected:
+    request_id: str
+    field: str
+    message: str

@@ -12,38 +12,16 @@ from pathlib import Path
 
 import torch
 
+from app.hub import ModelNotFoundError, resolve_model_dir
 from app.model.gpt2 import GPT2, GPT2Config
+
+__all__ = ["ModelNotFoundError", "load_gpt2", "resolve_model_dir"]
 
 log = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # Buffers some checkpoints carry (the causal mask) that the model computes itself; lm_head is tied.
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "lm_head.weight")
-
-
-class ModelNotFoundError(RuntimeError):
-    """The model is neither a local directory nor reachable on the hub."""
-
-
-def resolve_model_dir(model: str) -> Path:
-    """A local directory as is; otherwise a hub id, fetched or found in the local HF cache."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise ModelNotFoundError(f"--model {model!r} is a file; pass the checkpoint's directory")
-    try:
-        from huggingface_hub import snapshot_download
-
-        patterns = ["*.json", "*.txt", "*.safetensors", "pytorch_model.bin"]
-        return Path(snapshot_download(repo_id=model, allow_patterns=patterns))
-    except Exception as exc:  # offline, unknown id, gated repo, ...
-        raise ModelNotFoundError(
-            f"model {model!r} is not a local directory and could not be fetched from the "
-            f"Hugging Face Hub ({type(exc).__name__}). Download it on a machine with network "
-            f"access (e.g. `huggingface-cli download {model} --local-dir ./{Path(model).name}`) "
-            f"and pass that directory: --model ./{Path(model).name} (or GPT2_MODEL=...)."
-        ) from exc
 
 
 def read_config(model_dir: Path) -> GPT2Config:

@@ -1,0 +1,175 @@
+"""One error envelope for every route, and the one mapping from exceptions to status codes.
+
+The envelope serves both client families:
+
+    {"error": {"message": str, "type": str, "param": str | null, "code": int},
+     "error_type": str}
+
+- "error" is OpenAI's object; the `openai` client reads error.message from it, also when it
+  arrives as an event in the middle of a stream.
+- "error_type" uses TGI's words (validation, overloaded, ...); huggingface_hub turns it into its
+  typed exceptions (ValidationError, OverloadedError, ...).
+- The X-Error-Message header carries the message as plain text, which huggingface_hub puts in
+  the text of the HTTP errors it raises.
+
+Status codes: 422 bad input, 401 bad key, 404 unknown route or model, 413 body too large,
+429 overloaded (with Retry-After), 503 not ready / draining / worker lost, 500 a bug of ours.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.engine.errors import (
+    EngineDeadError,
+    EngineNotReadyError,
+    InvalidRequestError,
+    OverloadedError,
+)
+
+logger = logging.getLogger(__name__)
+
+# status -> (OpenAI "type", TGI "error_type")
+_KINDS: dict[int, tuple[str, str]] = {
+    400: ("invalid_request_error", "validation"),
+    401: ("authentication_error", "authentication"),
+    403: ("permission_error", "authentication"),
+    404: ("not_found_error", "not_found"),
+    405: ("invalid_request_error", "validation"),
+    413: ("invalid_request_error", "validation"),
+    415: ("invalid_request_error", "validation"),
+    422: ("invalid_request_error", "validation"),
+    429: ("rate_limit_error", "overloaded"),
+    500: ("server_error", "internal"),
+    503: ("service_unavailable_error", "unavailable"),
+}
+_MAX_LISTED_ERRORS = 5
+
+
+class APIError(Exception):
+    """An error with its status, ready to become the envelope (raised by routes and helpers)."""
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.param = param
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        kind, error_type = _KINDS.get(
+            self.status_code, _KINDS[500] if self.status_code >= 500 else _KINDS[400]
+        )
+        return {
+            "error": {
+                "message": self.message,
+                "type": kind,
+                "param": self.param,
+                "code": self.status_code,
+            },
+            "error_type": error_type,
+        }
+
+    def response(self) -> JSONResponse:
+        headers = {"X-Error-Message": _header_safe(self.message), **self.headers}
+        return JSONResponse(self.body(), status_code=self.status_code, headers=headers)
+
+
+def to_api_error(exc: BaseException) -> APIError:
+    """Map anything a route can raise to its APIError. Bad input never becomes a 5xx."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, InvalidRequestError):
+        return APIError(422, str(exc), param=exc.field)
+    if isinstance(exc, OverloadedError):
+        retry_after = max(1, int(exc.retry_after))
+        return APIError(429, str(exc), headers={"Retry-After": str(retry_after)})
+    if isinstance(exc, EngineNotReadyError):
+        return APIError(503, str(exc) or "the engine is not ready; retry shortly")
+    if isinstance(exc, EngineDeadError):
+        return APIError(503, str(exc) or "the engine stopped while serving the request")
+    if isinstance(exc, RequestValidationError):
+        message, param = format_validation_errors(exc.errors())
+        return APIError(422, message, param=param)
+    if isinstance(exc, StarletteHTTPException):
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return APIError(exc.status_code, detail, headers=exc.headers)
+    return APIError(500, "internal server error")
+
+
+def format_validation_errors(errors: Sequence[Any]) -> tuple[str, str | None]:
+    """pydantic errors -> one message naming each field and its limit, and the first field."""
+    parts: list[str] = []
+    params: list[str] = []
+    for error in errors[:_MAX_LISTED_ERRORS]:
+        field = _field_path(error.get("loc", ()))
+        params.append(field)
+        parts.append(f"{field}: {_describe(error)}")
+    if len(errors) > _MAX_LISTED_ERRORS:
+        parts.append(f"(and {len(errors) - _MAX_LISTED_ERRORS} more errors)")
+    return "; ".join(parts) or "invalid request", (params[0] if params else None)
+
+
+def _field_path(loc: Sequence[Any]) -> str:
+    # FastAPI prefixes body fields with "body"; the caller knows the field by its own name.
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) if parts else "body"
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    kind = error.get("type", "")
+    msg = str(error.get("msg", "invalid value"))
+    if kind == "json_invalid":
+        reason = (error.get("ctx") or {}).get("error", "")
+        return f"the body is not valid JSON ({reason})" if reason else "the body is not valid JSON"
+    if kind == "missing":
+        return "field required"
+    if kind == "extra_forbidden":
+        return "unknown field"
+    value = error.get("input")
+    if isinstance(value, bool | int | float) or (isinstance(value, str) and len(value) <= 40):
+        return f"{msg}, got {value!r}"
+    return msg
+
+
+def _header_safe(message: str) -> str:
+    # Header values must be latin-1 and single-line; the body keeps the full message.
+    text = " ".join(message.split())[:300]
+    return text.encode("ascii", "replace").decode("ascii")
+
+
+async def _handle(request: Request, exc: Exception) -> JSONResponse:
+    error = to_api_error(exc)
+    if error.status_code >= 500 and not isinstance(
+        exc, EngineNotReadyError | EngineDeadError | APIError
+    ):
+        logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error.response()
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    for exc_type in (
+        APIError,
+        RequestValidationError,
+        StarletteHTTPException,
+        InvalidRequestError,
+        OverloadedError,
+        EngineNotReadyError,
+        EngineDeadError,
+        Exception,
+    ):
+        app.add_exception_handler(exc_type, _handle)

@@ -1,0 +1,68 @@
+"""Server-sent events: the one place that frames events and builds streaming responses."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+logger = logging.getLogger(__name__)
+
+DONE = b"data: [DONE]\n\n"
+# A comment line: every SSE parser skips it, and it keeps idle proxies from closing the stream.
+KEEP_ALIVE = b": keep-alive\n\n"
+
+SSE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # nginx would otherwise buffer the whole answer
+}
+
+
+def event(payload: Mapping[str, Any]) -> bytes:
+    """One `data:` event. Compact JSON on one line, UTF-8 as is (no \\u escapes)."""
+    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+class EventStreamResponse(StreamingResponse):
+    """A text/event-stream response that always runs `on_close`, even when the client leaves
+    before the body generator has started (Starlette then cancels the send loop and the
+    generator's own `finally` never runs). `on_close` is where the engine requests are aborted."""
+
+    def __init__(
+        self,
+        content: AsyncIterator[bytes],
+        *,
+        on_close: Callable[[], Awaitable[None]] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            content, media_type="text/event-stream", headers={**SSE_HEADERS, **(headers or {})}
+        )
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self._on_close is not None:
+                await self._on_close()
+
+
+def sse_openapi(description: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entry for a route that may answer with an event stream."""
+    return {
+        200: {
+            "description": description,
+            "content": {
+                "application/json": {},
+                "text/event-stream": {
+                    "schema": {"type": "string"},
+                    "example": 'data: {"...": "..."}\n\ndata: [DONE]\n\n',
+                },
+            },
+        }
+    }

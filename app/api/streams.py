@@ -1,0 +1,154 @@
+"""Drive one or more engine generations (OpenAI's `n`, or a list of prompts) as one stream.
+
+Each generation runs in its own task and feeds one queue, so the route reads a single ordered
+sequence of (choice index, delta) whatever the number of choices, and can send keep-alives while
+the queue is quiet. Cancelling a task cancels the engine's async generator inside it, which is
+how the engine learns that a request is aborted: closing a ChoiceStreams aborts every
+generation that has not finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from app.engine.protocol import GenerationDelta
+
+logger = logging.getLogger(__name__)
+
+StreamFactory = Callable[[], AsyncIterator[GenerationDelta]]
+
+
+class ClientDisconnected(Exception):
+    """The client went away before the answer was ready; its requests were aborted."""
+
+
+@dataclass(frozen=True)
+class _Item:
+    index: int
+    delta: GenerationDelta | None = None  # None with error None: that stream ended
+    error: Exception | None = None
+
+
+class ChoiceStreams:
+    def __init__(self, factories: Sequence[StreamFactory]) -> None:
+        self._factories = list(factories)
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._buffer: list[_Item] = []
+        self._open = len(self._factories)
+
+    async def start(self, prime_seconds: float) -> None:
+        """Start every generation; wait up to prime_seconds for each one's first delta.
+
+        The engine rejects a request (overloaded, bad input, not ready) before its first delta,
+        so waiting for it lets the route answer with a real status code instead of an error
+        event inside a 200 stream. A request still queued after prime_seconds is streamed
+        anyway (headers go out, keep-alives follow) and any later error becomes an event.
+        """
+        self._tasks = [
+            asyncio.create_task(self._pump(index, factory))
+            for index, factory in enumerate(self._factories)
+        ]
+        waiting = set(range(len(self._factories)))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + prime_seconds
+        while waiting:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                item = await asyncio.wait_for(self._queue.get(), remaining)
+            except TimeoutError:
+                break
+            if item.error is not None:
+                await self.aclose()
+                raise item.error
+            self._buffer.append(item)
+            waiting.discard(item.index)
+
+    async def events(
+        self, keep_alive_seconds: float | None = None
+    ) -> AsyncIterator[tuple[int, GenerationDelta] | None]:
+        """(choice index, delta) in arrival order; None when keep_alive_seconds pass quietly.
+
+        Raises the first error any generation raises (the others are then aborted by aclose).
+        """
+        while self._open > 0:
+            if self._buffer:
+                item = self._buffer.pop(0)
+            else:
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), keep_alive_seconds)
+                except TimeoutError:
+                    yield None
+                    continue
+            if item.error is not None:
+                raise item.error
+            if item.delta is None:
+                self._open -= 1
+                continue
+            yield item.index, item.delta
+
+    async def collect(self) -> list[list[GenerationDelta]]:
+        """Every delta of every choice, in choice order (for non-streamed answers)."""
+        results: list[list[GenerationDelta]] = [[] for _ in self._factories]
+        async for entry in self.events():
+            if entry is not None:
+                results[entry[0]].append(entry[1])
+        return results
+
+    async def aclose(self) -> None:
+        """Abort whatever is still running. Safe to call more than once."""
+        running = [task for task in self._tasks if not task.done()]
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running)
+
+    async def _pump(self, index: int, factory: StreamFactory) -> None:
+        stream: AsyncIterator[GenerationDelta] | None = None
+        try:
+            stream = factory()
+            async for delta in stream:
+                self._queue.put_nowait(_Item(index, delta))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # engine errors travel to the reader, who maps them
+            self._queue.put_nowait(_Item(index, error=exc))
+        else:
+            self._queue.put_nowait(_Item(index))
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+async def wait_for_disconnect(request: Request) -> None:
+    """Return when the client closes the connection (the body has already been read)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def collect_unless_disconnected(
+    streams: ChoiceStreams, request: Request
+) -> list[list[GenerationDelta]]:
+    """Collect a non-streamed answer, aborting it if the client leaves before it is ready."""
+    work = asyncio.create_task(streams.collect())
+    watcher = asyncio.create_task(wait_for_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if work in done:
+            return work.result()
+        raise ClientDisconnected()
+    finally:
+        for task in (work, watcher):
+            task.cancel()
+        await asyncio.wait({work, watcher})
+        await streams.aclose()

@@ -1,0 +1,123 @@
+"""Server settings, read once at the edge from environment variables prefixed GPT2_.
+
+The engine never reads the environment: `to_engine_config` turns these settings into the frozen
+EngineConfig it takes. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.engine.config import EngineConfig
+
+# GPT-2 has no chat format. The default renders each message as "role: content" on its own line
+# and ends with "assistant:", a prompt the model continues sensibly. Operators can change both
+# strings; the only placeholders are {role} and {content} (str.format, so "{{" is a literal brace).
+DEFAULT_CHAT_TEMPLATE = "{role}: {content}\n"
+DEFAULT_CHAT_GENERATION_PROMPT = "assistant:"
+
+
+class Settings(BaseSettings):
+    """Every server option. Environment: GPT2_<NAME>, e.g. GPT2_MAX_NUM_SEQS=64."""
+
+    model_config = SettingsConfigDict(env_prefix="GPT2_", extra="ignore", validate_default=True)
+
+    # --- model and engine -------------------------------------------------------------------
+    model: str = "gpt2"  # hub id or local directory in Hugging Face format
+    served_model_name: str | None = None  # the name in "model" fields; None: derived from model
+    device: str = "auto"
+    dtype: str = "auto"
+    max_num_seqs: int = Field(32, ge=1)
+    max_model_len: int | None = Field(None, ge=2)
+    kv_cache_tokens: int | None = Field(None, ge=1)
+    max_num_batched_tokens: int = Field(512, ge=1)
+    seed: int = 0
+    cuda_graphs: bool = True
+
+    # --- admission (reject early with 429 rather than queue forever) -------------------------
+    max_queued_requests: int = Field(256, ge=1)
+    max_queued_tokens: int = Field(262144, ge=1)
+
+    # --- HTTP ---------------------------------------------------------------------------------
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=1, le=65535)
+    api_key: str | None = None
+    api_key_file: Path | None = None  # one key per line; blank lines and "#" comments ignored
+    # Empty list: no CORS headers at all. From the environment: a JSON list or comma-separated.
+    cors_allow_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_request_body_bytes: int = Field(1024 * 1024, ge=1)
+    log_prompts: bool = False  # prompts can hold personal data: off unless asked for
+    drain_timeout_seconds: float = Field(30.0, ge=0)
+    keep_alive_seconds: float = Field(15.0, gt=0)  # SSE comment lines while a stream is idle
+
+    # --- chat -----------------------------------------------------------------------------------
+    chat_template: str = DEFAULT_CHAT_TEMPLATE  # applied to each message: {role}, {content}
+    chat_generation_prompt: str = DEFAULT_CHAT_GENERATION_PROMPT  # appended after the messages
+
+    @field_validator("cors_allow_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [origin.strip() for origin in text.split(",") if origin.strip()]
+        return value
+
+    @field_validator("chat_template")
+    @classmethod
+    def _check_template(cls, value: str) -> str:
+        # Fail at start-up, not on the first chat request, when the template names an unknown
+        # placeholder or has an unbalanced brace.
+        try:
+            value.format(role="user", content="hello")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"chat_template may only use the placeholders {{role}} and {{content}}: {exc!r}"
+            ) from exc
+        return value
+
+    @property
+    def model_name(self) -> str:
+        """The name clients put in "model" fields and see in /v1/models."""
+        if self.served_model_name:
+            return self.served_model_name
+        return derive_model_name(self.model)
+
+    def api_keys(self) -> list[str]:
+        """Every accepted key: api_key plus the lines of api_key_file. Empty: no auth."""
+        keys = [self.api_key] if self.api_key else []
+        if self.api_key_file is not None:
+            for line in self.api_key_file.read_text(encoding="utf-8").splitlines():
+                key = line.strip()
+                if key and not key.startswith("#"):
+                    keys.append(key)
+        return keys
+
+
+def derive_model_name(model: str) -> str:
+    """A hub id stays as it is ("openai-community/gpt2"); a local path gives its last part."""
+    path = Path(model)
+    if model.startswith((".", "/", "~")) or path.exists():
+        return path.expanduser().resolve().name or model
+    return model
+
+
+def to_engine_config(settings: Settings) -> EngineConfig:
+    return EngineConfig(
+        model=settings.model,
+        device=settings.device,
+        dtype=settings.dtype,
+        max_num_seqs=settings.max_num_seqs,
+        max_model_len=settings.max_model_len,
+        kv_cache_tokens=settings.kv_cache_tokens,
+        max_num_batched_tokens=settings.max_num_batched_tokens,
+        seed=settings.seed,
+        cuda_graphs=settings.cuda_graphs,
+    )

@@ -1,0 +1,89 @@
+"""Incremental detokenization with stop strings. Pure Python.
+
+GPT-2's tokens are byte sequences, and one character (an emoji, a CJK ideograph) often spans
+several tokens. Feeding each token's bytes to an incremental UTF-8 decoder emits only complete
+characters, so a stream never shows a broken one, and the concatenated stream equals a one-shot
+decode of all the tokens (both replace invalid bytes the same way).
+
+Stop strings: text that could still be the start of a stop string is held back until the next
+tokens settle it, so a partial match never leaks; on a match the text is cut at the stop string
+(or just after it, if the caller asked to keep it).
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DetokenizedDelta:
+    text: str  # new text safe to emit
+    stop_string: str | None  # the stop string that matched, if one did
+
+
+class IncrementalDetokenizer:
+    def __init__(
+        self,
+        token_bytes: Sequence[bytes],
+        special_ids: frozenset[int],
+        stop: Sequence[str] = (),
+        include_stop_str_in_output: bool = False,
+        skip_special_tokens: bool = True,
+    ) -> None:
+        self._token_bytes = token_bytes
+        self._skip = special_ids if skip_special_tokens else frozenset()
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._stop = [s for s in stop if s]
+        self._include_stop = include_stop_str_in_output
+        self._text = ""  # everything decoded so far
+        self._emitted = 0  # length of _text already handed out
+        self.stopped = False
+
+    @property
+    def text(self) -> str:
+        """The text handed out so far."""
+        return self._text[: self._emitted]
+
+    def add(self, token_ids: Sequence[int], final: bool = False) -> DetokenizedDelta:
+        """Decode new tokens; `final` flushes held-back text (no more tokens will come)."""
+        if self.stopped:
+            return DetokenizedDelta("", None)
+        data = b"".join(self._token_bytes[t] for t in token_ids if t not in self._skip)
+        self._text += self._utf8.decode(data, final=final)
+        match = self._find_stop()
+        if match is not None:
+            index, stop = match
+            end = index + len(stop) if self._include_stop else index
+            self.stopped = True
+            return self._emit_until(max(end, self._emitted), stop)
+        hold = 0 if final else self._held_back()
+        return self._emit_until(len(self._text) - hold, None)
+
+    def _emit_until(self, end: int, stop: str | None) -> DetokenizedDelta:
+        new = self._text[self._emitted : end]
+        self._emitted = max(self._emitted, end)
+        return DetokenizedDelta(new, stop)
+
+    def _find_stop(self) -> tuple[int, str] | None:
+        if not self._stop:
+            return None
+        # A match must end in text not yet emitted; it may start up to len(stop)-1 before it.
+        best: tuple[int, str] | None = None
+        for stop in self._stop:
+            i = self._text.find(stop, max(0, self._emitted - len(stop) + 1))
+            if i != -1 and (best is None or i < best[0]):
+                best = (i, stop)
+        return best
+
+    def _held_back(self) -> int:
+        """Length of the longest pending suffix that is a proper prefix of some stop string."""
+        pending = self._text[self._emitted :]
+        longest = 0
+        for stop in self._stop:
+            for k in range(min(len(stop) - 1, len(pending)), longest, -1):
+                if pending.endswith(stop[:k]):
+                    longest = k
+                    break
+        return longest

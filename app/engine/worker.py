@@ -1,0 +1,103 @@
+"""The worker process: owns the model, the KV cache and the scheduler; steps as long as there is
+work, and sleeps on its inbox when there is none.
+
+Only this module's `run_worker` (started with the spawn method) imports torch, through the core.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+from multiprocessing.queues import Queue
+from typing import Any
+
+from app.engine.config import EngineConfig
+from app.engine.errors import InvalidRequestError
+from app.engine.params import SamplingParams
+from app.engine.protocol import (
+    AbortRequest,
+    AddRequest,
+    ModelInfo,
+    RequestRejected,
+    Shutdown,
+    StepResult,
+    WorkerFailed,
+    WorkerReady,
+)
+
+log = logging.getLogger(__name__)
+PARENT_CHECK_SECONDS = 1.0
+
+
+def run_worker(config: EngineConfig, model_id: str, inbox: Queue[Any], outbox: Queue[Any]) -> None:
+    logging.basicConfig(level=os.environ.get("GPT2_LOG_LEVEL", "INFO"))
+    try:
+        from app.engine.core import EngineCore
+
+        core = EngineCore(config)
+        _warm_up(core)
+    except Exception as exc:  # report, don't hang the parent waiting for "ready"
+        log.exception("worker failed to start")
+        outbox.put(WorkerFailed(f"{type(exc).__name__}: {exc}"))
+        return
+    outbox.put(WorkerReady(_model_info(core, model_id)))
+    parent = os.getppid()
+    while True:
+        try:
+            if not _apply_inbox(core, inbox, outbox, block=not core.has_unfinished()):
+                return
+        except queue.Empty:  # idle and nothing came: is the parent still there?
+            if os.getppid() != parent:
+                return
+            continue
+        result: StepResult = core.step()
+        if result.outputs or result.stats is not None:
+            outbox.put(result)
+
+
+def _apply_inbox(core: Any, inbox: Queue[Any], outbox: Queue[Any], block: bool) -> bool:
+    """Apply every queued command; returns False on Shutdown. Raises queue.Empty on an idle
+    timeout so the caller can check on its parent."""
+    msg = inbox.get(timeout=PARENT_CHECK_SECONDS) if block else _get_nowait(inbox)
+    while msg is not None:
+        if isinstance(msg, Shutdown):
+            return False
+        if isinstance(msg, AbortRequest):
+            core.abort_request(msg.request_id)
+        elif isinstance(msg, AddRequest):
+            try:
+                core.add_request(msg.request_id, msg.prompt_ids, msg.params)
+            except InvalidRequestError as exc:
+                outbox.put(RequestRejected(msg.request_id, exc.field, exc.message))
+        msg = _get_nowait(inbox)
+    return True
+
+
+def _get_nowait(inbox: Queue[Any]) -> Any:
+    try:
+        return inbox.get_nowait()
+    except queue.Empty:
+        return None
+
+
+def _warm_up(core: Any) -> None:
+    """One short request end to end: first-call allocations happen here, not in a user's TTFT."""
+    core.add_request("warm-up", [core.eos_token_id], SamplingParams(max_tokens=2, temperature=0))
+    while core.has_unfinished():
+        core.step()
+
+
+def _model_info(core: Any, model_id: str) -> ModelInfo:
+    runner = core.runner
+    return ModelInfo(
+        model_id=model_id,
+        model_path=str(runner.model_dir),
+        vocab_size=core.limits.vocab_size,
+        max_model_len=core.limits.max_model_len,
+        eos_token_id=core.eos_token_id,
+        dtype=str(runner.dtype).removeprefix("torch."),
+        device=str(runner.device),
+        max_num_seqs=core.config.max_num_seqs,
+        kv_slots=core.slots.num_slots,
+    )
