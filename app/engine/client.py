@@ -13,7 +13,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from app.engine.admission import AdmissionControl
@@ -32,11 +31,11 @@ from app.engine.protocol import (
     ModelInfo,
     RequestOutput,
     RequestRejected,
-    RequestTimings,
     StepResult,
     StepStats,
     WorkerReady,
 )
+from app.engine.request_state import RequestState
 from app.engine.tokenizer import GPT2Tokenizer, load_tokenizer
 from app.engine.validation import ModelLimits, validate_request
 from app.engine.worker_process import WorkerProcess
@@ -44,43 +43,6 @@ from app.hub import resolve_model_dir
 
 log = logging.getLogger(__name__)
 RESTART_BACKOFF_SECONDS = (1.0, 2.0, 5.0, 10.0)
-
-
-@dataclass
-class _Request:
-    request_id: str
-    num_prompt_tokens: int
-    detok: IncrementalDetokenizer
-    arrival: float
-    queue: asyncio.Queue[GenerationDelta | BaseException] = field(default_factory=asyncio.Queue)
-    scheduled_at: float | None = None
-    first_token_at: float | None = None
-    last_token_at: float | None = None
-    max_gap: float = 0.0
-    deadline: asyncio.TimerHandle | None = None
-    _num_gaps: int = -1  # token arrivals after the first
-
-    def timings(self, now: float) -> RequestTimings:
-        first = self.first_token_at or now
-        last = self.last_token_at or now
-        scheduled = self.scheduled_at if self.scheduled_at is not None else first
-        gaps = max(0, self._num_gaps)
-        return RequestTimings(
-            queue=max(0.0, scheduled - self.arrival),
-            time_to_first_token=first - self.arrival,
-            decode=last - first,
-            total=now - self.arrival,
-            mean_inter_token=(last - first) / gaps if gaps else 0.0,
-            max_inter_token=self.max_gap,
-        )
-
-    def on_tokens(self, now: float) -> None:
-        if self.first_token_at is None:
-            self.first_token_at = now
-        elif self.last_token_at is not None:
-            self.max_gap = max(self.max_gap, now - self.last_token_at)
-        self.last_token_at = now
-        self._num_gaps += 1
 
 
 class EngineClient:
@@ -102,7 +64,7 @@ class EngineClient:
             config.max_num_seqs, max_queued_requests, max_queued_tokens
         )
         self._stats_sink = stats_sink
-        self._requests: dict[str, _Request] = {}
+        self._requests: dict[str, RequestState] = {}
         self._queued_tokens = 0
         self._worker: WorkerProcess | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -126,6 +88,18 @@ class EngineClient:
     @property
     def is_draining(self) -> bool:
         return self._draining
+
+    @property
+    def num_in_flight(self) -> int:
+        return len(self._requests)
+
+    @property
+    def queued_prompt_tokens(self) -> int:
+        return self._queued_tokens
+
+    @property
+    def worker_pid(self) -> int | None:
+        return self._worker.pid if self._worker else None
 
     @property
     def is_worker_alive(self) -> bool:
@@ -221,7 +195,7 @@ class EngineClient:
         include_stop: bool,
         timeout: float | None,
         skip_special_tokens: bool,
-    ) -> _Request:
+    ) -> RequestState:
         if not self.is_ready or self._limits is None or self._worker is None:
             reason = "draining for shutdown" if self._draining else "starting or restarting"
             raise EngineNotReadyError(f"engine not ready ({reason}); retry shortly")
@@ -238,7 +212,7 @@ class EngineClient:
             include_stop,
             skip_special_tokens,
         )
-        req = _Request(request_id, len(prompt_ids), detok, time.monotonic())
+        req = RequestState(request_id, len(prompt_ids), detok, time.monotonic())
         if timeout is not None:
             assert self._loop is not None
             req.deadline = self._loop.call_later(timeout, self._expire, request_id)
@@ -248,7 +222,7 @@ class EngineClient:
         self._send(AddRequest(request_id, tuple(prompt_ids), params))
         return req
 
-    def _finish(self, req: _Request) -> None:
+    def _finish(self, req: RequestState) -> None:
         self._requests.pop(req.request_id, None)
         if req.scheduled_at is None:
             self._queued_tokens -= req.num_prompt_tokens
@@ -292,7 +266,7 @@ class EngineClient:
                 "engine ready: %s on %s (%s)", msg.info.model_id, msg.info.device, msg.info.dtype
             )
 
-    def _on_output(self, req: _Request, out: RequestOutput) -> None:
+    def _on_output(self, req: RequestState, out: RequestOutput) -> None:
         now = time.monotonic()
         if req.scheduled_at is None and out.first_scheduled_time is not None:
             req.scheduled_at = out.first_scheduled_time
@@ -334,7 +308,7 @@ class EngineClient:
 
     def _push_final(
         self,
-        req: _Request,
+        req: RequestState,
         text: str,
         ids: tuple[int, ...],
         logprobs: tuple[Any, ...],
@@ -409,31 +383,7 @@ class EngineClient:
             self._worker.send(msg)
 
     def stats(self) -> dict[str, object]:
-        s = self.last_stats
-        steps = sorted(self.recent_step_seconds)
-        return {
-            "ready": self.is_ready,
-            "draining": self._draining,
-            "worker_alive": self.is_worker_alive,
-            "worker_pid": self._worker.pid if self._worker else None,
-            "worker_restarts": self.worker_restarts,
-            "requests_in_flight": len(self._requests),
-            "queued_prompt_tokens": self._queued_tokens,
-            "num_running": s.num_running if s else 0,
-            "num_waiting": s.num_waiting if s else 0,
-            "kv_slots_used": s.kv_slots_used if s else 0,
-            "kv_slots_total": s.kv_slots_total if s else None,
-            "last_batch": {
-                "sequences": s.batch_size,
-                "decode_tokens": s.num_decode_tokens,
-                "prefill_tokens": s.num_prefill_tokens,
-            }
-            if s
-            else None,
-            "recent_step_seconds": {
-                "count": len(steps),
-                "p50": steps[len(steps) // 2] if steps else None,
-                "max": steps[-1] if steps else None,
-            },
-            "drain_rate_requests_per_second": self.admission.drain_rate(),
-        }
+        """A live view of the scheduler and the worker, for operators."""
+        from app.engine.stats_view import describe
+
+        return describe(self)

@@ -56,18 +56,19 @@ class EngineCore:
         start = time.perf_counter()
         outputs, self._aborted = self._aborted, []
         batch = self.scheduler.schedule(time.monotonic())
-        if not batch.items:
-            return StepResult(tuple(outputs), None)
-        sampled = [seq for seq, n in batch.items if batch.samples(seq, n)]
         num_decode = batch.num_decode
-        tokens, logprobs = self.runner.execute(batch)
-        self.scheduler.postprocess(batch, tokens)
-        for seq, lp in zip(sampled, logprobs, strict=True):
-            if lp is not None:
-                seq.logprobs.append(lp)
-            outputs.append(_output(seq, 1))
-            if seq.is_finished:
-                del self.requests[seq.request_id]
+        if batch.items:
+            sampled = [seq for seq, n in batch.items if batch.samples(seq, n)]
+            tokens, logprobs = self.runner.execute(batch)
+            self.scheduler.postprocess(batch, tokens)
+            for seq, lp in zip(sampled, logprobs, strict=True):
+                if lp is not None:
+                    seq.logprobs.append(lp)
+                outputs.append(_output(seq, 1))
+                if seq.is_finished:
+                    del self.requests[seq.request_id]
+        elif not outputs:
+            return StepResult((), None)
         stats = StepStats(
             step_seconds=time.perf_counter() - start,
             num_decode_tokens=num_decode,

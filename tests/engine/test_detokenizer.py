@@ -57,7 +57,7 @@ def test_random_token_soup_matches_one_shot_decode(tok: GPT2Tokenizer) -> None:
 
 
 def test_special_tokens_are_skipped_unless_asked(tok: GPT2Tokenizer) -> None:
-    ids = tok.encode("a") + [tok.eos_token_id] + tok.encode("b")
+    ids = [*tok.encode("a"), tok.eos_token_id, *tok.encode("b")]
     assert "".join(_stream(tok, ids)[0]) == "ab"
     assert "".join(_stream(tok, ids, skip_special_tokens=False)[0]) == "a<|endoftext|>b"
 

@@ -1,0 +1,186 @@
+"""EngineClient over a real worker process: streaming, stop strings, abort, backpressure,
+deadlines, a killed worker, and drain."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from app.engine import EngineConfig, SamplingParams
+from app.engine.client import EngineClient
+from app.engine.errors import (
+    EngineDeadError,
+    EngineNotReadyError,
+    InvalidRequestError,
+    OverloadedError,
+)
+from app.engine.protocol import GenerationDelta
+
+T = TypeVar("T")
+
+
+class Harness:
+    """One event loop and one client (worker process) shared by a module's tests."""
+
+    def __init__(self, client: EngineClient) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.client = client
+        self.run(client.start())
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        return self.loop.run_until_complete(asyncio.wait_for(coro, timeout))
+
+    async def collect(
+        self, prompt: str | list[int], params: SamplingParams, rid: str, **kw: Any
+    ) -> list[GenerationDelta]:
+        ids = await self.client.encode(prompt) if isinstance(prompt, str) else prompt
+        return [d async for d in self.client.generate(ids, params, request_id=rid, **kw)]
+
+    async def until(self, predicate: Any, timeout: float = 30) -> None:
+        """Wait for a condition the worker reports asynchronously (bounded, not a fixed sleep)."""
+        deadline = self.loop.time() + timeout
+        while not predicate():
+            assert self.loop.time() < deadline, "condition not reached in time"
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def h(tiny_model_dir: Path) -> Iterator[Harness]:
+    config = EngineConfig(model=str(tiny_model_dir), device="cpu", max_num_seqs=2)
+    harness = Harness(EngineClient(config, max_queued_requests=1))
+    yield harness
+    harness.run(harness.client.shutdown(5))
+    harness.loop.close()
+
+
+GREEDY = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
+
+
+def test_api_process_does_not_import_torch_for_the_client() -> None:
+    import subprocess
+
+    code = "import sys, app.engine.client; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_stream_text_equals_decode_of_tokens(h: Harness) -> None:
+    deltas = h.run(h.collect("Emoji 😀 and 日本語:", GREEDY, "s1"))
+    ids = [t for d in deltas for t in d.token_ids]
+    assert len(ids) == 24 and deltas[-1].finish_reason == "length"
+    assert "".join(d.text for d in deltas) == h.client.decode(ids)
+    assert all(d.finish_reason is None for d in deltas[:-1])
+    t = deltas[-1].timings
+    assert t is not None and 0 <= t.queue <= t.time_to_first_token <= t.total
+    assert t.max_inter_token >= t.mean_inter_token > 0
+
+
+def test_stop_string_ends_the_request(h: Harness) -> None:
+    full = "".join(d.text for d in h.run(h.collect("Once upon", GREEDY, "s2")))
+    stop = full[10:14]
+    first = full.index(stop)
+    deltas = h.run(h.collect("Once upon", GREEDY, "s3", stop=[stop]))
+    assert "".join(d.text for d in deltas) == full[:first]
+    assert deltas[-1].finish_reason == "stop" and deltas[-1].stop_reason == stop
+    h.run(h.until(lambda: h.client.stats()["kv_slots_used"] == 0))
+
+
+def test_leaving_early_aborts_and_frees_the_slot(h: Harness) -> None:
+    async def leave_after_two() -> None:
+        ids = await h.client.encode("abort me")
+        agen = h.client.generate(
+            ids, SamplingParams(max_tokens=500, ignore_eos=True), request_id="s4"
+        )
+        seen = 0
+        async for _ in agen:
+            seen += 1
+            if seen == 2:
+                break
+        await agen.aclose()
+
+    h.run(leave_after_two())
+    assert h.client.num_in_flight == 0
+    h.run(h.until(lambda: h.client.stats()["kv_slots_used"] == 0))
+
+
+def test_full_queue_gets_overloaded_with_retry_after(h: Harness) -> None:
+    async def scenario() -> OverloadedError:
+        long = SamplingParams(max_tokens=900, ignore_eos=True)
+        tasks = [asyncio.ensure_future(h.collect([1, 2], long, f"o{i}")) for i in range(3)]
+        await h.until(lambda: h.client.num_in_flight == 3)  # 2 running + 1 queued
+        try:
+            await h.client.generate([3], long, request_id="o-extra").__anext__()
+        except OverloadedError as exc:
+            return exc
+        finally:
+            for t in tasks:  # cancelling a consumer aborts its request
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        raise AssertionError("a 4th request should not fit 2 running + 1 queued")
+
+    err = h.run(scenario())
+    assert err.retry_after >= 1 and "limit is 3" in str(err)
+    h.run(h.until(lambda: h.client.num_in_flight == 0))
+
+
+def test_deadline_ends_with_timeout(h: Harness) -> None:
+    deltas = h.run(
+        h.collect([5, 6], SamplingParams(max_tokens=1000, ignore_eos=True), "t1", timeout=0.3)
+    )
+    assert deltas[-1].finish_reason == "timeout"
+    assert len(deltas) < 1000
+    h.run(h.until(lambda: h.client.stats()["kv_slots_used"] == 0))
+
+
+def test_invalid_request_raises_before_any_delta(h: Harness) -> None:
+    with pytest.raises(InvalidRequestError) as err:
+        h.run(h.collect([1] * 1020, SamplingParams(max_tokens=10), "bad"))
+    assert err.value.field == "max_tokens"
+
+
+def test_killed_worker_fails_in_flight_then_recovers(h: Harness) -> None:
+    async def scenario() -> None:
+        agen = h.client.generate(
+            [7], SamplingParams(max_tokens=1000, ignore_eos=True), request_id="k1"
+        )
+        await agen.__anext__()
+        assert h.client._worker is not None
+        h.client._worker.kill()
+        with pytest.raises(EngineDeadError):
+            async for _ in agen:
+                pass
+        assert not h.client.is_ready
+        with pytest.raises(EngineNotReadyError):
+            await h.client.generate([1], GREEDY, request_id="k2").__anext__()
+        await h.until(lambda: h.client.is_ready, timeout=60)
+
+    h.run(scenario(), timeout=90)
+    assert h.client.worker_restarts == 1
+    deltas = h.run(h.collect("back again", GREEDY, "k3"))
+    assert deltas[-1].finish_reason == "length"
+
+
+def test_drain_refuses_new_work_and_lets_running_finish(tiny_model_dir: Path) -> None:
+    harness = Harness(EngineClient(EngineConfig(model=str(tiny_model_dir), device="cpu")))
+    client = harness.client
+
+    async def scenario() -> list[GenerationDelta]:
+        running = asyncio.ensure_future(harness.collect([1, 2, 3], GREEDY, "d1"))
+        await asyncio.sleep(0)  # let it be admitted
+        client.begin_drain()
+        assert not client.is_ready
+        with pytest.raises(EngineNotReadyError):
+            await client.generate([1], GREEDY, request_id="d2").__anext__()
+        deltas = await running
+        await client.shutdown(5)
+        return deltas
+
+    deltas = harness.run(scenario())
+    assert deltas[-1].finish_reason == "length"
+    assert not client.is_worker_alive
+    harness.loop.close()
