@@ -10,6 +10,7 @@ import torch
 from app.engine.config import EngineConfig
 from app.engine.cuda_graphs import StaticDecode
 from app.engine.device import resolve_device, resolve_dtype
+from app.engine.host_to_device import to_device
 from app.engine.sampler import Sampler, SamplingRow
 from app.engine.scheduler import ScheduledBatch
 from app.engine.sequence import Sequence, TokenLogprobs
@@ -167,4 +168,4 @@ class ModelRunner:
         )
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.long, device=self.device)
+        return to_device(values, torch.long, self.device)

@@ -8,10 +8,12 @@ row of the batch asks for it. A seeded row draws its noise from a generator keye
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
+from app.engine.host_to_device import to_device
 from app.engine.params import SamplingParams
 from app.engine.sequence import TokenLogprobs
 
@@ -43,7 +45,7 @@ class Sampler:
             chosen = greedy
         else:
             sampled = self._sample(logits, rows)
-            is_greedy = torch.tensor([r.params.is_greedy for r in rows], device=logits.device)
+            is_greedy = to_device([r.params.is_greedy for r in rows], torch.bool, logits.device)
             chosen = torch.where(is_greedy, greedy, sampled)
         return chosen, self._logprobs(raw, chosen, rows)
 
@@ -55,19 +57,19 @@ class Sampler:
             if p.has_penalties:
                 logits[i] = self._penalize(logits[i], r)
             if p.logit_bias:
-                ids = torch.tensor(list(p.logit_bias), device=logits.device)
-                bias = torch.tensor(list(p.logit_bias.values()), device=logits.device)
+                ids = to_device(list(p.logit_bias), torch.long, logits.device)
+                bias = to_device(list(p.logit_bias.values()), logits.dtype, logits.device)
                 logits[i].index_add_(0, ids, bias)
             if len(r.token_ids) - r.num_prompt_tokens < p.min_tokens:
                 banned = list(p.stop_token_ids)
                 if not p.ignore_eos:
                     banned.append(self.eos_token_id)
-                logits[i, banned] = float("-inf")
+                logits[i].index_fill_(0, to_device(banned, torch.long, logits.device), -math.inf)
         return logits
 
     def _penalize(self, row: torch.Tensor, r: SamplingRow) -> torch.Tensor:
         p = r.params
-        ids = torch.tensor(r.token_ids, device=row.device)
+        ids = to_device(r.token_ids, torch.long, row.device)
         if p.repetition_penalty != 1.0:  # HF: shrink seen tokens' logits toward "less likely"
             seen = torch.zeros_like(row, dtype=torch.bool).index_fill_(0, ids, True)
             scaled = torch.where(row > 0, row / p.repetition_penalty, row * p.repetition_penalty)
@@ -81,9 +83,10 @@ class Sampler:
         return row
 
     def _sample(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
-        temps = torch.tensor(
+        temps = to_device(
             [r.params.temperature if not r.params.is_greedy else 1.0 for r in rows],
-            device=logits.device,
+            logits.dtype,
+            logits.device,
         )
         logits = logits / temps.unsqueeze(1)
         if any(0 < r.params.top_k < self.vocab_size for r in rows):
@@ -92,7 +95,7 @@ class Sampler:
         if any(r.params.top_p < 1.0 for r in rows):
             probs = self._top_p(probs, [r.params.top_p for r in rows])
         if any(r.params.min_p > 0.0 for r in rows):
-            min_p = torch.tensor([r.params.min_p for r in rows], device=probs.device)
+            min_p = to_device([r.params.min_p for r in rows], probs.dtype, probs.device)
             floor = probs.amax(dim=-1, keepdim=True) * min_p.unsqueeze(1)
             probs = probs.masked_fill(probs < floor, 0.0)
         return (probs / self._exponential_noise(rows)).argmax(dim=-1)
@@ -100,17 +103,18 @@ class Sampler:
     def _top_k(self, logits: torch.Tensor, ks: list[int]) -> torch.Tensor:
         k_max = max(k for k in ks if 0 < k < self.vocab_size)
         top = logits.topk(k_max, dim=-1).values  # (M, k_max), descending
-        k_index = torch.tensor(
+        k_index = to_device(
             [min(k, k_max) - 1 if 0 < k < self.vocab_size else k_max - 1 for k in ks],
-            device=logits.device,
+            torch.long,
+            logits.device,
         )
         kth = top.gather(1, k_index.unsqueeze(1))
-        off = torch.tensor([not 0 < k < self.vocab_size for k in ks], device=logits.device)
+        off = to_device([not 0 < k < self.vocab_size for k in ks], torch.bool, logits.device)
         return logits.masked_fill((logits < kth) & ~off.unsqueeze(1), float("-inf"))
 
     @staticmethod
     def _top_p(probs: torch.Tensor, ps: list[float]) -> torch.Tensor:
-        top_p = torch.tensor(ps, device=probs.device).unsqueeze(1)
+        top_p = to_device(ps, probs.dtype, probs.device).unsqueeze(1)
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         # Drop a token when the tokens ranked above it already reach top_p; the first always stays.
         drop_sorted = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p
@@ -136,14 +140,15 @@ class Sampler:
         result: list[TokenLogprobs | None] = [None] * len(rows)
         if not wanted:
             return result
-        index = torch.tensor(wanted, device=raw.device)
+        index = to_device(wanted, torch.long, raw.device)
         logp = raw.index_select(0, index).log_softmax(dim=-1)
         chosen_logp = logp.gather(1, chosen.index_select(0, index).unsqueeze(1)).squeeze(1)
         k_max = max(rows[i].params.logprobs or 0 for i in wanted)
         top_vals, top_ids = logp.topk(k_max, dim=-1) if k_max else (logp[:, :0], logp[:, :0])
         chosen_list, vals, ids = chosen_logp.tolist(), top_vals.tolist(), top_ids.tolist()
+        chosen_ids = chosen.index_select(0, index).tolist()
         for j, i in enumerate(wanted):
             k = rows[i].params.logprobs or 0
             top = tuple(zip((int(t) for t in ids[j][:k]), vals[j][:k], strict=True))
-            result[i] = TokenLogprobs(int(chosen[i]), chosen_list[j], top)
+            result[i] = TokenLogprobs(chosen_ids[j], chosen_list[j], top)
         return result
