@@ -1,14 +1,17 @@
 """Batched sampling: penalties, temperature, top-k / top-p / min-p, per-request seeds, logprobs.
 
-Sampling uses the exponential race (argmax of probs / E, E ~ Exp(1)), which draws from probs
-without torch.multinomial, so nothing here waits on the device. Each stage runs only when some
-row of the batch asks for it. A seeded row draws its noise from a generator keyed by
-(seed, output index) alone, so its tokens do not depend on who else is in the batch.
+On CUDA, sampling is the exponential race (argmax of probs / E, E ~ Exp(1)): no
+torch.multinomial, so nothing here waits on the device. On CPU, drawing V exponentials per row
+cost 1.5 ms a row (49 ms a step at batch 32), so there it is the inverse CDF (one uniform per
+row, cumsum + searchsorted: 2.5 ms for the whole batch); both draw exactly from probs. Each stage
+runs only when some row of the batch asks for it. A seeded row takes its randomness from a
+generator keyed by (seed, output index) alone, so its tokens do not depend on its companions.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -98,7 +101,7 @@ class Sampler:
             min_p = to_device([r.params.min_p for r in rows], probs.dtype, probs.device)
             floor = probs.amax(dim=-1, keepdim=True) * min_p.unsqueeze(1)
             probs = probs.masked_fill(probs < floor, 0.0)
-        return (probs / self._exponential_noise(rows)).argmax(dim=-1)
+        return self._draw(probs, rows)
 
     def _top_k(self, logits: torch.Tensor, ks: list[int]) -> torch.Tensor:
         k_max = max(k for k in ks if 0 < k < self.vocab_size)
@@ -121,16 +124,29 @@ class Sampler:
         drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
         return probs.masked_fill(drop, 0.0)
 
-    def _exponential_noise(self, rows: list[SamplingRow]) -> torch.Tensor:
-        noise = torch.empty((len(rows), self.vocab_size), device=self.device)
-        noise.exponential_(generator=self.generator)
+    def _draw(self, probs: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        if probs.device.type == "cuda":
+            return exponential_race(
+                probs, self._random(rows, lambda t, g: t.exponential_(generator=g))
+            )
+        return inverse_cdf(probs, self._random(rows, lambda t, g: t.uniform_(generator=g), width=1))
+
+    def _random(
+        self,
+        rows: list[SamplingRow],
+        fill: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+        width: int | None = None,
+    ) -> torch.Tensor:
+        """(M, width or V) random numbers: the engine's stream, or each seeded row's own."""
+        out = torch.empty((len(rows), width or self.vocab_size), device=self.device)
+        fill(out, self.generator)
         for i, r in enumerate(rows):
             if r.params.seed is not None:
                 step = len(r.token_ids) - r.num_prompt_tokens
                 g = torch.Generator(device=self.device)
                 g.manual_seed((r.params.seed * 1_000_003 + step) % 2**63)
-                noise[i].exponential_(generator=g)
-        return noise.clamp_(min=1e-20)
+                fill(out[i], g)
+        return out
 
     @staticmethod
     def _logprobs(
@@ -152,3 +168,15 @@ class Sampler:
             top = tuple(zip((int(t) for t in ids[j][:k]), vals[j][:k], strict=True))
             result[i] = TokenLogprobs(chosen_ids[j], chosen_list[j], top)
         return result
+
+
+def exponential_race(probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """argmax(p / E) with E ~ Exp(1) is a draw from p; zero-probability tokens never win."""
+    return (probs / noise.clamp_(min=1e-20)).argmax(dim=-1)
+
+
+def inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """The first token whose cumulative probability reaches u * total, u in (0, 1]."""
+    cdf = probs.cumsum(dim=-1)
+    target = (1.0 - uniforms) * cdf[:, -1:]  # uniform_ gives [0, 1): flip to (0, 1]
+    return torch.searchsorted(cdf, target).squeeze(1).clamp_(max=probs.shape[-1] - 1)

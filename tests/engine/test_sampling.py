@@ -134,3 +134,22 @@ def test_penalties_discourage_repetition(llm: LLM) -> None:
     assert repeats(SamplingParams(repetition_penalty=10.0, **base)) < plain  # type: ignore[arg-type]
     assert repeats(SamplingParams(frequency_penalty=2.0, **base)) < plain  # type: ignore[arg-type]
     assert repeats(SamplingParams(presence_penalty=2.0, **base)) < plain  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("method", ["inverse_cdf", "exponential_race"])
+def test_draws_follow_the_distribution(method: str) -> None:
+    """Both samplers (CPU: inverse CDF; CUDA: exponential race) draw from probs exactly:
+    frequencies within 4 standard errors, zero-probability tokens never drawn."""
+    from app.engine import sampler
+
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.15, 0.05, 0.0]]).repeat(4000, 1)
+    g = torch.Generator().manual_seed(0)
+    if method == "inverse_cdf":
+        draws = sampler.inverse_cdf(probs, torch.rand(4000, 1, generator=g))
+    else:
+        draws = sampler.exponential_race(probs, torch.empty_like(probs).exponential_(generator=g))
+    freq = torch.bincount(draws, minlength=6).double() / 4000
+    expected = probs[0].double()
+    stderr = (expected * (1 - expected) / 4000).sqrt()
+    assert (freq[[1, 5]] == 0).all()
+    assert ((freq - expected).abs() <= 4 * stderr + 1e-9).all(), freq.tolist()
