@@ -27,6 +27,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from app.engine import EngineConfig, SamplingParams
 from app.engine.llm import LLM
+from app.engine.model_runner import DEFAULT_THREADS
 from app.model.gpt2 import GPT2
 from app.model.gpt2 import GPT2Config as GPT2ModelConfig
 from app.model.matmul import Conv1D
@@ -134,6 +135,7 @@ def bench_batch(
     ids = prompts.tolist()
     llm.generate(ids[:1], SamplingParams(max_tokens=2))  # warm-up
     t_ours = median_time(lambda: llm.generate(ids, params), args.repeats)
+    torch.set_num_threads(DEFAULT_THREADS)  # the engine may have left torch at one thread
     t_hf32 = median_time(lambda: hf_generate(hf["fp32"], prompts, args.gen_len), args.repeats)
     t_hf16 = hf_bf16_time(hf["bf16"], prompts, args, skip_bf16)
     dtype = llm.core.runner.dtype

@@ -20,6 +20,7 @@ from app.model.matmul import pick_gemm_backend
 from app.model.weights import load_gpt2, resolve_model_dir
 
 log = logging.getLogger(__name__)
+DEFAULT_THREADS = torch.get_num_threads()  # at import, before any runner changes it
 
 
 @dataclass
@@ -59,7 +60,6 @@ class ModelRunner:
             self.dtype,
             self.device,
         )
-        self._default_threads = torch.get_num_threads()
         self.static_decode: StaticDecode | None = None
         if self.device.type == "cuda" and config.cuda_graphs:
             sizes = [b for b in config.cuda_graph_batch_sizes if b <= self.num_slots]
@@ -82,7 +82,7 @@ class ModelRunner:
         for move in batch.moves:
             self.kv.move(move.src, move.dst, move.length)
         inputs = self.prepare(batch)
-        self._set_threads(self._threads_for(len(inputs.input_ids)))
+        self._use_threads(self._threads_for(len(inputs.input_ids)))
         logits = self.forward(inputs)
         chosen, logprobs = self.sampler(logits, inputs.sampling)
         # Hand results back in batch.items order, which is what the scheduler walks.
@@ -106,11 +106,11 @@ class ModelRunner:
 
     def _threads_for(self, num_tokens: int) -> int:
         """One-row steps run their GEMMs in OpenBLAS, which wants the cores to itself."""
-        if self.gemm == "onednn" and num_tokens == 1:
-            return 1
-        return self._default_threads
+        return 1 if self.gemm == "onednn" and num_tokens == 1 else DEFAULT_THREADS
 
-    def _set_threads(self, n: int) -> None:
+    def _use_threads(self, n: int) -> None:
+        # Sticky, not per step: each set_num_threads cost 12-14 ms here (the OpenMP pool is
+        # rebuilt), so it changes only when the kind of step changes.
         if self.device.type == "cpu" and n != torch.get_num_threads():
             torch.set_num_threads(n)
 

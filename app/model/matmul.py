@@ -11,7 +11,7 @@ F.linear once, and anything unexpected falls back to plain torch.
 A single row (one sequence decoding alone) is a matrix-vector product bound by memory bandwidth;
 there OpenBLAS (through numpy, on zero-copy views) streamed the weights 1.5x faster than oneDNN.
 It only pays if torch's threads are not spinning beside OpenBLAS's, so the model runner drops
-torch to one thread for such steps (see ModelRunner._threads_for) and app/__init__.py asks
+torch to one thread while such steps run (see ModelRunner._threads_for) and app/__init__.py asks
 OpenBLAS not to spin after each call.
 """
 

@@ -1,0 +1,132 @@
+"""`gpt2-serve`: run the service (the default), or generate once in-process.
+
+    gpt2-serve --model DIR_OR_ID --host H --port P      # same as `gpt2-serve serve ...`
+    gpt2-serve generate --model DIR "Once upon a time"
+
+Every serve option is a Settings field, so each flag also comes from GPT2_<NAME> in the
+environment (flags win).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import types
+from pathlib import Path
+from typing import Any, get_args
+
+import uvicorn
+
+from app.config import Settings
+
+log = logging.getLogger("gpt2_serve")
+COMMANDS = ("serve", "generate")
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        kinds = [a for a in get_args(field.annotation) if a is not type(None)] or [field.annotation]
+        kind = kinds[0]
+        help_text = (
+            f"env GPT2_{name.upper()} (default: {field.get_default(call_default_factory=True)!r})"
+        )
+        if kind is bool:
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        elif kind in (int, float, str, Path):
+            parser.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
+        else:  # lists: comma-separated, parsed by Settings
+            parser.add_argument(flag, dest=name, default=None, help=help_text + ", comma-separated")
+
+
+def _settings_from(args: argparse.Namespace) -> Settings:
+    given = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
+    return Settings(**given)
+
+
+def serve(settings: Settings) -> None:
+    from app.main import create_app
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        timeout_graceful_shutdown=int(settings.drain_timeout_seconds) + 1,
+    )
+    DrainingServer(config, app, settings.drain_timeout_seconds).run()
+
+
+class DrainingServer(uvicorn.Server):
+    """Drains on the first SIGTERM/SIGINT: readiness turns false and new generation requests get
+    503 while the server keeps answering (so load balancers see it), in-flight streams run to
+    the end (up to grace_seconds), then it exits. A second signal exits at once."""
+
+    def __init__(self, config: uvicorn.Config, app: Any, grace_seconds: float) -> None:
+        super().__init__(config)
+        self.app, self.grace_seconds, self.draining = app, grace_seconds, False
+
+    def handle_exit(self, sig: int, frame: types.FrameType | None) -> None:
+        engine = getattr(self.app.state, "engine", None)
+        if self.draining or engine is None or sig not in (signal.SIGTERM, signal.SIGINT):
+            super().handle_exit(sig, frame)
+            return
+        self.draining = True
+        log.info("signal %s: draining for up to %.0fs", sig, self.grace_seconds)
+        engine.begin_drain()
+        asyncio.get_event_loop().create_task(self._exit_when_idle(engine))
+
+    async def _exit_when_idle(self, engine: Any) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.grace_seconds
+        while engine.num_in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        self.should_exit = True
+
+
+def generate(args: argparse.Namespace) -> None:
+    from app.engine import EngineConfig, SamplingParams
+    from app.engine.llm import LLM
+
+    settings = _settings_from(args)
+    llm = LLM(EngineConfig(model=settings.model, device=settings.device, dtype=settings.dtype))
+    params = SamplingParams(
+        max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed_sample
+    )
+    for out in llm.stream(args.prompt, params):
+        sys.stdout.write(llm.tokenizer.decode(out.new_token_ids))
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
+        argv.insert(0, "serve")
+    parser = argparse.ArgumentParser(prog="gpt2-serve", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_settings_flags(sub.add_parser("serve", help="run the HTTP service (the default)"))
+    gen = sub.add_parser("generate", help="generate once, in-process, and print the text")
+    _add_settings_flags(gen)
+    gen.add_argument("prompt")
+    gen.add_argument("--max-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.8)
+    gen.add_argument("--seed-sample", type=int, default=None, help="seed for this generation")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "generate":
+        generate(args)
+    else:
+        serve(_settings_from(args))
+
+
+if __name__ == "__main__":
+    main()
