@@ -31,28 +31,30 @@ class Settings(BaseSettings):
     served_model_name: str | None = None  # the name in "model" fields; None: derived from model
     device: str = "auto"
     dtype: str = "auto"
-    max_num_seqs: int = Field(32, ge=1)
-    max_model_len: int | None = Field(None, ge=2)
-    kv_cache_tokens: int | None = Field(None, ge=1)
-    max_num_batched_tokens: int = Field(512, ge=1)
+    max_num_seqs: int = Field(default=32, ge=1)
+    max_model_len: int | None = Field(default=None, ge=2)
+    kv_cache_tokens: int | None = Field(default=None, ge=1)
+    max_num_batched_tokens: int = Field(default=512, ge=1)
     seed: int = 0
     cuda_graphs: bool = True
 
     # --- admission (reject early with 429 rather than queue forever) -------------------------
-    max_queued_requests: int = Field(256, ge=1)
-    max_queued_tokens: int = Field(262144, ge=1)
+    max_queued_requests: int = Field(default=256, ge=1)
+    max_queued_tokens: int = Field(default=262144, ge=1)
 
     # --- HTTP ---------------------------------------------------------------------------------
     host: str = "0.0.0.0"
-    port: int = Field(8000, ge=1, le=65535)
+    port: int = Field(default=8000, ge=1, le=65535)
     api_key: str | None = None
     api_key_file: Path | None = None  # one key per line; blank lines and "#" comments ignored
     # Empty list: no CORS headers at all. From the environment: a JSON list or comma-separated.
     cors_allow_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    max_request_body_bytes: int = Field(1024 * 1024, ge=1)
+    max_request_body_bytes: int = Field(default=1024 * 1024, ge=1)
     log_prompts: bool = False  # prompts can hold personal data: off unless asked for
-    drain_timeout_seconds: float = Field(30.0, ge=0)
-    keep_alive_seconds: float = Field(15.0, gt=0)  # SSE comment lines while a stream is idle
+    drain_timeout_seconds: float = Field(default=30.0, ge=0)
+    keep_alive_seconds: float = Field(
+        default=15.0, gt=0
+    )  # SSE comment lines while a stream is idle
 
     # --- chat -----------------------------------------------------------------------------------
     chat_template: str = DEFAULT_CHAT_TEMPLATE  # applied to each message: {role}, {content}

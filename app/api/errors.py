@@ -19,6 +19,7 @@ Status codes: 422 bad input, 401 bad key, 404 unknown route or model, 413 body t
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -113,20 +114,36 @@ def to_api_error(exc: BaseException) -> APIError:
 
 def format_validation_errors(errors: Sequence[Any]) -> tuple[str, str | None]:
     """pydantic errors -> one message naming each field and its limit, and the first field."""
+    by_field: dict[str, list[Mapping[str, Any]]] = {}
+    for error in errors:
+        field = "body" if error.get("type") == "json_invalid" else _field_path(error["loc"])
+        by_field.setdefault(field, []).append(error)
     parts: list[str] = []
-    params: list[str] = []
-    for error in errors[:_MAX_LISTED_ERRORS]:
-        field = _field_path(error.get("loc", ()))
-        params.append(field)
-        parts.append(f"{field}: {_describe(error)}")
-    if len(errors) > _MAX_LISTED_ERRORS:
-        parts.append(f"(and {len(errors) - _MAX_LISTED_ERRORS} more errors)")
-    return "; ".join(parts) or "invalid request", (params[0] if params else None)
+    for field, field_errors in list(by_field.items())[:_MAX_LISTED_ERRORS]:
+        # A union reports every branch; a branch whose type did not even match says less than
+        # one that matched and broke a limit ("at most 4 items"), so keep the latter.
+        specific = [e for e in field_errors if not str(e.get("type", "")).endswith("_type")]
+        chosen = specific or field_errors
+        messages = " or ".join(dict.fromkeys(_describe(e) for e in chosen))
+        parts.append(f"{field}: {messages}{_shown_input(chosen[0])}")
+    if len(by_field) > _MAX_LISTED_ERRORS:
+        parts.append(f"(and {len(by_field) - _MAX_LISTED_ERRORS} more fields)")
+    first = next(iter(by_field), None)
+    return "; ".join(parts) or "invalid request", first
+
+
+# Union branches appear in pydantic locations as type names: "str", "list[int]",
+# "constrained-str", "function-wrap[...]". Field names here never look like that.
+_BRANCH_TAG = re.compile(r"^(str|int|float|bool|none|dict|list)$|[\[\-]")
 
 
 def _field_path(loc: Sequence[Any]) -> str:
     # FastAPI prefixes body fields with "body"; the caller knows the field by its own name.
-    parts = [str(p) for p in loc if p != "body"]
+    parts = [
+        str(p)
+        for i, p in enumerate(loc)
+        if not (i == 0 and p == "body") and not (isinstance(p, str) and _BRANCH_TAG.search(p))
+    ]
     return ".".join(parts) if parts else "body"
 
 
@@ -140,10 +157,16 @@ def _describe(error: Mapping[str, Any]) -> str:
         return "field required"
     if kind == "extra_forbidden":
         return "unknown field"
+    return msg
+
+
+def _shown_input(error: Mapping[str, Any]) -> str:
+    if error.get("type") in ("missing", "json_invalid"):
+        return ""
     value = error.get("input")
     if isinstance(value, bool | int | float) or (isinstance(value, str) and len(value) <= 40):
-        return f"{msg}, got {value!r}"
-    return msg
+        return f", got {value!r}"
+    return ""
 
 
 def _header_safe(message: str) -> str:

@@ -98,7 +98,7 @@ class BodySizeLimitMiddleware:
                 )
                 return
             if int(declared) > self.max_bytes:
-                await self._too_large()(scope, receive, send)
+                await self._too_large().response()(scope, receive, send)
                 return
 
         received = 0
@@ -121,7 +121,7 @@ class BodySizeLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes and not response_started:
-                    await self._too_large()(scope, receive, send)
+                    await self._too_large().response()(scope, receive, send)
                     rejected = True
                     # The app sees a disconnect and stops reading; its own answer is dropped.
                     return {"type": "http.disconnect"}

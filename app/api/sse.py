@@ -24,7 +24,11 @@ SSE_HEADERS = {
 
 def event(payload: Mapping[str, Any]) -> bytes:
     """One `data:` event. Compact JSON on one line, UTF-8 as is (no \\u escapes)."""
-    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    return (
+        b"data: "
+        + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        + b"\n\n"
+    )
 
 
 class EventStreamResponse(StreamingResponse):
@@ -52,17 +56,16 @@ class EventStreamResponse(StreamingResponse):
                 await self._on_close()
 
 
-def sse_openapi(description: str) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` entry for a route that may answer with an event stream."""
-    return {
-        200: {
-            "description": description,
-            "content": {
-                "application/json": {},
-                "text/event-stream": {
-                    "schema": {"type": "string"},
-                    "example": 'data: {"...": "..."}\n\ndata: [DONE]\n\n',
-                },
+def sse_openapi(description: str, model: type[Any] | None = None) -> dict[int | str, Any]:
+    """OpenAPI `responses` entry for a route that answers JSON, or an event stream when asked."""
+    entry: dict[str, Any] = {
+        "description": description,
+        "content": {
+            "text/event-stream": {
+                "schema": {"type": "string", "description": "data: {json} events"},
             },
-        }
+        },
     }
+    if model is not None:
+        entry["model"] = model
+    return {200: entry}

@@ -50,10 +50,7 @@ class ChoiceStreams:
         event inside a 200 stream. A request still queued after prime_seconds is streamed
         anyway (headers go out, keep-alives follow) and any later error becomes an event.
         """
-        self._tasks = [
-            asyncio.create_task(self._pump(index, factory))
-            for index, factory in enumerate(self._factories)
-        ]
+        self._launch()
         waiting = set(range(len(self._factories)))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + prime_seconds
@@ -78,6 +75,7 @@ class ChoiceStreams:
 
         Raises the first error any generation raises (the others are then aborted by aclose).
         """
+        self._launch()
         while self._open > 0:
             if self._buffer:
                 item = self._buffer.pop(0)
@@ -109,6 +107,13 @@ class ChoiceStreams:
             task.cancel()
         if running:
             await asyncio.wait(running)
+
+    def _launch(self) -> None:
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._pump(index, factory))
+                for index, factory in enumerate(self._factories)
+            ]
 
     async def _pump(self, index: int, factory: StreamFactory) -> None:
         stream: AsyncIterator[GenerationDelta] | None = None

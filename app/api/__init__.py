@@ -1,0 +1,1 @@
+"""The HTTP layer: FastAPI only. Never imports torch, app.model or engine internals."""

@@ -1,0 +1,118 @@
+"""The engine's per-token logprobs in each API's shape: OpenAI legacy, OpenAI chat, TGI."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from app.engine.client import EngineClient
+
+
+class TokenLogprobs(Protocol):
+    """The shape of the engine's per-token logprobs (GenerationDelta.logprobs items). Described
+    here rather than imported, as the class lives in an engine module the API may not import."""
+
+    @property
+    def token_id(self) -> int: ...
+    @property
+    def logprob(self) -> float: ...
+    @property
+    def top(self) -> tuple[tuple[int, float], ...]: ...
+
+
+# JSON has no -Infinity; OpenAI reports impossible tokens as -9999.0, and so do we.
+FLOOR = -9999.0
+
+
+def finite(logprob: float) -> float:
+    return logprob if math.isfinite(logprob) else FLOOR
+
+
+def completion_logprobs(
+    engine: EngineClient,
+    logprobs: Sequence[TokenLogprobs],
+    *,
+    text_offset: int,
+    echo_ids: Sequence[int] = (),
+) -> tuple[dict[str, Any], int]:
+    """OpenAI's legacy object {tokens, token_logprobs, top_logprobs, text_offset}.
+
+    Echoed prompt tokens come first with null logprobs (this server computes none for the
+    prompt). text_offset is where each token starts in the choice's text; the returned int is
+    the offset after the last token, for the next streamed piece.
+    """
+    tokens: list[str] = []
+    token_logprobs: list[float | None] = []
+    top_logprobs: list[dict[str, float] | None] = []
+    offsets: list[int] = []
+    for token_id in echo_ids:
+        text = engine.token_text(token_id)
+        tokens.append(text)
+        token_logprobs.append(None)
+        top_logprobs.append(None)
+        offsets.append(text_offset)
+        text_offset += len(text)
+    for entry in logprobs:
+        text = engine.token_text(entry.token_id)
+        tokens.append(text)
+        token_logprobs.append(finite(entry.logprob))
+        top_logprobs.append({engine.token_text(i): finite(lp) for i, lp in entry.top})
+        offsets.append(text_offset)
+        text_offset += len(text)
+    body = {
+        "tokens": tokens,
+        "token_logprobs": token_logprobs,
+        "top_logprobs": top_logprobs,
+        "text_offset": offsets,
+    }
+    return body, text_offset
+
+
+def chat_logprobs(
+    engine: EngineClient, logprobs: Sequence[TokenLogprobs], top_n: int
+) -> list[dict[str, Any]]:
+    """OpenAI chat's logprobs.content entries."""
+    return [
+        {
+            **_chat_entry(engine, entry.token_id, entry.logprob),
+            "top_logprobs": [_chat_entry(engine, i, lp) for i, lp in entry.top[:top_n]],
+        }
+        for entry in logprobs
+    ]
+
+
+def _chat_entry(engine: EngineClient, token_id: int, logprob: float) -> dict[str, Any]:
+    text = engine.token_text(token_id)
+    return {"token": text, "logprob": finite(logprob), "bytes": list(text.encode("utf-8"))}
+
+
+def tgi_token(
+    engine: EngineClient,
+    token_id: int,
+    logprob: TokenLogprobs | None,
+    *,
+    text: str | None = None,
+) -> dict[str, Any]:
+    """TGI's {id, text, logprob, special}. `text` overrides the token's own text (streams send
+    the detokenized piece, so that the pieces add up to the generated text)."""
+    return {
+        "id": token_id,
+        "text": engine.token_text(token_id) if text is None else text,
+        "logprob": None if logprob is None else finite(logprob.logprob),
+        "special": token_id == engine.info.eos_token_id,
+    }
+
+
+def tgi_top_tokens(engine: EngineClient, logprob: TokenLogprobs | None) -> list[dict[str, Any]]:
+    if logprob is None:
+        return []
+    return [
+        {
+            "id": i,
+            "text": engine.token_text(i),
+            "logprob": finite(lp),
+            "special": i == engine.info.eos_token_id,
+        }
+        for i, lp in logprob.top
+    ]

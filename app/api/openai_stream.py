@@ -1,0 +1,65 @@
+"""The OpenAI stream skeleton both OpenAI routes share.
+
+    data: {chunk}        one per delta that has something to say; the last of a choice
+                         carries its finish_reason (and a non-standard "timings")
+    data: {usage chunk}  choices: [], when stream_options.include_usage
+    data: [DONE]
+
+A failure after the headers went out ends the stream with `data: {"error": {...}}` and then
+`data: [DONE]`, so a client never mistakes a broken answer for a short one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from app.api.errors import to_api_error
+from app.api.sse import DONE, KEEP_ALIVE, event
+from app.api.streams import ChoiceStreams
+from app.engine.protocol import GenerationDelta
+
+logger = logging.getLogger(__name__)
+
+ChunkBuilder = Callable[[int, GenerationDelta], dict[str, Any] | None]
+
+
+async def openai_events(
+    streams: ChoiceStreams,
+    *,
+    build_chunk: ChunkBuilder,
+    keep_alive_seconds: float,
+    prelude: Sequence[dict[str, Any]] = (),
+    usage_chunk: Callable[[list[int]], dict[str, Any]] | None = None,
+    num_choices: int,
+    response_id: str,
+) -> AsyncIterator[bytes]:
+    outputs = [0] * num_choices  # tokens generated per choice, for the usage chunk
+    try:
+        for chunk in prelude:
+            yield event(chunk)
+        async for entry in streams.events(keep_alive_seconds):
+            if entry is None:
+                yield KEEP_ALIVE
+                continue
+            index, delta = entry
+            outputs[index] = delta.num_output_tokens
+            built = build_chunk(index, delta)
+            if built is not None:
+                yield event(built)
+        if usage_chunk is not None:
+            yield event(usage_chunk(outputs))
+        yield DONE
+    except Exception as exc:
+        error = to_api_error(exc)
+        if error.status_code >= 500:
+            logger.warning("stream %s failed mid-way: %s", response_id, exc, exc_info=exc)
+        yield event(error.body())
+        yield DONE
+    finally:
+        await streams.aclose()
+
+
+def base_chunk(response_id: str, kind: str, created: int, model: str) -> dict[str, Any]:
+    return {"id": response_id, "object": kind, "created": created, "model": model}

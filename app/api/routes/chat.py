@@ -1,0 +1,160 @@
+"""POST /v1/chat/completions: messages rendered with the plain template (see app/config.py)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from app.api.choices import ChoicePlan, RunOptions, fold, log_request, new_id, open_streams, usage
+from app.api.deps import EngineDep, RequestIdDep, SettingsDep
+from app.api.logprobs import chat_logprobs
+from app.api.openai_stream import base_chunk, openai_events
+from app.api.prompts import (
+    check_model,
+    encode_text,
+    render_chat,
+    resolve_max_tokens,
+    truncate_prompt,
+)
+from app.api.sampling import openai_params
+from app.api.schemas import ERROR_RESPONSES, ChatCompletionRequest
+from app.api.schemas import ChatCompletionResponse as ChatResponse
+from app.api.sse import EventStreamResponse, sse_openapi
+from app.api.streams import collect_unless_disconnected
+from app.api.timing import combine, server_timing, timings_ms
+from app.engine.client import EngineClient
+from app.engine.protocol import GenerationDelta
+
+router = APIRouter(tags=["OpenAI"])
+
+OBJECT = "chat.completion"
+CHUNK_OBJECT = "chat.completion.chunk"
+
+
+@router.post(
+    "/v1/chat/completions",
+    response_model=None,
+    responses={
+        **ERROR_RESPONSES,
+        **sse_openapi("A chat completion; with stream=true, an event stream", ChatResponse),
+    },
+)
+async def create_chat_completion(
+    body: ChatCompletionRequest,
+    request: Request,
+    engine: EngineDep,
+    settings: SettingsDep,
+    request_id: RequestIdDep,
+) -> Response:
+    check_model(body.model, settings)
+    info = engine.info
+    prompt = render_chat(body.messages, settings)
+    ids = truncate_prompt(await encode_text(engine, prompt), body.truncate_prompt_tokens)
+    max_tokens = resolve_max_tokens(body.max_new_tokens, len(ids), info.max_model_len)
+    top_n = body.top_logprobs or 0
+    plans = [
+        ChoicePlan(
+            choice,
+            0,
+            ids,
+            openai_params(
+                body,
+                max_tokens=max_tokens,
+                logprobs=top_n if body.logprobs else None,
+                choice=choice,
+                vocab_size=info.vocab_size,
+            ),
+        )
+        for choice in range(body.n)
+    ]
+    response_id = new_id("chatcmpl")
+    log_request(response_id, request_id, [ids], body.n, prompt, settings.log_prompts)
+    options = RunOptions(body.stop_strings, body.include_stop_str_in_output, body.timeout)
+    streams = open_streams(engine, plans, response_id, options)
+    created = int(time.time())
+
+    if body.stream:
+        await streams.start(settings.keep_alive_seconds)
+        base = base_chunk(response_id, CHUNK_OBJECT, created, settings.model_name)
+        # The role goes first, once per choice, before any text (as OpenAI streams it).
+        prelude = [
+            {
+                **base,
+                "choices": [
+                    {
+                        "index": choice,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                ],
+            }
+            for choice in range(body.n)
+        ]
+        events = openai_events(
+            streams,
+            build_chunk=_chunk_builder(engine, base, body.logprobs, top_n),
+            keep_alive_seconds=settings.keep_alive_seconds,
+            prelude=prelude,
+            usage_chunk=(
+                (lambda outputs: {**base, "choices": [], "usage": usage(plans, outputs)})
+                if body.include_usage
+                else None
+            ),
+            num_choices=len(plans),
+            response_id=response_id,
+        )
+        return EventStreamResponse(events, on_close=streams.aclose)
+
+    results = fold(await collect_unless_disconnected(streams, request))
+    choices = [
+        {
+            "index": plan.index,
+            "message": {"role": "assistant", "content": result.text},
+            "logprobs": (
+                {"content": chat_logprobs(engine, result.logprobs, top_n)}
+                if body.logprobs
+                else None
+            ),
+            "finish_reason": result.finish_reason,
+        }
+        for plan, result in zip(plans, results, strict=True)
+    ]
+    timings = combine([result.timings for result in results])
+    content: dict[str, Any] = {
+        **base_chunk(response_id, OBJECT, created, settings.model_name),
+        "choices": choices,
+        "usage": usage(plans, [result.num_output_tokens for result in results]),
+    }
+    if timings is not None:
+        content["timings"] = timings_ms(timings)
+    return JSONResponse(content, headers=server_timing(timings))
+
+
+def _chunk_builder(engine: EngineClient, base: dict[str, Any], logprobs: bool, top_n: int) -> Any:
+    def build(index: int, delta: GenerationDelta) -> dict[str, Any] | None:
+        if not delta.text and not delta.logprobs and delta.finish_reason is None:
+            return None  # text held back (a partial character or a possible stop string)
+        chunk: dict[str, Any] = {
+            **base,
+            "choices": [
+                {
+                    "index": index,
+                    "delta": {"content": delta.text} if delta.text else {},
+                    "logprobs": (
+                        {"content": chat_logprobs(engine, delta.logprobs, top_n)}
+                        if logprobs
+                        else None
+                    ),
+                    "finish_reason": delta.finish_reason,
+                }
+            ],
+        }
+        if delta.timings is not None:
+            chunk["timings"] = timings_ms(delta.timings)
+        return chunk
+
+    return build

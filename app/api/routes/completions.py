@@ -1,0 +1,175 @@
+"""POST /v1/completions (OpenAI's legacy completions, with vLLM's extensions)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from app.api.choices import (
+    ChoicePlan,
+    RunOptions,
+    fold,
+    log_request,
+    new_id,
+    open_streams,
+    usage,
+)
+from app.api.deps import EngineDep, RequestIdDep, SettingsDep
+from app.api.logprobs import completion_logprobs
+from app.api.openai_stream import base_chunk, openai_events
+from app.api.prompts import check_model, completion_prompts, resolve_max_tokens, truncate_prompt
+from app.api.sampling import openai_params
+from app.api.schemas import ERROR_RESPONSES, CompletionRequest, CompletionResponse
+from app.api.sse import EventStreamResponse, sse_openapi
+from app.api.streams import collect_unless_disconnected
+from app.api.timing import combine, server_timing, timings_ms
+from app.engine.client import EngineClient
+from app.engine.protocol import GenerationDelta
+
+router = APIRouter(tags=["OpenAI"])
+
+OBJECT = "text_completion"
+
+
+@router.post(
+    "/v1/completions",
+    response_model=None,
+    responses={
+        **ERROR_RESPONSES,
+        **sse_openapi("A completion; with stream=true, an event stream", CompletionResponse),
+    },
+)
+async def create_completion(
+    body: CompletionRequest,
+    request: Request,
+    engine: EngineDep,
+    settings: SettingsDep,
+    request_id: RequestIdDep,
+) -> Response:
+    check_model(body.model, settings)
+    info = engine.info
+    prompts = [
+        truncate_prompt(ids, body.truncate_prompt_tokens)
+        for ids in await completion_prompts(engine, body.prompt)
+    ]
+    plans: list[ChoicePlan] = []
+    for prompt_index, ids in enumerate(prompts):
+        max_tokens = resolve_max_tokens(body.max_tokens, len(ids), info.max_model_len)
+        for choice in range(body.n):
+            params = openai_params(
+                body,
+                max_tokens=max_tokens,
+                logprobs=body.logprobs,
+                choice=choice,
+                vocab_size=info.vocab_size,
+            )
+            plans.append(ChoicePlan(len(plans), prompt_index, ids, params))
+
+    response_id = new_id("cmpl")
+    log_request(response_id, request_id, prompts, body.n, body.prompt, settings.log_prompts)
+    echo = [engine.decode(ids) for ids in prompts] if body.echo else []
+    options = RunOptions(body.stop_strings, body.include_stop_str_in_output, body.timeout)
+    streams = open_streams(engine, plans, response_id, options)
+    created = int(time.time())
+
+    if body.stream:
+        await streams.start(settings.keep_alive_seconds)
+        builder = _ChunkBuilder(engine, body, plans, echo, response_id, created, settings)
+        events = openai_events(
+            streams,
+            build_chunk=builder,
+            keep_alive_seconds=settings.keep_alive_seconds,
+            usage_chunk=builder.usage_chunk if body.include_usage else None,
+            num_choices=len(plans),
+            response_id=response_id,
+        )
+        return EventStreamResponse(events, on_close=streams.aclose)
+
+    results = fold(await collect_unless_disconnected(streams, request))
+    choices: list[dict[str, Any]] = []
+    for plan, result in zip(plans, results, strict=True):
+        prefix = echo[plan.prompt_index] if body.echo else ""
+        logprobs = None
+        if body.logprobs is not None:
+            logprobs, _ = completion_logprobs(
+                engine,
+                result.logprobs,
+                text_offset=0,
+                echo_ids=plan.prompt_ids if body.echo else (),
+            )
+        choices.append(
+            {
+                "index": plan.index,
+                "text": prefix + result.text,
+                "logprobs": logprobs,
+                "finish_reason": result.finish_reason,
+            }
+        )
+    timings = combine([result.timings for result in results])
+    content: dict[str, Any] = {
+        **base_chunk(response_id, OBJECT, created, settings.model_name),
+        "choices": choices,
+        "usage": usage(plans, [result.num_output_tokens for result in results]),
+    }
+    if timings is not None:
+        content["timings"] = timings_ms(timings)
+    return JSONResponse(content, headers=server_timing(timings))
+
+
+class _ChunkBuilder:
+    """Turns one choice's delta into a stream chunk; remembers each choice's text offset."""
+
+    def __init__(
+        self,
+        engine: EngineClient,
+        body: CompletionRequest,
+        plans: list[ChoicePlan],
+        echo: list[str],
+        response_id: str,
+        created: int,
+        settings: SettingsDep,
+    ) -> None:
+        self.engine = engine
+        self.body = body
+        self.plans = plans
+        self.echo = echo
+        self.base = base_chunk(response_id, OBJECT, created, settings.model_name)
+        self.started = [False] * len(plans)
+        self.offsets = [0] * len(plans)
+
+    def __call__(self, index: int, delta: GenerationDelta) -> dict[str, Any] | None:
+        plan = self.plans[index]
+        text = delta.text
+        echo_ids: list[int] = []
+        if not self.started[index]:
+            self.started[index] = True
+            if self.body.echo:  # the prompt goes out with the choice's first piece
+                text = self.echo[plan.prompt_index] + text
+                echo_ids = plan.prompt_ids
+        logprobs = None
+        if self.body.logprobs is not None:
+            logprobs, self.offsets[index] = completion_logprobs(
+                self.engine, delta.logprobs, text_offset=self.offsets[index], echo_ids=echo_ids
+            )
+        if not text and not delta.logprobs and not echo_ids and delta.finish_reason is None:
+            return None  # text held back (a partial character or a possible stop string)
+        chunk: dict[str, Any] = {
+            **self.base,
+            "choices": [
+                {
+                    "index": index,
+                    "text": text,
+                    "logprobs": logprobs,
+                    "finish_reason": delta.finish_reason,
+                }
+            ],
+        }
+        if delta.timings is not None:
+            chunk["timings"] = timings_ms(delta.timings)
+        return chunk
+
+    def usage_chunk(self, outputs: list[int]) -> dict[str, Any]:
+        return {**self.base, "choices": [], "usage": usage(self.plans, outputs)}

@@ -1,0 +1,288 @@
+"""TGI's native API: POST /generate, POST /generate_stream, POST / (either, by "stream").
+
+As in TGI: stop sequences stay in the generated text (finish_reason "stop_sequence"), the
+stream is one event per token with no [DONE], and its last event carries generated_text and
+details. Beyond TGI, the details of the last event always come (with input_length) and carry
+a "timings" object.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from app.api.choices import (
+    ChoicePlan,
+    ChoiceResult,
+    RunOptions,
+    fold,
+    log_request,
+    new_id,
+    open_streams,
+)
+from app.api.deps import EngineDep, RequestIdDep, SettingsDep
+from app.api.errors import to_api_error
+from app.api.logprobs import tgi_token, tgi_top_tokens
+from app.api.prompts import encode_text, truncate_prompt
+from app.api.sampling import tgi_params
+from app.api.schemas import ERROR_RESPONSES, GenerateRequest, GenerateResponse
+from app.api.schemas.tgi import DEFAULT_MAX_NEW_TOKENS, StreamResponse
+from app.api.sse import KEEP_ALIVE, EventStreamResponse, event, sse_openapi
+from app.api.streams import ChoiceStreams, collect_unless_disconnected
+from app.api.timing import server_timing, timings_ms
+from app.config import Settings
+from app.engine.client import EngineClient
+from app.engine.protocol import GenerationDelta
+
+logger = logging.getLogger(__name__)
+router = APIRouter(tags=["TGI"])
+
+
+class _Prepared:
+    """A validated TGI request, ready to run as one engine request."""
+
+    def __init__(self, body: GenerateRequest, plan: ChoicePlan) -> None:
+        self.body = body
+        self.plan = plan
+        self.ids = plan.prompt_ids
+        self.params = body.parameters
+
+
+async def _prepare(body: GenerateRequest, engine: EngineClient, *, stream: bool) -> _Prepared:
+    p = body.parameters
+    info = engine.info
+    ids = truncate_prompt(await encode_text(engine, body.inputs), p.truncate)
+    # TGI's default, cut to what fits so a long prompt without max_new_tokens still works.
+    max_tokens = p.max_new_tokens or max(
+        1, min(DEFAULT_MAX_NEW_TOKENS, info.max_model_len - len(ids))
+    )
+    # Streams always report each token's logprob, as TGI's do; JSON answers only with details.
+    logprobs = (p.top_n_tokens or 0) if stream or p.details else None
+    params = tgi_params(p, max_tokens=max_tokens, logprobs=logprobs)
+    return _Prepared(body, ChoicePlan(0, 0, ids, params))
+
+
+def _open(engine: EngineClient, prepared: _Prepared, response_id: str) -> ChoiceStreams:
+    options = RunOptions(
+        stop=list(prepared.params.stop or []), include_stop_str_in_output=True, timeout=None
+    )
+    return open_streams(engine, [prepared.plan], response_id, options)
+
+
+def tgi_finish_reason(finish_reason: str | None, stop_reason: str | int | None) -> str:
+    """The engine's reasons in TGI's words: length | eos_token | stop_sequence."""
+    if finish_reason == "stop":
+        return "stop_sequence" if isinstance(stop_reason, str) else "eos_token"
+    return finish_reason or "length"
+
+
+@router.post(
+    "/generate",
+    response_model=None,
+    responses={**ERROR_RESPONSES, 200: {"model": GenerateResponse, "description": "Generated"}},
+)
+async def generate(
+    body: GenerateRequest,
+    request: Request,
+    engine: EngineDep,
+    settings: SettingsDep,
+    request_id: RequestIdDep,
+) -> Response:
+    return await _generate_json(body, request, engine, settings, request_id, compat=False)
+
+
+@router.post(
+    "/generate_stream",
+    response_model=None,
+    responses={**ERROR_RESPONSES, **sse_openapi("One event per token", StreamResponse)},
+)
+async def generate_stream(
+    body: GenerateRequest, engine: EngineDep, settings: SettingsDep, request_id: RequestIdDep
+) -> Response:
+    return await _generate_stream(body, engine, settings, request_id, compat=False)
+
+
+@router.post(
+    "/",
+    response_model=None,
+    responses={
+        **ERROR_RESPONSES,
+        **sse_openapi(
+            "stream=false: a list with one generation; stream=true: /generate_stream's events",
+            list[GenerateResponse],
+        ),
+    },
+)
+async def compat_generate(
+    body: GenerateRequest,
+    request: Request,
+    engine: EngineDep,
+    settings: SettingsDep,
+    request_id: RequestIdDep,
+) -> Response:
+    """What huggingface_hub's InferenceClient posts to when given the server's base URL."""
+    if body.stream:
+        return await _generate_stream(body, engine, settings, request_id, compat=True)
+    return await _generate_json(body, request, engine, settings, request_id, compat=True)
+
+
+def _full_text_prefix(body: GenerateRequest, compat: bool) -> str:
+    # TGI: return_full_text defaults to false, except on POST / for text-generation models,
+    # where it mirrors the transformers pipeline (and the hosted Inference API): true.
+    full = body.parameters.return_full_text
+    if full is None:
+        full = compat
+    return body.inputs if full else ""
+
+
+async def _generate_json(
+    body: GenerateRequest,
+    request: Request,
+    engine: EngineClient,
+    settings: Settings,
+    request_id: str,
+    *,
+    compat: bool,
+) -> Response:
+    prepared = await _prepare(body, engine, stream=False)
+    response_id = new_id("gen")
+    log_request(response_id, request_id, [prepared.ids], 1, body.inputs, settings.log_prompts)
+    streams = _open(engine, prepared, response_id)
+    result = fold(await collect_unless_disconnected(streams, request))[0]
+    answer: dict[str, Any] = {"generated_text": _full_text_prefix(body, compat) + result.text}
+    if body.parameters.details:
+        answer["details"] = _details(engine, prepared, result)
+    content: Any = [answer] if compat else answer  # TGI wraps POST /'s answer in a list
+    return JSONResponse(content, headers=server_timing(result.timings))
+
+
+def _details(engine: EngineClient, prepared: _Prepared, result: ChoiceResult) -> dict[str, Any]:
+    p = prepared.params
+    logprobs = list(result.logprobs)
+    tokens = [
+        tgi_token(engine, token_id, logprobs[i] if i < len(logprobs) else None)
+        for i, token_id in enumerate(result.token_ids)
+    ]
+    details: dict[str, Any] = {
+        "finish_reason": tgi_finish_reason(result.finish_reason, result.stop_reason),
+        "generated_tokens": result.num_output_tokens,
+        "input_length": len(prepared.ids),
+        "seed": p.seed,
+        # No prompt logprobs are computed: with decoder_input_details the prompt tokens come
+        # with a null logprob, as TGI gives the first one.
+        "prefill": (
+            [{"id": i, "text": engine.token_text(i), "logprob": None} for i in prepared.ids]
+            if p.decoder_input_details
+            else []
+        ),
+        "tokens": tokens,
+    }
+    if p.top_n_tokens:
+        details["top_tokens"] = [tgi_top_tokens(engine, lp) for lp in logprobs]
+    if result.timings is not None:
+        details["timings"] = timings_ms(result.timings)
+    return details
+
+
+async def _generate_stream(
+    body: GenerateRequest,
+    engine: EngineClient,
+    settings: Settings,
+    request_id: str,
+    *,
+    compat: bool,
+) -> Response:
+    prepared = await _prepare(body, engine, stream=True)
+    response_id = new_id("gen")
+    log_request(response_id, request_id, [prepared.ids], 1, body.inputs, settings.log_prompts)
+    streams = _open(engine, prepared, response_id)
+    await streams.start(settings.keep_alive_seconds)
+    events = _tgi_events(
+        streams, engine, prepared, _full_text_prefix(body, compat), settings.keep_alive_seconds
+    )
+    return EventStreamResponse(events, on_close=streams.aclose)
+
+
+async def _tgi_events(
+    streams: ChoiceStreams,
+    engine: EngineClient,
+    prepared: _Prepared,
+    prefix: str,
+    keep_alive_seconds: float,
+) -> AsyncIterator[bytes]:
+    """TGI's stream: one event per token, the last with generated_text and details; no [DONE]."""
+    top_n = prepared.params.top_n_tokens
+    index = 0
+    text = ""
+    try:
+        async for entry in streams.events(keep_alive_seconds):
+            if entry is None:
+                yield KEEP_ALIVE
+                continue
+            _, delta = entry
+            text += delta.text
+            payloads = _token_payloads(engine, delta, top_n)
+            for k, payload in enumerate(payloads):
+                index += 1
+                payload["index"] = index
+                if k == len(payloads) - 1 and delta.finish_reason is not None:
+                    payload["generated_text"] = prefix + text
+                    payload["details"] = _stream_details(prepared, delta)
+                yield event(payload)
+    except Exception as exc:
+        error = to_api_error(exc)
+        if error.status_code >= 500:
+            logger.warning("generate_stream failed mid-way: %s", exc, exc_info=exc)
+        body = error.body()
+        # TGI's clients look at error_type; the mid-stream kind in TGI's words is "generation".
+        yield event({**body, "error_type": "generation"})
+    finally:
+        await streams.aclose()
+
+
+def _token_payloads(
+    engine: EngineClient, delta: GenerationDelta, top_n: int | None
+) -> list[dict[str, Any]]:
+    """A delta of k tokens gives k events: the first k-1 with empty text and the last with the
+    delta's text, so the events' texts add up to the generated text. (The engine holds back a
+    token that ends inside a UTF-8 character or may begin a stop string.)"""
+    if not delta.token_ids:
+        if delta.finish_reason is None and not delta.text:
+            return []
+        # A last delta without a token (a timeout, or flushed held-back text) still needs a
+        # token for TGI's clients to parse: a special placeholder carrying the text.
+        token = {"id": engine.info.eos_token_id, "text": delta.text, "logprob": None}
+        return [_payload({**token, "special": True}, [] if top_n else None)]
+    payloads = []
+    last = len(delta.token_ids) - 1
+    for k, token_id in enumerate(delta.token_ids):
+        lp = delta.logprobs[k] if k < len(delta.logprobs) else None
+        token = tgi_token(engine, token_id, lp, text=delta.text if k == last else "")
+        payloads.append(_payload(token, tgi_top_tokens(engine, lp) if top_n else None))
+    return payloads
+
+
+def _payload(token: dict[str, Any], top_tokens: list[dict[str, Any]] | None) -> dict[str, Any]:
+    return {
+        "index": 0,
+        "token": token,
+        "top_tokens": top_tokens,
+        "generated_text": None,
+        "details": None,
+    }
+
+
+def _stream_details(prepared: _Prepared, delta: GenerationDelta) -> dict[str, Any]:
+    details: dict[str, Any] = {
+        "finish_reason": tgi_finish_reason(delta.finish_reason, delta.stop_reason),
+        "generated_tokens": delta.num_output_tokens,
+        "input_length": len(prepared.ids),
+        "seed": prepared.params.seed,
+    }
+    if delta.timings is not None:
+        details["timings"] = timings_ms(delta.timings)
+    return details

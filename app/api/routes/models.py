@@ -1,0 +1,51 @@
+"""GET /v1/models (OpenAI) and GET /info (TGI): what is served, and its limits."""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+from fastapi import APIRouter, Request
+
+from app.api.deps import EngineDep, SettingsDep
+from app.api.schemas import Info, ModelList
+from app.api.schemas.common import MAX_STOP_SEQUENCES
+
+router = APIRouter()
+
+
+def server_version() -> str:
+    try:
+        return metadata.version("gpt2-serve")
+    except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+        return "0.0.0+local"
+
+
+@router.get("/v1/models", tags=["OpenAI"], response_model=ModelList)
+async def list_models(request: Request, engine: EngineDep, settings: SettingsDep) -> ModelList:
+    return ModelList.model_validate(
+        {
+            "data": [
+                {
+                    "id": settings.model_name,
+                    "created": request.app.state.started_at,
+                    "max_model_len": engine.info.max_model_len,
+                }
+            ]
+        }
+    )
+
+
+@router.get("/info", tags=["TGI"], response_model=Info)
+async def info(engine: EngineDep, settings: SettingsDep) -> Info:
+    model = engine.info
+    return Info(
+        model_id=settings.model_name,
+        model_dtype=model.dtype,
+        model_device_type=model.device.split(":")[0],
+        max_concurrent_requests=settings.max_queued_requests + model.max_num_seqs,
+        max_stop_sequences=MAX_STOP_SEQUENCES,
+        # TGI's terms: input tokens leave room for at least one generated token.
+        max_input_tokens=model.max_model_len - 1,
+        max_total_tokens=model.max_model_len,
+        version=server_version(),
+    )

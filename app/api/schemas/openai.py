@@ -1,0 +1,273 @@
+"""OpenAI request and response shapes: /v1/completions, /v1/chat/completions, /v1/models.
+
+Limits follow OpenAI's published ones; the extensions (top_k, min_p, ...) follow vLLM's names.
+Response models document the answers in OpenAPI; the routes build the dicts directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from app.api.schemas.common import (
+    MAX_N,
+    Bias,
+    Seed,
+    StopList,
+    StopString,
+    StrictModel,
+    Timings,
+    TokenId,
+)
+
+
+class StreamOptions(StrictModel):
+    include_usage: bool = False
+
+
+class SamplingFields(StrictModel):
+    """Fields both OpenAI routes share. None means "the default" for clients that send nulls."""
+
+    model: str | None = Field(default=None, description="Must name the served model when given")
+    n: int = Field(
+        default=1, ge=1, le=MAX_N, description="Choices; with a seed, choice i uses seed + i"
+    )
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: StopString | StopList | None = None
+    temperature: float | None = Field(default=1.0, ge=0, le=2, description="0 is greedy")
+    top_p: float | None = Field(default=1.0, gt=0, le=1)
+    presence_penalty: float | None = Field(default=0.0, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=0.0, ge=-2, le=2)
+    seed: Seed | None = None
+    logit_bias: dict[str, Bias] | None = Field(
+        default=None, description="Token id (as a string) -> bias in [-100, 100]"
+    )
+    user: str | None = None  # accepted and ignored
+    # Extensions (vLLM's names).
+    top_k: int | None = Field(default=None, ge=-1, description="0 or -1: off")
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repetition_penalty: float | None = Field(default=None, gt=0, le=10)
+    ignore_eos: bool = False
+    min_tokens: int = Field(default=0, ge=0)
+    stop_token_ids: list[TokenId] | None = Field(default=None, max_length=64)
+    include_stop_str_in_output: bool = False
+    timeout: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description="Seconds; past it the answer ends, finish_reason timeout",
+    )
+    truncate_prompt_tokens: int | None = Field(
+        default=None, ge=1, description="Keep only the last N prompt tokens instead of failing"
+    )
+
+    @property
+    def stop_strings(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+Prompt = str | list[str] | list[int] | list[list[int]] | None
+
+
+class CompletionRequest(SamplingFields):
+    prompt: Prompt = Field(
+        default=None,
+        description=(
+            "A string, a list of strings, a list of token ids or a list of lists of token ids. "
+            "Empty or null starts from <|endoftext|>."
+        ),
+    )
+    max_tokens: int | None = Field(
+        default=16, ge=1, description="null: the rest of the context window"
+    )
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    echo: bool = False
+    suffix: str | None = Field(default=None, description="Not supported; must be null")
+    best_of: int | None = Field(default=None, ge=1, description="Not supported beyond 1")
+
+    @field_validator("prompt", mode="wrap")
+    @classmethod
+    def _one_prompt_error(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        # The union's per-branch errors would bury the point; say it once.
+        try:
+            return handler(value)
+        except ValidationError:
+            raise PydanticCustomError(
+                "prompt_type",
+                "must be a string, a list of strings, a list of token ids (integers) or a list "
+                "of lists of token ids",
+            ) from None
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise PydanticCustomError("unsupported", "not supported by GPT-2; must be null")
+        return value
+
+    @field_validator("best_of")
+    @classmethod
+    def _best_of_one(cls, value: int | None) -> int | None:
+        if value is not None and value != 1:
+            raise PydanticCustomError("unsupported", "only 1 is supported; use n for more choices")
+        return value
+
+
+class TextPart(StrictModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(StrictModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None  # accepted and ignored
+
+    @property
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="Deprecated alias of max_completion_tokens"
+    )
+    max_completion_tokens: int | None = Field(
+        default=None, ge=1, description="null: the rest of the context window"
+    )
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[Any] | None = Field(
+        default=None, description="Not supported; must be null or empty"
+    )
+    response_format: dict[str, Any] | None = Field(
+        default=None, description="Only {'type': 'text'}"
+    )
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _needs_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and not info.data.get("logprobs"):
+            raise PydanticCustomError("logprobs", "needs logprobs set to true")
+        return value
+
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, value: list[Any] | None) -> list[Any] | None:
+        if value:
+            raise PydanticCustomError("unsupported", "tools are not supported by GPT-2")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and value.get("type") != "text":
+            raise PydanticCustomError("unsupported", "only {'type': 'text'} is supported")
+        return value
+
+    @property
+    def max_new_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+# ---- responses (documentation) -----------------------------------------------------------
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: str | None = Field(description="stop | length | timeout | abort")
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    timings: Timings | None = None
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob] | None
+
+
+class ChatResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatResponseMessage
+    logprobs: ChatLogprobs | None = None
+    finish_reason: str | None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    timings: Timings | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "gpt2-serve"
+    max_model_len: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

@@ -1,0 +1,163 @@
+"""TGI request and response shapes: /generate, /generate_stream, POST /, /info.
+
+huggingface_hub's InferenceClient.text_generation sends every parameter, unset ones as null, so
+every field accepts null. Features GPT-2 serving does not have (typical_p, grammar, adapters,
+watermarking, best_of > 1) are rejected with 422 when set rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+from app.api.schemas.common import Seed, StopList, StrictModel, Timings
+
+DEFAULT_MAX_NEW_TOKENS = 100  # TGI's documented default, capped to what fits in the context
+
+
+class GenerateParameters(StrictModel):
+    max_new_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description=f"Default {DEFAULT_MAX_NEW_TOKENS}, capped to the context window",
+    )
+    do_sample: bool | None = Field(
+        default=None,
+        description=(
+            "Sample instead of greedy decoding. As in TGI, setting temperature != 1, top_k or "
+            "top_p < 1 also turns sampling on."
+        ),
+    )
+    temperature: float | None = Field(default=None, gt=0, le=100)
+    top_k: int | None = Field(default=None, gt=0)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    repetition_penalty: float | None = Field(default=None, gt=0, le=10)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    seed: Seed | None = None
+    stop: StopList | None = None
+    details: bool | None = False
+    decoder_input_details: bool | None = False
+    return_full_text: bool | None = Field(
+        default=None,
+        description="Prepend the inputs; default false on /generate, true on POST / (TGI)",
+    )
+    truncate: int | None = Field(
+        default=None, ge=1, description="Keep only the last N input tokens"
+    )
+    top_n_tokens: int | None = Field(default=None, ge=0, le=20)
+    best_of: int | None = Field(default=None, ge=1, description="Only 1 is supported")
+    typical_p: float | None = Field(default=None, description="Not supported; must be null")
+    watermark: bool | None = Field(default=False, description="Not supported; must be false")
+    grammar: Any = Field(default=None, description="Not supported; must be null")
+    adapter_id: str | None = Field(default=None, description="Not supported; must be null")
+
+    @field_validator("typical_p", "grammar", "adapter_id")
+    @classmethod
+    def _must_be_null(cls, value: Any) -> Any:
+        if value is not None:
+            raise PydanticCustomError("unsupported", "not supported by this server; must be null")
+        return value
+
+    @field_validator("watermark")
+    @classmethod
+    def _no_watermark(cls, value: bool | None) -> bool | None:
+        if value:
+            raise PydanticCustomError("unsupported", "watermarking is not supported")
+        return value
+
+    @field_validator("best_of")
+    @classmethod
+    def _best_of_one(cls, value: int | None) -> int | None:
+        if value is not None and value != 1:
+            raise PydanticCustomError("unsupported", "only 1 is supported")
+        return value
+
+    @property
+    def sampling(self) -> bool:
+        """TGI's rule: do_sample, or any warper that changes the distribution."""
+        return bool(
+            self.do_sample
+            or (self.temperature is not None and self.temperature != 1.0)
+            or (self.top_k is not None and self.top_k > 0)
+            or (self.top_p is not None and self.top_p < 1.0)
+        )
+
+
+class GenerateRequest(StrictModel):
+    inputs: str = Field(description="The prompt; empty starts from <|endoftext|>")
+    parameters: GenerateParameters = GenerateParameters()  # never mutated, safe to share
+    stream: bool = Field(default=False, description="Only read by POST /, which serves both")
+
+    @field_validator("parameters", mode="before")
+    @classmethod
+    def _null_is_default(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+
+# ---- responses (documentation) -----------------------------------------------------------
+
+
+class TGIToken(BaseModel):
+    id: int
+    text: str
+    logprob: float | None
+    special: bool
+
+
+class PrefillToken(BaseModel):
+    id: int
+    text: str
+    logprob: float | None
+
+
+class GenerateDetails(BaseModel):
+    finish_reason: str = Field(description="length | eos_token | stop_sequence | timeout | abort")
+    generated_tokens: int
+    input_length: int
+    seed: int | None
+    prefill: list[PrefillToken]
+    tokens: list[TGIToken]
+    top_tokens: list[list[TGIToken]] | None = None
+    timings: Timings | None = None
+
+
+class GenerateResponse(BaseModel):
+    generated_text: str
+    details: GenerateDetails | None = None
+
+
+class StreamDetails(BaseModel):
+    finish_reason: str
+    generated_tokens: int
+    input_length: int
+    seed: int | None
+    timings: Timings | None = None
+
+
+class StreamResponse(BaseModel):
+    index: int
+    token: TGIToken
+    top_tokens: list[TGIToken] | None = None
+    generated_text: str | None
+    details: StreamDetails | None
+
+
+class Info(BaseModel):
+    model_id: str
+    model_sha: str | None = None
+    model_dtype: str
+    model_device_type: str
+    model_pipeline_tag: str | None = "text-generation"
+    max_concurrent_requests: int
+    max_best_of: int = 1
+    max_stop_sequences: int
+    max_input_tokens: int
+    max_total_tokens: int
+    max_client_batch_size: int = 1
+    validation_workers: int = 1
+    router: str = "gpt2-serve"
+    version: str
+    sha: str | None = None
+    docker_label: str | None = None

@@ -1,0 +1,90 @@
+"""The FastAPI application: routers, middleware, error handlers, and the engine's lifespan.
+
+Importing this module never imports torch: the engine's worker process does that.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from starlette.middleware.cors import CORSMiddleware
+
+from app.api.errors import install_error_handlers
+from app.api.middleware import APIKeyMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
+from app.api.routes import chat, completions, generate, health, models, tokenize
+from app.api.routes.models import server_version
+from app.api.streams import ClientDisconnected
+from app.config import Settings, to_engine_config
+from app.engine.client import EngineClient
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, engine: EngineClient | None = None) -> FastAPI:
+    """Build the app. Without `engine`, the lifespan creates an EngineClient from the settings,
+    starts it (the worker loads and warms up the model) and drains it on shutdown. An engine
+    passed in belongs to the caller, who starts and stops it (tests pass fakes this way)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if engine is not None:
+            app.state.engine = engine
+            yield
+            return
+        client = EngineClient(
+            to_engine_config(settings),
+            max_queued_requests=settings.max_queued_requests,
+            max_queued_tokens=settings.max_queued_tokens,
+        )
+        logger.info("starting the engine for %s", settings.model)
+        await client.start()
+        app.state.engine = client
+        try:
+            yield
+        finally:
+            logger.info("draining (up to %.0f s)", settings.drain_timeout_seconds)
+            await client.shutdown(settings.drain_timeout_seconds)
+
+    app = FastAPI(
+        title="gpt2-serve",
+        version=server_version(),
+        description="GPT-2 inference: OpenAI- and TGI-compatible, continuous batching, SSE.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.started_at = int(time.time())
+
+    for module in (completions, chat, generate, models, tokenize, health):
+        app.include_router(module.router)
+    install_error_handlers(app)
+    app.add_exception_handler(ClientDisconnected, _client_gone)
+    _add_middleware(app, settings)
+    return app
+
+
+def _add_middleware(app: FastAPI, settings: Settings) -> None:
+    # add_middleware wraps what is already there: the last added runs first.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
+    app.add_middleware(APIKeyMiddleware, keys=settings.api_keys())
+    if settings.cors_allow_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allow_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+            expose_headers=["X-Request-Id", "Server-Timing", "Retry-After"],
+        )
+    app.add_middleware(RequestIdMiddleware)
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # Nobody reads this answer; 499 (nginx's "client closed request") tells the access log why.
+    logger.info("client left before %s %s was answered", request.method, request.url.path)
+    return Response(status_code=499)
