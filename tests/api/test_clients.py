@@ -1,0 +1,107 @@
+"""The official clients, unchanged, against a real HTTP server (uvicorn) over the fake engine."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import uvicorn
+
+from app.config import Settings
+from app.main import create_app
+from tests.api.fakes import FakeEngineClient
+
+
+@pytest.fixture
+def base_url(fake: FakeEngineClient) -> Iterator[str]:
+    app = create_app(Settings(model="fake-gpt2", keep_alive_seconds=1.0), fake)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_huggingface_hub_text_generation(base_url: str) -> None:
+    from huggingface_hub import InferenceClient
+
+    client = InferenceClient(model=base_url)
+    assert client.text_generation("Hi", max_new_tokens=3, return_full_text=False) == " th"
+    out = client.text_generation("Hi", max_new_tokens=3, details=True, return_full_text=False)
+    assert out.generated_text == " th"
+    assert out.details is not None
+    assert out.details.finish_reason == "length"
+    assert [t.text for t in out.details.tokens] == [" ", "t", "h"]
+
+
+def test_huggingface_hub_stream_with_details(base_url: str) -> None:
+    from huggingface_hub import InferenceClient
+
+    client = InferenceClient(model=base_url)
+    events = list(
+        client.text_generation(
+            "Hi", max_new_tokens=50, stream=True, details=True, return_full_text=False
+        )
+    )
+    assert "".join(e.token.text for e in events) == " the quick brown fox"
+    assert events[-1].generated_text == " the quick brown fox"
+    assert events[-1].details is not None
+    assert events[-1].details.finish_reason == "eos_token"
+    assert events[-1].details.generated_tokens == len(" the quick brown fox") + 1
+    tokens = list(client.text_generation("Hi", max_new_tokens=2, stream=True))
+    assert tokens == [" ", "t"]
+
+
+def test_huggingface_hub_errors_are_typed(base_url: str, fake: FakeEngineClient) -> None:
+    from huggingface_hub import InferenceClient
+    from huggingface_hub.errors import OverloadedError, ValidationError
+
+    client = InferenceClient(model=base_url)
+    with pytest.raises(ValidationError, match="at most 4 items"):
+        client.text_generation("Hi", stop=["a", "b", "c", "d", "e"])
+    fake.overloaded = True
+    with pytest.raises(OverloadedError, match="queue is full"):
+        client.text_generation("Hi", max_new_tokens=2)
+
+
+def test_openai_client(base_url: str) -> None:
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused")
+    completion = client.completions.create(model="fake-gpt2", prompt="Hi", max_tokens=3)
+    assert completion.choices[0].text == " th"
+    assert completion.usage is not None and completion.usage.total_tokens == 5
+    stream = client.completions.create(
+        model="fake-gpt2",
+        prompt="Hi",
+        max_tokens=3,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == " th"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
+    chat = client.chat.completions.create(
+        model="fake-gpt2", messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+    )
+    assert chat.choices[0].message.content == " t"
+    chat_stream = client.chat.completions.create(
+        model="fake-gpt2",
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=2,
+        stream=True,
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chat_stream) == " t"
+    with pytest.raises(openai.UnprocessableEntityError, match="less than or equal to 2"):
+        client.completions.create(model="fake-gpt2", prompt="Hi", temperature=3)
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="gpt-4", prompt="Hi")

@@ -1,0 +1,157 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.api.conftest import sse_events
+from tests.api.fakes import FakeEngineClient
+
+
+def error_of(r: Any, status: int) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error", "error_type"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["code"] == status
+    assert r.headers["x-error-message"]
+    return dict(body["error"]) | {"error_type": body["error_type"]}
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "fragment"),
+    [
+        ({"temperature": "0.5"}, "temperature", "valid number, got '0.5'"),
+        ({"temperature": 2.5}, "temperature", "less than or equal to 2"),
+        ({"top_p": 0}, "top_p", "greater than 0"),
+        ({"n": 17}, "n", "less than or equal to 16"),
+        ({"n": 1.0}, "n", "valid integer"),
+        ({"max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
+        ({"presence_penalty": -3}, "presence_penalty", "greater than or equal to -2"),
+        ({"frequency_penalty": 2.1}, "frequency_penalty", "less than or equal to 2"),
+        ({"logprobs": 6}, "logprobs", "less than or equal to 5"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4 items"),
+        ({"stream": "yes"}, "stream", "valid boolean"),
+        ({"logit_bias": {"5": 101}}, "logit_bias.5", "less than or equal to 100"),
+        ({"seed": -1}, "seed", "greater than or equal to 0"),
+        ({"prompt": 5}, "prompt", "must be a string, a list of strings"),
+        ({"prompt": [[1], "a"]}, "prompt", "must be a string"),
+        ({"suffix": "x"}, "suffix", "not supported"),
+        ({"best_of": 3}, "best_of", "only 1"),
+        ({"timeout": 0}, "timeout", "greater than 0"),
+    ],
+)
+def test_completion_validation_names_field_and_limit(
+    client: TestClient, body: dict[str, Any], param: str, fragment: str
+) -> None:
+    error = error_of(client.post("/v1/completions", json={"prompt": "Hi", **body}), 422)
+    assert error["param"] == param
+    assert error["message"].startswith(f"{param}: ")
+    assert fragment in error["message"]
+    assert error["type"] == "invalid_request_error"
+    assert error["error_type"] == "validation"
+
+
+def test_invalid_json_is_422(client: TestClient) -> None:
+    r = client.post(
+        "/v1/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    error = error_of(r, 422)
+    assert error["param"] == "body"
+    assert "not valid JSON" in error["message"]
+
+
+def test_missing_body_is_422(client: TestClient) -> None:
+    error = error_of(client.post("/generate"), 422)
+    assert error["param"] == "body"
+
+
+def test_unknown_route_and_method_use_the_envelope(client: TestClient) -> None:
+    assert error_of(client.get("/nope"), 404)["type"] == "not_found_error"
+    assert error_of(client.get("/v1/completions"), 405)["message"] == "Method Not Allowed"
+
+
+def test_wrong_model_is_404(client: TestClient) -> None:
+    error = error_of(client.post("/v1/completions", json={"prompt": "x", "model": "gpt-4"}), 404)
+    assert error["param"] == "model"
+    assert "'fake-gpt2'" in error["message"]
+    assert client.post("/v1/completions", json={"model": "fake-gpt2"}).status_code == 200
+
+
+def test_overloaded_is_429_with_retry_after(client: TestClient, fake: FakeEngineClient) -> None:
+    fake.overloaded = True
+    for stream in (False, True):
+        r = client.post("/v1/completions", json={"prompt": "Hi", "stream": stream})
+        error = error_of(r, 429)
+        assert r.headers["retry-after"] == "3"
+        assert error["error_type"] == "overloaded"
+        assert "queue is full" in error["message"]
+
+
+def test_overloaded_choice_aborts_its_siblings(client: TestClient, fake: FakeEngineClient) -> None:
+    original = fake.generate
+    count = {"n": 0}
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        count["n"] += 1
+        if count["n"] == 3:
+            fake.overloaded = True
+        return original(*args, **kwargs)
+
+    fake.generate = flaky  # type: ignore[method-assign]
+    fake.token_delay = 0.05
+    r = client.post("/v1/completions", json={"prompt": "Hi", "n": 3, "stream": True})
+    assert r.status_code == 429
+    assert not fake.finished
+    assert len(fake.aborted) == 2  # the two admitted choices were aborted, not left running
+
+
+def test_not_ready_is_503(client: TestClient, fake: FakeEngineClient) -> None:
+    fake.ready = False
+    for path, body in (
+        ("/v1/completions", {"prompt": "Hi"}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]}),
+        ("/generate", {"inputs": "Hi"}),
+        ("/generate_stream", {"inputs": "Hi"}),
+    ):
+        error = error_of(client.post(path, json=body), 503)
+        assert error["error_type"] == "unavailable"
+
+
+def test_engine_death_before_answer_is_503(client: TestClient, fake: FakeEngineClient) -> None:
+    fake.die_after = 2
+    error = error_of(client.post("/v1/completions", json={"prompt": "Hi"}), 503)
+    assert "worker died" in error["message"]
+
+
+def test_engine_death_mid_stream_ends_with_error_event(
+    client: TestClient, fake: FakeEngineClient
+) -> None:
+    fake.die_after = 2
+    r = client.post("/v1/completions", json={"prompt": "Hi", "stream": True})
+    assert r.status_code == 200
+    events = sse_events(r.text)
+    assert [e["choices"][0]["text"] for e in events[:2]] == [" ", "t"]
+    assert events[2]["error"]["code"] == 503
+    assert "worker died" in events[2]["error"]["message"]
+    assert events[3:] == ["[DONE]"]
+
+
+def test_engine_death_mid_tgi_stream(client: TestClient, fake: FakeEngineClient) -> None:
+    fake.die_after = 1
+    r = client.post("/generate_stream", json={"inputs": "Hi"})
+    events = sse_events(r.text)
+    assert events[0]["token"]["text"] == " "
+    assert events[1]["error_type"] == "generation"
+    assert "worker died" in events[1]["error"]["message"]
+    assert len(events) == 2
+
+
+def test_token_ids_checked_against_vocab(client: TestClient) -> None:
+    error = error_of(client.post("/detokenize", json={"tokens": [1, 999]}), 422)
+    assert error["param"] == "tokens"
+    error = error_of(
+        client.post("/v1/completions", json={"prompt": "a", "stop_token_ids": [300]}), 422
+    )
+    assert error["param"] == "stop_token_ids"

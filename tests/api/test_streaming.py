@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.api.streams import ChoiceStreams, ClientDisconnected, collect_unless_disconnected
+from app.config import Settings
+from app.engine.errors import OverloadedError
+from app.engine.params import SamplingParams
+from app.main import create_app
+from tests.api.conftest import sse_events
+from tests.api.fakes import FakeEngineClient
+
+
+def test_keep_alive_comments_while_idle(fake: FakeEngineClient) -> None:
+    fake.token_delay = 0.25
+    settings = Settings(model="fake-gpt2", keep_alive_seconds=0.05)
+    with TestClient(create_app(settings, fake)) as client:
+        r = client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2, "stream": True})
+    events = sse_events(r.text)
+    assert ": keep-alive" in events
+    data = [e for e in events if e != ": keep-alive"]
+    assert [e["choices"][0]["text"] for e in data[:-1]] == [" ", "t"]
+    assert data[-1] == "[DONE]"
+
+
+def test_tgi_stream_keep_alive(fake: FakeEngineClient) -> None:
+    fake.token_delay = 0.2
+    settings = Settings(model="fake-gpt2", keep_alive_seconds=0.05)
+    with TestClient(create_app(settings, fake)) as client:
+        r = client.post(
+            "/generate_stream", json={"inputs": "Hi", "parameters": {"max_new_tokens": 1}}
+        )
+    assert ": keep-alive" in sse_events(r.text)
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions", "/generate_stream"])
+def test_client_disconnect_aborts_the_request(
+    client: TestClient, fake: FakeEngineClient, path: str
+) -> None:
+    fake.token_delay = 0.02
+    body: dict[str, Any] = {
+        "/v1/completions": {"prompt": "Hi", "max_tokens": 100, "stream": True, "n": 2},
+        "/v1/chat/completions": {
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 100,
+            "stream": True,
+        },
+        "/generate_stream": {"inputs": "Hi", "parameters": {"max_new_tokens": 100}},
+    }[path]
+    fake.script = "x" * 200
+    with client.stream("POST", path, json=body) as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")
+    deadline = time.monotonic() + 2
+    while len(fake.aborted) < len(fake.calls) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(fake.aborted) == sorted(c.request_id for c in fake.calls)
+    assert fake.finished == []
+
+
+def _fake_request(disconnect_after: float | None) -> Any:
+    class Request:
+        async def receive(self) -> dict[str, str]:
+            if disconnect_after is None:
+                await asyncio.sleep(3600)
+            else:
+                await asyncio.sleep(disconnect_after)
+            return {"type": "http.disconnect"}
+
+    return Request()
+
+
+def test_non_streamed_request_is_aborted_when_client_leaves(fake: FakeEngineClient) -> None:
+    fake.token_delay = 0.01
+    params = SamplingParams(max_tokens=100)
+
+    async def run() -> None:
+        streams = ChoiceStreams(
+            [lambda i=i: fake.generate([1], params, request_id=f"r{i}") for i in range(2)]
+        )
+        with pytest.raises(ClientDisconnected):
+            await collect_unless_disconnected(streams, _fake_request(0.05))
+
+    asyncio.run(run())
+    assert sorted(fake.aborted) == ["r0", "r1"]
+
+
+def test_collect_returns_every_choice_in_order(fake: FakeEngineClient) -> None:
+    async def run() -> list[list[str]]:
+        factories = [
+            lambda i=i: fake.generate([1], SamplingParams(max_tokens=3, seed=i), request_id=str(i))
+            for i in range(3)
+        ]
+        results = await collect_unless_disconnected(ChoiceStreams(factories), _fake_request(None))
+        return [[d.text for d in deltas] for deltas in results]
+
+    assert asyncio.run(run()) == [["<", "0", ">"], ["<", "1", ">"], ["<", "2", ">"]]
+
+
+def test_start_raises_the_first_rejection_and_aborts_the_rest(fake: FakeEngineClient) -> None:
+    fake.token_delay = 0.01
+
+    async def rejected() -> Any:
+        raise OverloadedError("full", retry_after=2)
+        yield  # an async generator, like the engine's
+
+    async def run() -> None:
+        streams = ChoiceStreams(
+            [lambda: fake.generate([1], SamplingParams(max_tokens=50), request_id="a"), rejected]
+        )
+        with pytest.raises(OverloadedError):
+            await streams.start(prime_seconds=1.0)
+
+    asyncio.run(run())
+    assert fake.aborted == ["a"]
+
+
+def test_synchronous_rejection_from_generate_is_handled(fake: FakeEngineClient) -> None:
+    """An engine whose generate() raises on call (not on first iteration) is handled alike."""
+
+    def raising() -> Any:
+        raise OverloadedError("full", retry_after=1)
+
+    async def run() -> None:
+        with pytest.raises(OverloadedError):
+            await ChoiceStreams([raising]).start(prime_seconds=1.0)
+
+    asyncio.run(run())
