@@ -18,8 +18,8 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 lint: install
-	$(VENV)/bin/ruff check app tests bench
-	$(VENV)/bin/ruff format --check app tests bench
+	$(VENV)/bin/ruff check app tests bench scripts
+	$(VENV)/bin/ruff format --check app tests bench scripts
 	$(VENV)/bin/mypy
 
 unit: install
@@ -27,8 +27,15 @@ unit: install
 
 test: lint unit
 
-serve: install
-	$(VENV)/bin/gpt2-serve serve $(ARGS)
+# With no GPT2_MODEL, serve a small random-weight GPT-2 made locally (works offline; its text
+# is noise). Real GPT-2: GPT2_MODEL=gpt2 make serve (needs the hub) or a checkpoint directory.
+DEMO_MODEL := .cache/demo-gpt2
+
+$(DEMO_MODEL)/config.json: | $(VENV)/.installed
+	$(PY) scripts/make_demo_model.py $(DEMO_MODEL)
+
+serve: install $(DEMO_MODEL)/config.json
+	GPT2_MODEL="$${GPT2_MODEL:-$(DEMO_MODEL)}" $(VENV)/bin/gpt2-serve serve $(ARGS)
 
 bench: install
 	$(PY) -m bench.engine_bench $(ARGS)

@@ -30,6 +30,7 @@ from app.engine.protocol import (
     GenerationDelta,
     ModelInfo,
     RequestOutput,
+    RequestRecord,
     RequestRejected,
     StepResult,
     StepStats,
@@ -56,6 +57,7 @@ class EngineClient:
         max_queued_requests: int = 256,
         max_queued_tokens: int = 262144,
         stats_sink: Callable[[StepStats], None] | None = None,
+        request_sink: Callable[[RequestRecord], None] | None = None,
     ) -> None:
         self.config = config
         self.model_id = model_id or config.model
@@ -64,6 +66,7 @@ class EngineClient:
             config.max_num_seqs, max_queued_requests, max_queued_tokens
         )
         self._stats_sink = stats_sink
+        self._request_sink = request_sink
         self._requests: dict[str, RequestState] = {}
         self._queued_tokens = 0
         self._worker: WorkerProcess | None = None
@@ -129,7 +132,7 @@ class EngineClient:
                 len(self._requests),
                 grace_seconds,
             )
-        self._fail_all(EngineDeadError("server is shutting down"))
+        self._fail_all(EngineDeadError("server is shutting down"), "shutdown")
         self._closing = True
         if self._worker is not None:
             await asyncio.to_thread(self._worker.stop)
@@ -183,7 +186,7 @@ class EngineClient:
                     return
         finally:
             if self._requests.get(request_id) is req:  # left early: stop the work
-                self._finish(req)
+                self._finish(req, "disconnected")
                 self._send(AbortRequest(request_id))
 
     def _admit(
@@ -222,8 +225,10 @@ class EngineClient:
         self._send(AddRequest(request_id, tuple(prompt_ids), params))
         return req
 
-    def _finish(self, req: RequestState) -> None:
+    def _finish(self, req: RequestState, outcome: str) -> None:
         self._requests.pop(req.request_id, None)
+        if self._request_sink is not None:
+            self._request_sink(req.record(outcome, time.monotonic()))
         if req.scheduled_at is None:
             self._queued_tokens -= req.num_prompt_tokens
         if req.deadline is not None:
@@ -238,7 +243,9 @@ class EngineClient:
             return
         self._send(AbortRequest(request_id))
         tail = req.detok.add([], final=True)
-        self._push_final(req, tail.text, (), (), "timeout", None, req.num_prompt_tokens, 0)
+        self._push_final(
+            req, tail.text, (), (), "timeout", None, req.num_prompt_tokens, req.num_output_tokens
+        )
 
     # worker output, on the event loop
 
@@ -256,7 +263,7 @@ class EngineClient:
         elif isinstance(msg, RequestRejected):
             req = self._requests.get(msg.request_id)
             if req is not None:
-                self._finish(req)
+                self._finish(req, "validation")
                 req.queue.put_nowait(InvalidRequestError(msg.field, msg.message))
         elif isinstance(msg, WorkerReady):
             self.info = msg.info
@@ -273,6 +280,7 @@ class EngineClient:
             self._queued_tokens -= req.num_prompt_tokens
         if out.new_token_ids:
             req.on_tokens(now)
+        req.num_output_tokens = out.num_output_tokens
         delta = req.detok.add(out.new_token_ids, final=out.finished)
         finish = out.finish_reason
         stop_reason: str | int | None = None
@@ -317,7 +325,8 @@ class EngineClient:
         num_prompt: int,
         num_output: int,
     ) -> None:
-        self._finish(req)
+        req.num_output_tokens = num_output
+        self._finish(req, finish)
         req.queue.put_nowait(
             GenerationDelta(
                 req.request_id,
@@ -362,7 +371,8 @@ class EngineClient:
         self._fail_all(
             EngineDeadError(
                 f"engine worker died (exit code {exitcode}); the request was lost, retry it"
-            )
+            ),
+            "worker_lost",
         )
         delay = RESTART_BACKOFF_SECONDS[min(self.worker_restarts, len(RESTART_BACKOFF_SECONDS) - 1)]
         self.worker_restarts += 1
@@ -373,9 +383,9 @@ class EngineClient:
         if not self._closing:
             self._spawn()
 
-    def _fail_all(self, error: BaseException) -> None:
+    def _fail_all(self, error: BaseException, outcome: str) -> None:
         for req in list(self._requests.values()):
-            self._finish(req)
+            self._finish(req, outcome)
             req.queue.put_nowait(error)
 
     def _send(self, msg: Any) -> None:

@@ -73,6 +73,21 @@ class RequestTimings:
 
 
 @dataclass(frozen=True)
+class RequestRecord:
+    """How one request ended, for metrics and the request log. Reported once per request."""
+
+    request_id: str
+    # A finish reason (stop, length, abort, timeout) or a failure: disconnected (the caller
+    # left), validation (the worker refused it), worker_lost, shutdown.
+    outcome: str
+    num_prompt_tokens: int
+    num_output_tokens: int
+    timings: RequestTimings
+    prefill_seconds: float | None  # first scheduled -> first token; None if never scheduled
+    inter_token_gaps: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class GenerationDelta:
     """One piece of a streamed generation: new text and tokens; the last one has finish_reason."""
 

@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from app.engine.detokenizer import IncrementalDetokenizer
-from app.engine.protocol import GenerationDelta, RequestTimings
+from app.engine.protocol import GenerationDelta, RequestRecord, RequestTimings
 
 
 @dataclass
@@ -23,6 +23,8 @@ class RequestState:
     last_token_at: float | None = None
     max_gap: float = 0.0
     deadline: asyncio.TimerHandle | None = None
+    num_output_tokens: int = 0
+    gaps: list[float] = field(default_factory=list)
     _num_gaps: int = -1  # token arrivals after the first
 
     def timings(self, now: float) -> RequestTimings:
@@ -43,6 +45,21 @@ class RequestState:
         if self.first_token_at is None:
             self.first_token_at = now
         elif self.last_token_at is not None:
-            self.max_gap = max(self.max_gap, now - self.last_token_at)
+            self.gaps.append(now - self.last_token_at)
+            self.max_gap = max(self.max_gap, self.gaps[-1])
         self.last_token_at = now
         self._num_gaps += 1
+
+    def record(self, outcome: str, now: float) -> RequestRecord:
+        prefill = None
+        if self.scheduled_at is not None and self.first_token_at is not None:
+            prefill = max(0.0, self.first_token_at - self.scheduled_at)
+        return RequestRecord(
+            request_id=self.request_id,
+            outcome=outcome,
+            num_prompt_tokens=self.num_prompt_tokens,
+            num_output_tokens=self.num_output_tokens,
+            timings=self.timings(now),
+            prefill_seconds=prefill,
+            inter_token_gaps=tuple(self.gaps),
+        )

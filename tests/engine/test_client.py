@@ -19,7 +19,7 @@ from app.engine.errors import (
     InvalidRequestError,
     OverloadedError,
 )
-from app.engine.protocol import GenerationDelta
+from app.engine.protocol import GenerationDelta, RequestRecord
 
 T = TypeVar("T")
 
@@ -28,6 +28,7 @@ class Harness:
     """One event loop and one client (worker process) shared by a module's tests."""
 
     def __init__(self, client: EngineClient) -> None:
+        self.records: list[RequestRecord] = []
         self.loop = asyncio.new_event_loop()
         self.client = client
         self.run(client.start())
@@ -52,7 +53,9 @@ class Harness:
 @pytest.fixture(scope="module")
 def h(tiny_model_dir: Path) -> Iterator[Harness]:
     config = EngineConfig(model=str(tiny_model_dir), device="cpu", max_num_seqs=2)
-    harness = Harness(EngineClient(config, max_queued_requests=1))
+    records: list[RequestRecord] = []
+    harness = Harness(EngineClient(config, max_queued_requests=1, request_sink=records.append))
+    harness.records = records
     yield harness
     harness.run(harness.client.shutdown(5))
     harness.loop.close()
@@ -78,6 +81,10 @@ def test_stream_text_equals_decode_of_tokens(h: Harness) -> None:
     t = deltas[-1].timings
     assert t is not None and 0 <= t.queue <= t.time_to_first_token <= t.total
     assert t.max_inter_token >= t.mean_inter_token > 0
+    (record,) = [r for r in h.records if r.request_id == "s1"]
+    assert (record.outcome, record.num_output_tokens) == ("length", 24)
+    assert len(record.inter_token_gaps) == 23 and max(record.inter_token_gaps) == t.max_inter_token
+    assert record.prefill_seconds is not None and record.prefill_seconds <= t.time_to_first_token
 
 
 def test_stop_string_ends_the_request(h: Harness) -> None:
@@ -105,6 +112,7 @@ def test_leaving_early_aborts_and_frees_the_slot(h: Harness) -> None:
 
     h.run(leave_after_two())
     assert h.client.num_in_flight == 0
+    assert [r.outcome for r in h.records if r.request_id == "s4"] == ["disconnected"]
     h.run(h.until(lambda: h.client.stats()["kv_slots_used"] == 0))
 
 
@@ -134,6 +142,7 @@ def test_deadline_ends_with_timeout(h: Harness) -> None:
     )
     assert deltas[-1].finish_reason == "timeout"
     assert len(deltas) < 1000
+    assert [r.outcome for r in h.records if r.request_id == "t1"] == ["timeout"]
     h.run(h.until(lambda: h.client.stats()["kv_slots_used"] == 0))
 
 
@@ -161,6 +170,7 @@ def test_killed_worker_fails_in_flight_then_recovers(h: Harness) -> None:
 
     h.run(scenario(), timeout=90)
     assert h.client.worker_restarts == 1
+    assert [r.outcome for r in h.records if r.request_id == "k1"] == ["worker_lost"]
     deltas = h.run(h.collect("back again", GREEDY, "k3"))
     assert deltas[-1].finish_reason == "length"
 
