@@ -116,7 +116,7 @@ def format_validation_errors(errors: Sequence[Any]) -> tuple[str, str | None]:
     """pydantic errors -> one message naming each field and its limit, and the first field."""
     by_field: dict[str, list[Mapping[str, Any]]] = {}
     for error in errors:
-        field = "body" if error.get("type") == "json_invalid" else _field_path(error["loc"])
+        field = _field_of(error)
         by_field.setdefault(field, []).append(error)
     parts: list[str] = []
     for field, field_errors in list(by_field.items())[:_MAX_LISTED_ERRORS]:
@@ -130,6 +130,15 @@ def format_validation_errors(errors: Sequence[Any]) -> tuple[str, str | None]:
         parts.append(f"(and {len(by_field) - _MAX_LISTED_ERRORS} more fields)")
     first = next(iter(by_field), None)
     return "; ".join(parts) or "invalid request", first
+
+
+def _field_of(error: Mapping[str, Any]) -> str:
+    kind = error.get("type")
+    if kind == "json_invalid":
+        return "body"
+    if kind == "unicode":  # found by a whole-body check, which names the field itself
+        return str((error.get("ctx") or {}).get("field", "body"))
+    return _field_path(error["loc"])
 
 
 # Union branches appear in pydantic locations as type names: "str", "list[int]",
@@ -161,7 +170,7 @@ def _describe(error: Mapping[str, Any]) -> str:
 
 
 def _shown_input(error: Mapping[str, Any]) -> str:
-    if error.get("type") in ("missing", "json_invalid"):
+    if error.get("type") in ("missing", "json_invalid", "unicode"):
         return ""
     value = error.get("input")
     if isinstance(value, bool | int | float) or (isinstance(value, str) and len(value) <= 40):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -17,6 +18,12 @@ def error_of(r: Any, status: int) -> dict[str, Any]:
     assert body["error"]["code"] == status
     assert r.headers["x-error-message"]
     return dict(body["error"]) | {"error_type": body["error_type"]}
+
+
+def post_raw(client: TestClient, path: str, body: dict[str, Any]) -> Any:
+    """json.dumps as a lax client would: NaN as NaN, a lone surrogate as its \\u escape."""
+    raw = json.dumps(body).encode()
+    return client.post(path, content=raw, headers={"content-type": "application/json"})
 
 
 @pytest.mark.parametrize(
@@ -40,17 +47,31 @@ def error_of(r: Any, status: int) -> dict[str, Any]:
         ({"suffix": "x"}, "suffix", "not supported"),
         ({"best_of": 3}, "best_of", "only 1"),
         ({"timeout": 0}, "timeout", "greater than 0"),
+        ({"temperature": float("nan")}, "temperature", "got nan"),
+        ({"prompt": "ok \ud800"}, "prompt", "lone UTF-16 surrogate"),
+        ({"prompt": ["ok", "\udc00"]}, "prompt.1", "lone UTF-16 surrogate"),
+        ({"stop": ["\ud800"]}, "stop.0", "lone UTF-16 surrogate"),
     ],
 )
 def test_completion_validation_names_field_and_limit(
     client: TestClient, body: dict[str, Any], param: str, fragment: str
 ) -> None:
-    error = error_of(client.post("/v1/completions", json={"prompt": "Hi", **body}), 422)
+    error = error_of(post_raw(client, "/v1/completions", {"prompt": "Hi", **body}), 422)
     assert error["param"] == param
     assert error["message"].startswith(f"{param}: ")
     assert fragment in error["message"]
     assert error["type"] == "invalid_request_error"
     assert error["error_type"] == "validation"
+
+
+def test_lone_surrogates_in_chat_and_tgi_are_422(client: TestClient) -> None:
+    body = {"messages": [{"role": "user", "content": "\ud83d"}]}
+    error = error_of(post_raw(client, "/v1/chat/completions", body), 422)
+    assert error["param"] == "messages.0.content"
+    error = error_of(post_raw(client, "/generate", {"inputs": "\ud83d"}), 422)
+    assert error["param"] == "inputs"
+    error = error_of(post_raw(client, "/tokenize", {"prompt": "\ud83d"}), 422)
+    assert error["param"] == "prompt"
 
 
 def test_invalid_json_is_422(client: TestClient) -> None:

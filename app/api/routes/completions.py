@@ -26,6 +26,7 @@ from app.api.schemas import ERROR_RESPONSES, CompletionRequest, CompletionRespon
 from app.api.sse import EventStreamResponse, sse_openapi
 from app.api.streams import collect_unless_disconnected
 from app.api.timing import combine, server_timing, timings_ms
+from app.config import Settings
 from app.engine.client import EngineClient
 from app.engine.protocol import GenerationDelta
 
@@ -130,7 +131,7 @@ class _ChunkBuilder:
         echo: list[str],
         response_id: str,
         created: int,
-        settings: SettingsDep,
+        settings: Settings,
     ) -> None:
         self.engine = engine
         self.body = body

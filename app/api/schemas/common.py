@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import re
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 MAX_STOP_SEQUENCES = 4
 MAX_N = 16
@@ -20,6 +22,43 @@ class StrictModel(BaseModel):
     """
 
     model_config = ConfigDict(strict=True, extra="ignore")
+
+
+# JSON may escape half of a UTF-16 pair ("\\ud800"); Python then holds a string that cannot be
+# encoded as UTF-8, and the tokenizer (or the answer's encoding) would fail with a 500.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class RequestBody(StrictModel):
+    """A top-level request body: also rejects strings that are not valid Unicode."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        path = _find_surrogate(data, ())
+        if path is not None:
+            raise PydanticCustomError(
+                "unicode",
+                "contains a lone UTF-16 surrogate, which is not valid Unicode",
+                {"field": ".".join(path) or "body"},
+            )
+        return data
+
+
+def _find_surrogate(value: Any, path: tuple[str, ...]) -> tuple[str, ...] | None:
+    if isinstance(value, str):
+        return path if _SURROGATE.search(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _find_surrogate(key, path) or _find_surrogate(item, (*path, str(key)))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _find_surrogate(item, (*path, str(index)))
+            if found is not None:
+                return found
+    return None
 
 
 StopString = Annotated[str, Field(min_length=1)]
@@ -58,6 +97,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in (
         (401, "Missing or invalid API key"),
+        (404, "The requested model is not served here"),
         (413, "Request body too large"),
         (422, "Invalid request: the message names the field and the limit"),
         (429, "Overloaded: retry after the Retry-After header's seconds"),

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from app.api.schemas.common import StrictModel, TokenId
+from app.api.schemas.common import RequestBody, TokenId
 
 
-class TokenizeRequest(StrictModel):
+class TokenizeRequest(RequestBody):
     prompt: str
     model: str | None = None
 
@@ -18,7 +18,7 @@ class TokenizeResponse(BaseModel):
     max_model_len: int
 
 
-class DetokenizeRequest(StrictModel):
+class DetokenizeRequest(RequestBody):
     tokens: list[TokenId] = Field(max_length=100_000)
     model: str | None = None
 

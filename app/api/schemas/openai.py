@@ -21,6 +21,7 @@ from pydantic_core import PydanticCustomError
 from app.api.schemas.common import (
     MAX_N,
     Bias,
+    RequestBody,
     Seed,
     StopList,
     StopString,
@@ -34,7 +35,7 @@ class StreamOptions(StrictModel):
     include_usage: bool = False
 
 
-class SamplingFields(StrictModel):
+class SamplingFields(RequestBody):
     """Fields both OpenAI routes share. None means "the default" for clients that send nulls."""
 
     model: str | None = Field(default=None, description="Must name the served model when given")

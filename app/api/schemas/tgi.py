@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from app.api.schemas.common import Seed, StopList, StrictModel, Timings
+from app.api.schemas.common import RequestBody, Seed, StopList, StrictModel, Timings
 
 DEFAULT_MAX_NEW_TOKENS = 100  # TGI's documented default, capped to what fits in the context
 
@@ -85,7 +85,7 @@ class GenerateParameters(StrictModel):
         )
 
 
-class GenerateRequest(StrictModel):
+class GenerateRequest(RequestBody):
     inputs: str = Field(description="The prompt; empty starts from <|endoftext|>")
     parameters: GenerateParameters = GenerateParameters()  # never mutated, safe to share
     stream: bool = Field(default=False, description="Only read by POST /, which serves both")
