@@ -243,9 +243,8 @@ class EngineClient:
             return
         self._send(AbortRequest(request_id))
         tail = req.detok.add([], final=True)
-        self._push_final(
-            req, tail.text, (), (), "timeout", None, req.num_prompt_tokens, req.num_output_tokens
-        )
+        self._finish(req, "timeout")
+        req.queue.put_nowait(req.delta(tail.text, (), (), "timeout", None, time.monotonic()))
 
     # worker output, on the event loop
 
@@ -290,55 +289,10 @@ class EngineClient:
                 self._send(AbortRequest(req.request_id))
         elif finish == "stop" and out.new_token_ids:
             stop_reason = out.new_token_ids[-1]
-        if finish is None:
-            req.queue.put_nowait(
-                GenerationDelta(
-                    req.request_id,
-                    delta.text,
-                    out.new_token_ids,
-                    out.new_logprobs,
-                    None,
-                    out.num_prompt_tokens,
-                    out.num_output_tokens,
-                )
-            )
-        else:
-            self._push_final(
-                req,
-                delta.text,
-                out.new_token_ids,
-                out.new_logprobs,
-                finish,
-                stop_reason,
-                out.num_prompt_tokens,
-                out.num_output_tokens,
-            )
-
-    def _push_final(
-        self,
-        req: RequestState,
-        text: str,
-        ids: tuple[int, ...],
-        logprobs: tuple[Any, ...],
-        finish: str,
-        stop_reason: str | int | None,
-        num_prompt: int,
-        num_output: int,
-    ) -> None:
-        req.num_output_tokens = num_output
-        self._finish(req, finish)
+        if finish is not None:
+            self._finish(req, finish)
         req.queue.put_nowait(
-            GenerationDelta(
-                req.request_id,
-                text,
-                ids,
-                logprobs,
-                finish,
-                num_prompt,
-                num_output,
-                stop_reason,
-                req.timings(time.monotonic()),
-            )
+            req.delta(delta.text, out.new_token_ids, out.new_logprobs, finish, stop_reason, now)
         )
 
     # worker process management

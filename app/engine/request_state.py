@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from app.engine.detokenizer import IncrementalDetokenizer
 from app.engine.protocol import GenerationDelta, RequestRecord, RequestTimings
+from app.engine.sequence import TokenLogprobs
 
 
 @dataclass
@@ -62,4 +63,26 @@ class RequestState:
             timings=self.timings(now),
             prefill_seconds=prefill,
             inter_token_gaps=tuple(self.gaps),
+        )
+
+    def delta(
+        self,
+        text: str,
+        token_ids: tuple[int, ...],
+        logprobs: tuple[TokenLogprobs, ...],
+        finish_reason: str | None,
+        stop_reason: str | int | None,
+        now: float,
+    ) -> GenerationDelta:
+        """The caller-facing piece for new text/tokens; the final one carries the timings."""
+        return GenerationDelta(
+            self.request_id,
+            text,
+            token_ids,
+            logprobs,
+            finish_reason,
+            self.num_prompt_tokens,
+            self.num_output_tokens,
+            stop_reason,
+            self.timings(now) if finish_reason is not None else None,
         )
