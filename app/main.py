@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -18,6 +19,7 @@ from app.api.errors import install_error_handlers
 from app.api.middleware import APIKeyMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
 from app.api.routes import chat, completions, generate, health, models, tokenize
 from app.api.routes.models import server_version
+from app.api.schemas.common import TOKEN_ID_MARKER
 from app.api.streams import ClientDisconnected
 from app.config import Settings, to_engine_config
 from app.engine.client import EngineClient
@@ -39,6 +41,7 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
             return
         client = EngineClient(
             to_engine_config(settings),
+            model_id=settings.model_name,
             max_queued_requests=settings.max_queued_requests,
             max_queued_tokens=settings.max_queued_tokens,
         )
@@ -63,6 +66,7 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
 
     for module in (completions, chat, generate, models, tokenize, health):
         app.include_router(module.router)
+    _install_openapi(app)
     install_error_handlers(app)
     app.add_exception_handler(ClientDisconnected, _client_gone)
     _add_middleware(app, settings)
@@ -82,6 +86,36 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
             expose_headers=["X-Request-Id", "Server-Timing", "Retry-After"],
         )
     app.add_middleware(RequestIdMiddleware)
+
+
+def _install_openapi(app: FastAPI) -> None:
+    """The schema FastAPI builds, plus the one limit known only once the model is loaded: the
+    largest token id, written into every field marked as a token id."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        engine = app.state.engine
+        if engine is None:
+            app.openapi_schema = None  # build again once the engine is there
+        else:
+            _set_token_id_maximum(schema, engine.info.vocab_size - 1)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _set_token_id_maximum(node: Any, maximum: int) -> None:
+    if isinstance(node, dict):
+        if node.get(TOKEN_ID_MARKER):
+            node["maximum"] = maximum
+        for value in node.values():
+            _set_token_id_maximum(value, maximum)
+    elif isinstance(node, list):
+        for value in node:
+            _set_token_id_maximum(value, maximum)
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:

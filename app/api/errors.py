@@ -107,6 +107,8 @@ def to_api_error(exc: BaseException) -> APIError:
         message, param = format_validation_errors(exc.errors())
         return APIError(422, message, param=param)
     if isinstance(exc, StarletteHTTPException):
+        if exc.status_code == 400:  # FastAPI could not decode the body: bad input, as all else
+            return APIError(422, f"body: {exc.detail}", param="body")
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         return APIError(exc.status_code, detail, headers=exc.headers)
     return APIError(500, "internal server error")

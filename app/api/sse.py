@@ -56,15 +56,25 @@ class EventStreamResponse(StreamingResponse):
                 await self._on_close()
 
 
+# One event as OpenAPI 3.0/3.1 describe an event stream: the media type's schema is that of each
+# event (field by field), which is how schemathesis and other validators read it.
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "data": {"type": "string", "description": "One JSON object, or [DONE]"},
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+    "required": ["data"],
+}
+
+
 def sse_openapi(description: str, model: type[Any] | None = None) -> dict[int | str, Any]:
     """OpenAPI `responses` entry for a route that answers JSON, or an event stream when asked."""
     entry: dict[str, Any] = {
         "description": description,
-        "content": {
-            "text/event-stream": {
-                "schema": {"type": "string", "description": "data: {json} events"},
-            },
-        },
+        "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
     }
     if model is not None:
         entry["model"] = model

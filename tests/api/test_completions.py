@@ -160,7 +160,8 @@ def test_top_k_minus_one_means_off(client: TestClient, fake: FakeEngineClient) -
 def test_logit_bias_keys_must_be_token_ids(client: TestClient) -> None:
     r = client.post("/v1/completions", json={"prompt": "Hi", "logit_bias": {"abc": 1}})
     assert r.status_code == 422
-    assert r.json()["error"]["param"] == "logit_bias"
+    assert r.json()["error"]["param"] == "logit_bias.abc"
+    assert "should match pattern '^[0-9]+$'" in r.json()["error"]["message"]
     r = client.post("/v1/completions", json={"prompt": "Hi", "logit_bias": {"300": 1}})
     assert r.status_code == 422
     assert "token id 300 is outside the vocabulary [0, 257)" in r.json()["error"]["message"]

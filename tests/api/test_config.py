@@ -83,6 +83,7 @@ def test_lifespan_owns_the_engine_it_builds(monkeypatch: pytest.MonkeyPatch) -> 
     with TestClient(app.main.create_app(settings)) as client:
         assert fake.started
         assert client.get("/ready").status_code == 200
+    assert built["model_id"] == "fake-gpt2"
     assert built["max_queued_requests"] == 7
     assert built["max_queued_tokens"] == 262144
     assert fake.shutdown_grace == 4.0

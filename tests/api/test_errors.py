@@ -33,7 +33,9 @@ def post_raw(client: TestClient, path: str, body: dict[str, Any]) -> Any:
         ({"temperature": 2.5}, "temperature", "less than or equal to 2"),
         ({"top_p": 0}, "top_p", "greater than 0"),
         ({"n": 17}, "n", "less than or equal to 16"),
-        ({"n": 1.0}, "n", "valid integer"),
+        ({"n": 1.5}, "n", "valid integer"),
+        ({"n": True}, "n", "valid integer"),
+        ({"max_tokens": "5"}, "max_tokens", "valid integer"),
         ({"max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
         ({"presence_penalty": -3}, "presence_penalty", "greater than or equal to -2"),
         ({"frequency_penalty": 2.1}, "frequency_penalty", "less than or equal to 2"),
@@ -42,6 +44,7 @@ def post_raw(client: TestClient, path: str, body: dict[str, Any]) -> Any:
         ({"stream": "yes"}, "stream", "valid boolean"),
         ({"logit_bias": {"5": 101}}, "logit_bias.5", "less than or equal to 100"),
         ({"seed": -1}, "seed", "greater than or equal to 0"),
+        ({"seed": 2**53}, "seed", "less than or equal to 9007199254740991"),
         ({"prompt": 5}, "prompt", "must be a string, a list of strings"),
         ({"prompt": [[1], "a"]}, "prompt", "must be a string"),
         ({"suffix": "x"}, "suffix", "not supported"),
@@ -81,6 +84,20 @@ def test_invalid_json_is_422(client: TestClient) -> None:
     error = error_of(r, 422)
     assert error["param"] == "body"
     assert "not valid JSON" in error["message"]
+
+
+def test_undecodable_body_is_422(client: TestClient) -> None:
+    r = client.post(
+        "/v1/completions", content=b"\xff\xfe{", headers={"content-type": "application/json"}
+    )
+    assert error_of(r, 422)["param"] == "body"
+
+
+def test_integral_floats_count_as_integers(client: TestClient, fake: FakeEngineClient) -> None:
+    r = client.post("/v1/completions", json={"prompt": [72.0, 105], "max_tokens": 2.0, "n": 1.0})
+    assert r.status_code == 200, r.text
+    assert fake.calls[0].prompt_ids == [72, 105]
+    assert fake.calls[0].params.max_tokens == 2
 
 
 def test_missing_body_is_422(client: TestClient) -> None:

@@ -141,6 +141,12 @@ def test_hf_client_body_with_nulls_is_accepted(client: TestClient) -> None:
     assert answer["details"]["tokens"][0]["text"] == " "
 
 
+def test_null_parameters_mean_defaults(client: TestClient, fake: FakeEngineClient) -> None:
+    r = client.post("/generate", json={"inputs": "Hi", "parameters": None})
+    assert r.status_code == 200
+    assert fake.calls[0].params.max_tokens == 100
+
+
 def test_return_full_text(client: TestClient) -> None:
     body = {"inputs": "Hi", "parameters": {"max_new_tokens": 1, "return_full_text": True}}
     assert client.post("/generate", json=body).json() == {"generated_text": "Hi "}
@@ -157,6 +163,8 @@ def test_unsupported_parameters_are_422(client: TestClient) -> None:
     for parameters, param in (
         ({"typical_p": 0.9}, "parameters.typical_p"),
         ({"watermark": True}, "parameters.watermark"),
+        ({"watermark": 0}, "parameters.watermark"),
+        ({"best_of": True}, "parameters.best_of"),
         ({"best_of": 2}, "parameters.best_of"),
         ({"grammar": {"type": "json", "value": {}}}, "parameters.grammar"),
         ({"temperature": 0}, "parameters.temperature"),

@@ -61,6 +61,13 @@ def test_openapi_documents_event_streams(client: TestClient) -> None:
     assert {"401", "413", "422", "429", "503"} <= set(completions)
 
 
+def test_openapi_knows_the_largest_token_id(client: TestClient) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    assert schemas["DetokenizeRequest"]["properties"]["tokens"]["items"]["maximum"] == 256
+    stop_ids = schemas["CompletionRequest"]["properties"]["stop_token_ids"]["anyOf"][0]
+    assert stop_ids["items"]["maximum"] == 256
+
+
 def test_importing_the_app_leaves_torch_out() -> None:
     code = (
         "import sys, app.main, app.config, app.api.routes.generate;"

@@ -49,11 +49,11 @@ class _Prepared:
         self.body = body
         self.plan = plan
         self.ids = plan.prompt_ids
-        self.params = body.parameters
+        self.params = body.params
 
 
 async def _prepare(body: GenerateRequest, engine: EngineClient, *, stream: bool) -> _Prepared:
-    p = body.parameters
+    p = body.params
     info = engine.info
     ids = truncate_prompt(await encode_text(engine, body.inputs), p.truncate)
     # TGI's default, cut to what fits so a long prompt without max_new_tokens still works.
@@ -133,7 +133,7 @@ async def compat_generate(
 def _full_text_prefix(body: GenerateRequest, compat: bool) -> str:
     # TGI: return_full_text defaults to false, except on POST / for text-generation models,
     # where it mirrors the transformers pipeline (and the hosted Inference API): true.
-    full = body.parameters.return_full_text
+    full = body.params.return_full_text
     if full is None:
         full = compat
     return body.inputs if full else ""
@@ -154,7 +154,7 @@ async def _generate_json(
     streams = _open(engine, prepared, response_id)
     result = fold(await collect_unless_disconnected(streams, request))[0]
     answer: dict[str, Any] = {"generated_text": _full_text_prefix(body, compat) + result.text}
-    if body.parameters.details:
+    if body.params.details:
         answer["details"] = _details(engine, prepared, result)
     content: Any = [answer] if compat else answer  # TGI wraps POST /'s answer in a list
     return JSONResponse(content, headers=server_timing(result.timings))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 MAX_STOP_SEQUENCES = 4
@@ -61,11 +61,43 @@ def _find_surrogate(value: Any, path: tuple[str, ...]) -> tuple[str, ...] | None
     return None
 
 
+def _integral(value: Any) -> Any:
+    # JSON Schema counts 2.0 as an integer, and so do JSON libraries that write every number
+    # as a float; 2.5, "2" and true stay errors.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def only(allowed: Any, message: str) -> Any:
+    """A before-validator for a field that takes one value (or null): anything else is a 422 with
+    `message`. Checks the type too, since pydantic's Literal lets 0 pass for False, True for 1."""
+
+    def check(value: Any) -> Any:
+        if value is None or (type(value) is type(allowed) and value == allowed):
+            return value
+        raise PydanticCustomError("unsupported", message)
+
+    return check
+
+
+# Limits go before the validator: that order keeps them in the JSON schema as minimum/maximum.
+Integral = BeforeValidator(_integral)
+Int = Annotated[int, Integral]
+PositiveInt = Annotated[int, Field(ge=1), Integral]
+NonNegativeInt = Annotated[int, Field(ge=0), Integral]
 StopString = Annotated[str, Field(min_length=1)]
 StopList = Annotated[list[StopString], Field(max_length=MAX_STOP_SEQUENCES)]
-Seed = Annotated[int, Field(ge=0, lt=SEED_LIMIT)]
-TokenId = Annotated[int, Field(ge=0)]  # the upper bound (vocab size) is checked in the route
+# Seeds stop at 2**53 - 1: larger integers do not survive JSON in many clients (JavaScript's
+# numbers, and validators that compare as floats), so a seed could not be replayed exactly.
+MAX_SEED = 2**53 - 1
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED), Integral]
+# A token id's upper bound (the vocab size) is known once the model is loaded: the routes check
+# it, and app.main writes it into the OpenAPI schema where this marker is.
+TOKEN_ID_MARKER = "x-gpt2-token-id"
+TokenId = Annotated[int, Field(ge=0, json_schema_extra={TOKEN_ID_MARKER: True}), Integral]
 Bias = Annotated[float, Field(ge=-100, le=100)]
+BiasKey = Annotated[str, Field(pattern=r"^[0-9]+$", description="A token id")]
 
 
 class Timings(BaseModel):

@@ -6,7 +6,7 @@ Response models document the answers in OpenAPI; the routes build the dicts dire
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -21,6 +21,10 @@ from pydantic_core import PydanticCustomError
 from app.api.schemas.common import (
     MAX_N,
     Bias,
+    BiasKey,
+    Integral,
+    NonNegativeInt,
+    PositiveInt,
     RequestBody,
     Seed,
     StopList,
@@ -28,6 +32,7 @@ from app.api.schemas.common import (
     StrictModel,
     Timings,
     TokenId,
+    only,
 )
 
 
@@ -39,8 +44,8 @@ class SamplingFields(RequestBody):
     """Fields both OpenAI routes share. None means "the default" for clients that send nulls."""
 
     model: str | None = Field(default=None, description="Must name the served model when given")
-    n: int = Field(
-        default=1, ge=1, le=MAX_N, description="Choices; with a seed, choice i uses seed + i"
+    n: Annotated[int, Field(ge=1, le=MAX_N), Integral] = Field(
+        default=1, description="Choices; with a seed, choice i uses seed + i"
     )
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -50,16 +55,18 @@ class SamplingFields(RequestBody):
     presence_penalty: float | None = Field(default=0.0, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=0.0, ge=-2, le=2)
     seed: Seed | None = None
-    logit_bias: dict[str, Bias] | None = Field(
+    logit_bias: dict[BiasKey, Bias] | None = Field(
         default=None, description="Token id (as a string) -> bias in [-100, 100]"
     )
     user: str | None = None  # accepted and ignored
     # Extensions (vLLM's names).
-    top_k: int | None = Field(default=None, ge=-1, description="0 or -1: off")
+    top_k: Annotated[int, Field(ge=-1), Integral] | None = Field(
+        default=None, description="0 or -1: off"
+    )
     min_p: float | None = Field(default=None, ge=0, le=1)
     repetition_penalty: float | None = Field(default=None, gt=0, le=10)
     ignore_eos: bool = False
-    min_tokens: int = Field(default=0, ge=0)
+    min_tokens: NonNegativeInt = 0
     stop_token_ids: list[TokenId] | None = Field(default=None, max_length=64)
     include_stop_str_in_output: bool = False
     timeout: float | None = Field(
@@ -68,8 +75,8 @@ class SamplingFields(RequestBody):
         le=3600,
         description="Seconds; past it the answer ends, finish_reason timeout",
     )
-    truncate_prompt_tokens: int | None = Field(
-        default=None, ge=1, description="Keep only the last N prompt tokens instead of failing"
+    truncate_prompt_tokens: PositiveInt | None = Field(
+        default=None, description="Keep only the last N prompt tokens instead of failing"
     )
 
     @property
@@ -83,7 +90,13 @@ class SamplingFields(RequestBody):
         return self.stream_options is not None and self.stream_options.include_usage
 
 
-Prompt = str | list[str] | list[int] | list[list[int]] | None
+Prompt = (
+    str
+    | Annotated[list[str], Field(min_length=1)]
+    | Annotated[list[TokenId], Field(min_length=1)]
+    | Annotated[list[list[TokenId]], Field(min_length=1)]
+    | None
+)
 
 
 class CompletionRequest(SamplingFields):
@@ -94,13 +107,13 @@ class CompletionRequest(SamplingFields):
             "Empty or null starts from <|endoftext|>."
         ),
     )
-    max_tokens: int | None = Field(
-        default=16, ge=1, description="null: the rest of the context window"
+    max_tokens: PositiveInt | None = Field(
+        default=16, description="null: the rest of the context window"
     )
-    logprobs: int | None = Field(default=None, ge=0, le=5)
+    logprobs: Annotated[int, Field(ge=0, le=5), Integral] | None = None
     echo: bool = False
-    suffix: str | None = Field(default=None, description="Not supported; must be null")
-    best_of: int | None = Field(default=None, ge=1, description="Not supported beyond 1")
+    suffix: None = Field(default=None, description="Not supported; must be null")
+    best_of: Literal[1] | None = Field(default=None, description="Only 1; use n for more choices")
 
     @field_validator("prompt", mode="wrap")
     @classmethod
@@ -115,19 +128,16 @@ class CompletionRequest(SamplingFields):
                 "of lists of token ids",
             ) from None
 
-    @field_validator("suffix")
+    @field_validator("suffix", mode="before")
     @classmethod
-    def _no_suffix(cls, value: str | None) -> str | None:
+    def _no_suffix(cls, value: Any) -> Any:
         if value is not None:
             raise PydanticCustomError("unsupported", "not supported by GPT-2; must be null")
         return value
 
-    @field_validator("best_of")
-    @classmethod
-    def _best_of_one(cls, value: int | None) -> int | None:
-        if value is not None and value != 1:
-            raise PydanticCustomError("unsupported", "only 1 is supported; use n for more choices")
-        return value
+    _best_of_one = field_validator("best_of", mode="before")(
+        only(1, "only 1 is supported; use n for more choices")
+    )
 
 
 class TextPart(StrictModel):
@@ -149,22 +159,24 @@ class ChatMessage(StrictModel):
         return "".join(part.text for part in self.content)
 
 
+class TextFormat(StrictModel):
+    type: Literal["text"]
+
+
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(
-        default=None, ge=1, description="Deprecated alias of max_completion_tokens"
+    max_tokens: PositiveInt | None = Field(
+        default=None, description="Deprecated alias of max_completion_tokens"
     )
-    max_completion_tokens: int | None = Field(
-        default=None, ge=1, description="null: the rest of the context window"
+    max_completion_tokens: PositiveInt | None = Field(
+        default=None, description="null: the rest of the context window"
     )
     logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    tools: list[Any] | None = Field(
+    top_logprobs: Annotated[int, Field(ge=0, le=20), Integral] | None = None
+    tools: Annotated[list[Any], Field(max_length=0)] | None = Field(
         default=None, description="Not supported; must be null or empty"
     )
-    response_format: dict[str, Any] | None = Field(
-        default=None, description="Only {'type': 'text'}"
-    )
+    response_format: TextFormat | None = Field(default=None, description="Only {'type': 'text'}")
 
     @field_validator("top_logprobs")
     @classmethod
@@ -173,17 +185,17 @@ class ChatCompletionRequest(SamplingFields):
             raise PydanticCustomError("logprobs", "needs logprobs set to true")
         return value
 
-    @field_validator("tools")
+    @field_validator("tools", mode="before")
     @classmethod
-    def _no_tools(cls, value: list[Any] | None) -> list[Any] | None:
+    def _no_tools(cls, value: Any) -> Any:
         if value:
             raise PydanticCustomError("unsupported", "tools are not supported by GPT-2")
         return value
 
-    @field_validator("response_format")
+    @field_validator("response_format", mode="before")
     @classmethod
-    def _text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and value.get("type") != "text":
+    def _text_only(cls, value: Any) -> Any:
+        if value is not None and (not isinstance(value, dict) or value.get("type") != "text"):
             raise PydanticCustomError("unsupported", "only {'type': 'text'} is supported")
         return value
 

@@ -7,20 +7,28 @@ watermarking, best_of > 1) are rejected with 422 when set rather than silently i
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from app.api.schemas.common import RequestBody, Seed, StopList, StrictModel, Timings
+from app.api.schemas.common import (
+    Integral,
+    PositiveInt,
+    RequestBody,
+    Seed,
+    StopList,
+    StrictModel,
+    Timings,
+    only,
+)
 
 DEFAULT_MAX_NEW_TOKENS = 100  # TGI's documented default, capped to what fits in the context
 
 
 class GenerateParameters(StrictModel):
-    max_new_tokens: int | None = Field(
+    max_new_tokens: PositiveInt | None = Field(
         default=None,
-        ge=1,
         description=f"Default {DEFAULT_MAX_NEW_TOKENS}, capped to the context window",
     )
     do_sample: bool | None = Field(
@@ -31,7 +39,7 @@ class GenerateParameters(StrictModel):
         ),
     )
     temperature: float | None = Field(default=None, gt=0, le=100)
-    top_k: int | None = Field(default=None, gt=0)
+    top_k: PositiveInt | None = None
     top_p: float | None = Field(default=None, gt=0, le=1)
     repetition_penalty: float | None = Field(default=None, gt=0, le=10)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
@@ -43,36 +51,27 @@ class GenerateParameters(StrictModel):
         default=None,
         description="Prepend the inputs; default false on /generate, true on POST / (TGI)",
     )
-    truncate: int | None = Field(
-        default=None, ge=1, description="Keep only the last N input tokens"
+    truncate: PositiveInt | None = Field(
+        default=None, description="Keep only the last N input tokens"
     )
-    top_n_tokens: int | None = Field(default=None, ge=0, le=20)
-    best_of: int | None = Field(default=None, ge=1, description="Only 1 is supported")
-    typical_p: float | None = Field(default=None, description="Not supported; must be null")
-    watermark: bool | None = Field(default=False, description="Not supported; must be false")
-    grammar: Any = Field(default=None, description="Not supported; must be null")
-    adapter_id: str | None = Field(default=None, description="Not supported; must be null")
+    top_n_tokens: Annotated[int, Field(ge=0, le=20), Integral] | None = None
+    best_of: Literal[1] | None = Field(default=None, description="Only 1 is supported")
+    typical_p: None = Field(default=None, description="Not supported; must be null")
+    watermark: Literal[False] | None = Field(default=False, description="Not supported")
+    grammar: None = Field(default=None, description="Not supported; must be null")
+    adapter_id: None = Field(default=None, description="Not supported; must be null")
 
-    @field_validator("typical_p", "grammar", "adapter_id")
+    @field_validator("typical_p", "grammar", "adapter_id", mode="before")
     @classmethod
     def _must_be_null(cls, value: Any) -> Any:
         if value is not None:
             raise PydanticCustomError("unsupported", "not supported by this server; must be null")
         return value
 
-    @field_validator("watermark")
-    @classmethod
-    def _no_watermark(cls, value: bool | None) -> bool | None:
-        if value:
-            raise PydanticCustomError("unsupported", "watermarking is not supported")
-        return value
-
-    @field_validator("best_of")
-    @classmethod
-    def _best_of_one(cls, value: int | None) -> int | None:
-        if value is not None and value != 1:
-            raise PydanticCustomError("unsupported", "only 1 is supported")
-        return value
+    _no_watermark = field_validator("watermark", mode="before")(
+        only(False, "watermarking is not supported; must be false or null")
+    )
+    _best_of_one = field_validator("best_of", mode="before")(only(1, "only 1 is supported"))
 
     @property
     def sampling(self) -> bool:
@@ -85,15 +84,17 @@ class GenerateParameters(StrictModel):
         )
 
 
+_DEFAULT_PARAMETERS = GenerateParameters()
+
+
 class GenerateRequest(RequestBody):
     inputs: str = Field(description="The prompt; empty starts from <|endoftext|>")
-    parameters: GenerateParameters = GenerateParameters()  # never mutated, safe to share
+    parameters: GenerateParameters | None = None
     stream: bool = Field(default=False, description="Only read by POST /, which serves both")
 
-    @field_validator("parameters", mode="before")
-    @classmethod
-    def _null_is_default(cls, value: Any) -> Any:
-        return {} if value is None else value
+    @property
+    def params(self) -> GenerateParameters:
+        return self.parameters or _DEFAULT_PARAMETERS
 
 
 # ---- responses (documentation) -----------------------------------------------------------
