@@ -1,0 +1,222 @@
+"""The service end to end over real HTTP: official clients, streaming, stop strings, n,
+deadlines, disconnects, a killed worker. Real worker process, tiny random GPT-2."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.server import Server
+
+
+def _sse(response: httpx.Response) -> list[Any]:
+    events = []
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            data = line[len("data: ") :]
+            events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+def _complete(server: Server, **body: Any) -> dict[str, Any]:
+    r = httpx.post(server.url + "/v1/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def _stream(server: Server, path: str, body: dict[str, Any]) -> list[Any]:
+    with httpx.stream("POST", server.url + path, json=body, timeout=60) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        assert r.headers["x-accel-buffering"] == "no"
+        return _sse(r)
+
+
+def _wait(predicate: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def test_openai_client_completions_and_chat(server: Server) -> None:
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    model = client.models.list().data[0].id
+    done = client.completions.create(
+        model=model, prompt="Hello 😀 世界", max_tokens=12, temperature=0
+    )
+    streamed = client.completions.create(
+        model=model,
+        prompt="Hello 😀 世界",
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(streamed)
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == done.choices[0].text
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == done.usage.completion_tokens
+    chat = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0
+    )
+    chat_stream = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+    )
+    deltas = [c.choices[0].delta.content or "" for c in chat_stream if c.choices]
+    assert "".join(deltas) == chat.choices[0].message.content
+
+
+def test_streamed_equals_non_streamed_equals_decode_of_tokens(server: Server) -> None:
+    body = {
+        "inputs": "日本語のテキスト and emoji 🎉",
+        "parameters": {"max_new_tokens": 32, "details": True, "do_sample": False},
+    }
+    r = httpx.post(server.url + "/generate", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    result = r.json()
+    ids = [t["id"] for t in result["details"]["tokens"]]
+    decoded = httpx.post(server.url + "/detokenize", json={"tokens": ids}, timeout=10).json()
+    assert decoded["prompt"] == result["generated_text"]
+    events = _stream(server, "/generate_stream", body)
+    assert events[-1]["generated_text"] == result["generated_text"]
+    assert [e["token"]["id"] for e in events] == ids
+    oa = _stream(
+        server,
+        "/v1/completions",
+        {"prompt": body["inputs"], "max_tokens": 32, "temperature": 0, "stream": True},
+    )
+    assert oa[-1] == "[DONE]"
+    pieces = [e["choices"][0]["text"] for e in oa[:-1] if e["choices"]]
+    assert "".join(pieces) == result["generated_text"]
+    if "\ufffd" not in result["generated_text"]:
+        assert not any("\ufffd" in p for p in pieces), "a stream piece split a UTF-8 character"
+
+
+def test_huggingface_inference_client_streams_with_details(server: Server) -> None:
+    hub = pytest.importorskip("huggingface_hub")
+    client = hub.InferenceClient(server.url)
+    full = client.text_generation("The cat", max_new_tokens=10, details=True)
+    stream = list(client.text_generation("The cat", max_new_tokens=10, details=True, stream=True))
+    assert stream[-1].generated_text == full.generated_text
+    assert [s.token.id for s in stream] == [t.id for t in full.details.tokens]
+    assert full.details.generated_tokens == 10
+
+
+def test_stop_string_is_cut_and_never_leaked(server: Server) -> None:
+    text = _complete(server, prompt="Stop strings", max_tokens=40, temperature=0, ignore_eos=True)[
+        "choices"
+    ][0]["text"]
+    stop = text[15:19]
+    expected = text[: text.index(stop)]
+    choice = _complete(
+        server, prompt="Stop strings", max_tokens=40, temperature=0, ignore_eos=True, stop=[stop]
+    )["choices"][0]
+    assert (choice["text"], choice["finish_reason"]) == (expected, "stop")
+    events = _stream(
+        server,
+        "/v1/completions",
+        {
+            "prompt": "Stop strings",
+            "max_tokens": 40,
+            "temperature": 0,
+            "ignore_eos": True,
+            "stop": [stop],
+            "stream": True,
+        },
+    )
+    streamed = "".join(e["choices"][0]["text"] for e in events[:-1] if e["choices"])
+    assert streamed == expected
+
+
+def test_n_choices_with_seed_are_reproducible(server: Server) -> None:
+    body = {
+        "prompt": "Many",
+        "max_tokens": 10,
+        "n": 3,
+        "seed": 7,
+        "temperature": 1.0,
+        "ignore_eos": True,
+    }
+    first, second = _complete(server, **body), _complete(server, **body)
+    texts = [c["text"] for c in sorted(first["choices"], key=lambda c: c["index"])]
+    assert texts == [c["text"] for c in sorted(second["choices"], key=lambda c: c["index"])]
+    assert len(set(texts)) > 1
+    assert first["usage"]["completion_tokens"] == 30
+
+
+def test_deadline_ends_the_request_with_its_own_reason(server: Server) -> None:
+    choice = _complete(server, prompt="slow", max_tokens=240, ignore_eos=True, timeout=0.2)[
+        "choices"
+    ][0]
+    assert choice["finish_reason"] == "timeout"
+
+
+def test_client_disconnect_aborts_the_request(server: Server) -> None:
+    """1,000 tokens take seconds; after the client hangs up the request must be gone within a
+    fraction of that (one step, plus noticing the closed connection)."""
+    stats_url = server.url + "/v1/engine/stats"
+    with httpx.stream(
+        "POST",
+        server.url + "/v1/completions",
+        timeout=60,
+        json={"prompt": "long", "max_tokens": 1000, "ignore_eos": True, "stream": True},
+    ) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                break
+        assert httpx.get(stats_url, timeout=10).json()["requests_in_flight"] == 1
+    closed = time.monotonic()
+    _wait(lambda: httpx.get(stats_url, timeout=10).json()["kv_slots_used"] == 0, timeout=30)
+    assert httpx.get(stats_url, timeout=10).json()["requests_in_flight"] == 0
+    assert time.monotonic() - closed < 1.5, "the request ran on after the client left"
+
+
+def test_bad_input_is_a_4xx_naming_the_field(server: Server) -> None:
+    r = httpx.post(
+        server.url + "/v1/completions", timeout=10, json={"prompt": [1] * 1000, "max_tokens": 100}
+    )
+    assert r.status_code == 422
+    assert "max_tokens" in r.text and "1024" in r.text
+    r = httpx.post(
+        server.url + "/v1/completions", timeout=10, json={"prompt": "x", "max_tokens": "12"}
+    )
+    assert r.status_code == 422 and "max_tokens" in r.text
+
+
+def test_killed_worker_ends_streams_with_an_error_then_recovers(server: Server) -> None:
+    pid = httpx.get(server.url + "/v1/engine/stats", timeout=10).json()["worker_pid"]
+    with httpx.stream(
+        "POST",
+        server.url + "/v1/completions",
+        timeout=60,
+        json={"prompt": "doomed", "max_tokens": 1000, "ignore_eos": True, "stream": True},
+    ) as r:
+        lines = r.iter_lines()
+        for line in lines:
+            if line.startswith("data: {"):
+                break
+        os.kill(pid, signal.SIGKILL)
+        rest = [
+            json.loads(line[6:]) if line != "data: [DONE]" else "[DONE]"
+            for line in lines
+            if line.startswith("data: ")
+        ]
+    assert any(isinstance(e, dict) and "error" in e for e in rest), rest[-3:]
+    assert rest[-1] == "[DONE]"
+    _wait(lambda: httpx.get(server.url + "/ready", timeout=10).status_code == 200, timeout=90)
+    stats = httpx.get(server.url + "/v1/engine/stats", timeout=10).json()
+    assert stats["worker_restarts"] == 1 and stats["worker_pid"] != pid
+    assert _complete(server, prompt="again", max_tokens=4)["choices"][0]["text"] is not None
