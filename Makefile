@@ -42,3 +42,9 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Offline validation of Dockerfile, compose files, deploy/ and k8s/ (installs its validators into
+# .cache/deploy-tools when missing). See docs/deploy.md.
+.PHONY: deploy-check
+deploy-check:
+	bash scripts/validate_deploy.sh
