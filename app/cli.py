@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 import types
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args, get_origin
 
 import uvicorn
 
@@ -34,14 +35,20 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         help_text = (
             f"env GPT2_{name.upper()} (default: {field.get_default(call_default_factory=True)!r})"
         )
-        if kind is bool:
+        if get_origin(field.annotation) is Literal:
+            parser.add_argument(
+                flag, dest=name, choices=get_args(field.annotation), default=None, help=help_text
+            )
+        elif get_origin(field.annotation) is list:  # comma-separated, parsed by Settings
+            parser.add_argument(flag, dest=name, default=None, help=help_text + ", comma-separated")
+        elif kind is bool:
             parser.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
         elif kind in (int, float, str, Path):
             parser.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
-        else:  # lists: comma-separated, parsed by Settings
-            parser.add_argument(flag, dest=name, default=None, help=help_text + ", comma-separated")
+        else:
+            parser.add_argument(flag, dest=name, default=None, help=help_text)
 
 
 def _settings_from(args: argparse.Namespace) -> Settings:
@@ -51,13 +58,19 @@ def _settings_from(args: argparse.Namespace) -> Settings:
 
 def serve(settings: Settings) -> None:
     from app.main import create_app
+    from app.request_log import configure_logging
 
+    configure_logging(settings.log_format, settings.log_level)
+    # The worker process inherits the environment: same level and format there (flags too).
+    os.environ["GPT2_LOG_LEVEL"] = settings.log_level
+    os.environ["GPT2_LOG_FORMAT"] = settings.log_format
     app = create_app(settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        log_level="info",
+        log_config=None,  # uvicorn's loggers go through ours (JSON or text, GPT2_LOG_FORMAT)
+        log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=int(settings.drain_timeout_seconds) + 1,
     )
     DrainingServer(config, app, settings.drain_timeout_seconds).run()

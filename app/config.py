@@ -6,8 +6,9 @@ EngineConfig it takes. Nothing here imports torch.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -19,6 +20,14 @@ from app.engine.config import EngineConfig
 # strings; the only placeholders are {role} and {content} (str.format, so "{{" is a literal brace).
 DEFAULT_CHAT_TEMPLATE = "{role}: {content}\n"
 DEFAULT_CHAT_GENERATION_PROMPT = "assistant:"
+
+
+# Sub-millisecond GPU steps and inter-token gaps up to minutes-long streams, in 1-2.5-5 steps.
+DEFAULT_LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075,
+    0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0,
+    600.0, 1200.0,
+)  # fmt: skip
 
 
 class Settings(BaseSettings):
@@ -56,6 +65,15 @@ class Settings(BaseSettings):
         default=15.0, gt=0
     )  # SSE comment lines while a stream is idle
 
+    # --- observability ------------------------------------------------------------------------
+    log_format: Literal["json", "text"] = "json"  # json: one object per line; text: for humans
+    log_level: str = "INFO"
+    # Buckets (seconds) of every latency histogram: TTFT, inter-token, end-to-end, queue,
+    # prefill, decode and engine step. From the environment: a JSON list or comma-separated.
+    latency_buckets: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_LATENCY_BUCKETS)
+    )
+
     # --- chat -----------------------------------------------------------------------------------
     chat_template: str = DEFAULT_CHAT_TEMPLATE  # applied to each message: {role}, {content}
     chat_generation_prompt: str = DEFAULT_CHAT_GENERATION_PROMPT  # appended after the messages
@@ -71,6 +89,35 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [origin.strip() for origin in text.split(",") if origin.strip()]
         return value
+
+    @field_validator("latency_buckets", mode="before")
+    @classmethod
+    def _split_buckets(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [float(part) for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("latency_buckets")
+    @classmethod
+    def _check_buckets(cls, value: list[float]) -> list[float]:
+        if not value:
+            raise ValueError("latency_buckets needs at least one bucket")
+        if any(b <= 0 for b in value) or any(a >= b for a, b in itertools.pairwise(value)):
+            raise ValueError(f"latency_buckets must be positive and increasing, got {value}")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(f"log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL: {value}")
+        return level
 
     @field_validator("chat_template")
     @classmethod

@@ -17,33 +17,45 @@ from starlette.middleware.cors import CORSMiddleware
 
 from app.api.errors import install_error_handlers
 from app.api.middleware import APIKeyMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
-from app.api.routes import chat, completions, generate, health, models, tokenize
+from app.api.routes import chat, completions, generate, health, models, stats, tokenize
 from app.api.routes.models import server_version
 from app.api.schemas.common import TOKEN_ID_MARKER
 from app.api.streams import ClientDisconnected
+from app.api.telemetry import Telemetry, TelemetryMiddleware
 from app.config import Settings, to_engine_config
 from app.engine.client import EngineClient
 
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, engine: EngineClient | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    engine: EngineClient | None = None,
+    telemetry: Telemetry | None = None,
+) -> FastAPI:
     """Build the app. Without `engine`, the lifespan creates an EngineClient from the settings,
     starts it (the worker loads and warms up the model) and drains it on shutdown. An engine
-    passed in belongs to the caller, who starts and stops it (tests pass fakes this way)."""
+    passed in belongs to the caller, who starts and stops it (tests pass fakes this way) and
+    who feeds app.state.telemetry's on_step / on_record if it wants metrics from it.
+    `telemetry` (metrics, request log, tracing) is built from the settings when not given."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if engine is not None:
             app.state.engine = engine
-            yield
+            try:
+                yield
+            finally:
+                app.state.telemetry.close()
             return
         client = EngineClient(
             to_engine_config(settings),
             model_id=settings.model_name,
             max_queued_requests=settings.max_queued_requests,
             max_queued_tokens=settings.max_queued_tokens,
+            stats_sink=app.state.telemetry.on_step,
+            request_sink=app.state.telemetry.on_record,
         )
         logger.info("starting the engine for %s", settings.model)
         await client.start()
@@ -53,6 +65,7 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
         finally:
             logger.info("draining (up to %.0f s)", settings.drain_timeout_seconds)
             await client.shutdown(settings.drain_timeout_seconds)
+            app.state.telemetry.close()
 
     app = FastAPI(
         title="gpt2-serve",
@@ -63,8 +76,11 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
     app.state.settings = settings
     app.state.engine = engine
     app.state.started_at = int(time.time())
+    app.state.telemetry = telemetry or Telemetry(
+        settings, engine=lambda: getattr(app.state, "engine", None)
+    )
 
-    for module in (completions, chat, generate, models, tokenize, health):
+    for module in (completions, chat, generate, models, tokenize, health, stats):
         app.include_router(module.router)
     _install_openapi(app)
     install_error_handlers(app)
@@ -85,6 +101,8 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
             allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
             expose_headers=["X-Request-Id", "Server-Timing", "Retry-After"],
         )
+    # Inside the request id (it logs it), outside the rest (it sees their 413s too).
+    app.add_middleware(TelemetryMiddleware, telemetry=app.state.telemetry)
     app.add_middleware(RequestIdMiddleware)
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from app.api.logprobs import TokenLogprobs
+from app.api.request_context import note_prompt, track_engine_request
 from app.api.streams import ChoiceStreams, StreamFactory
 from app.engine.client import EngineClient
 from app.engine.params import SamplingParams
@@ -69,14 +70,19 @@ def open_streams(
     id the caller sees in the body."""
 
     def factory(plan: ChoicePlan) -> StreamFactory:
-        return lambda: engine.generate(
-            plan.prompt_ids,
-            plan.params,
-            request_id=f"{response_id}-{plan.index}",
-            stop=options.stop,
-            include_stop_str_in_output=options.include_stop_str_in_output,
-            timeout=options.timeout,
-        )
+        def start() -> AsyncIterator[GenerationDelta]:
+            request_id = f"{response_id}-{plan.index}"
+            track_engine_request(request_id)  # its RequestRecord belongs to this HTTP request
+            return engine.generate(
+                plan.prompt_ids,
+                plan.params,
+                request_id=request_id,
+                stop=options.stop,
+                include_stop_str_in_output=options.include_stop_str_in_output,
+                timeout=options.timeout,
+            )
+
+        return start
 
     return ChoiceStreams([factory(plan) for plan in plans])
 
@@ -113,18 +119,8 @@ def log_request(
     prompt: object,
     log_prompts: bool,
 ) -> None:
-    """One line per accepted request; the prompt itself only when the operator asked for it."""
+    """A debug line per accepted request. The request log's line when it ends (app/api/telemetry)
+    carries the prompt lengths, and the prompt itself only when the operator asked for it."""
     lengths = [len(ids) for ids in prompts]
-    if log_prompts:
-        logger.info(
-            "%s x-request-id=%s prompt_tokens=%s n=%d prompt=%r",
-            response_id,
-            request_id,
-            lengths,
-            n,
-            prompt,
-        )
-    else:
-        logger.debug(
-            "%s x-request-id=%s prompt_tokens=%s n=%d", response_id, request_id, lengths, n
-        )
+    note_prompt(lengths, prompt if log_prompts else None)
+    logger.debug("%s x-request-id=%s prompt_tokens=%s n=%d", response_id, request_id, lengths, n)

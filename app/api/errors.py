@@ -28,6 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.api.request_context import note_error
 from app.engine.errors import (
     EngineDeadError,
     EngineNotReadyError,
@@ -187,6 +188,7 @@ def _header_safe(message: str) -> str:
 
 
 async def _handle(request: Request, exc: Exception) -> JSONResponse:
+    note_error(exc)  # the failure reason metrics count this request under
     error = to_api_error(exc)
     if error.status_code >= 500 and not isinstance(
         exc, EngineNotReadyError | EngineDeadError | APIError

@@ -1,6 +1,7 @@
 """Plain ASGI middleware (no BaseHTTPMiddleware: it would buffer streams and hide disconnects).
 
-Order, outermost first: request id -> CORS -> API key -> body size limit -> routes.
+Order, outermost first: request id -> telemetry (app/api/telemetry.py) -> CORS -> API key ->
+body size limit -> routes.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from app.api.errors import to_api_error
+from app.api.request_context import note_error
 from app.api.sse import DONE, KEEP_ALIVE, event
 from app.api.streams import ChoiceStreams
 from app.engine.protocol import GenerationDelta
@@ -52,6 +53,7 @@ async def openai_events(
             yield event(usage_chunk(outputs))
         yield DONE
     except Exception as exc:
+        note_error(exc)
         error = to_api_error(exc)
         if error.status_code >= 500:
             logger.warning("stream %s failed mid-way: %s", response_id, exc, exc_info=exc)

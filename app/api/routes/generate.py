@@ -28,6 +28,7 @@ from app.api.deps import EngineDep, RequestIdDep, SettingsDep
 from app.api.errors import to_api_error
 from app.api.logprobs import tgi_token, tgi_top_tokens
 from app.api.prompts import encode_text, truncate_prompt
+from app.api.request_context import note_error
 from app.api.sampling import tgi_params
 from app.api.schemas import ERROR_RESPONSES, GenerateRequest, GenerateResponse
 from app.api.schemas.tgi import DEFAULT_MAX_NEW_TOKENS, StreamResponse
@@ -234,6 +235,7 @@ async def _tgi_events(
                     payload["details"] = _stream_details(prepared, delta)
                 yield event(payload)
     except Exception as exc:
+        note_error(exc)
         error = to_api_error(exc)
         if error.status_code >= 500:
             logger.warning("generate_stream failed mid-way: %s", exc, exc_info=exc)

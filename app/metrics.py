@@ -1,0 +1,260 @@
+"""Every Prometheus object of the service, and the record_* functions the engine client feeds.
+
+Names follow vLLM's (`vllm:` -> `gpt2_`). Each app owns its registry (tests build many apps in
+one process). Labels are bounded: finished_reason and reason take the values listed below and
+nothing else; no prompt text, no request ids.
+
+What is counted, and when (the unit is one engine request: one prompt, one choice):
+
+- Tokens: gpt2_generation_tokens_total grows by each finished request's output tokens (the
+  completion_tokens of its answer), gpt2_prompt_tokens_total by the prompt tokens of every
+  request the engine accepted. Both move when a request ends, not token by token.
+- Latencies are observed when a request ends, from its RequestRecord: time to first token, queue
+  and prefill once per request that produced a token; every inter-token gap; end-to-end and
+  decode times and the token-count histograms for requests the engine finished (stop, length,
+  abort, timeout).
+- Outcomes: each request counts exactly once, either in gpt2_request_success_total or in
+  gpt2_request_failure_total, so their sum is the number of requests. A deadline that ran out
+  (finish_reason "timeout", HTTP 200 with a cut-off answer) is a failure {reason="timeout"} and
+  not a success: the caller did not get the answer it asked for, and counting it in both would
+  count it twice. A request refused before it reached the engine (422, 429, 503) or whose
+  answer failed in the HTTP layer (500) counts once, as that failure (app/api/telemetry.py
+  decides which of the engine and the HTTP layer reports a request).
+- Gauges from the worker's last step; when nothing is in flight they read 0 (the worker sends
+  no statistics while idle), and worker_up / ready / restarts are read from the client at
+  scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from app.engine.protocol import RequestRecord, StepStats
+
+# Engine finish reasons that count as a success.
+SUCCESS_REASONS = ("stop", "length", "abort")
+# Why a request failed. validation: bad input (422, 413; also a request the worker refused);
+# overloaded: 429; unavailable: 503 while starting, restarting or draining; disconnected: the
+# caller left before the answer ended; timeout: the request's deadline ran out; worker_lost: the
+# worker died under it; shutdown: still running when the drain grace ran out; internal: a 500.
+FAILURE_REASONS = (
+    "validation",
+    "overloaded",
+    "unavailable",
+    "disconnected",
+    "timeout",
+    "worker_lost",
+    "shutdown",
+    "internal",
+)
+# Record outcomes the engine reports as failures (the rest of FAILURE_REASONS come from HTTP).
+ENGINE_FAILURES = frozenset({"validation", "timeout", "worker_lost", "shutdown", "disconnected"})
+# Outcomes after which the engine had finished the request (end-to-end latency is meaningful).
+ENGINE_FINISHED = frozenset({*SUCCESS_REASONS, "timeout"})
+
+# Token counts: powers of two up to GPT-2's context window (1024), and beyond for other models.
+TOKEN_BUCKETS = tuple(float(2**k) for k in range(15))  # 1 .. 16384
+BATCH_BUCKETS = tuple(float(2**k) for k in range(11))  # 1 .. 1024 sequences per step
+
+
+class Metrics:
+    def __init__(
+        self,
+        latency_buckets: Sequence[float],
+        *,
+        engine: Callable[[], Any] = lambda: None,
+        max_queued_requests: int | None = None,
+        registry: CollectorRegistry | None = None,
+        process_metrics: bool = True,
+    ) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self._declare_histograms(tuple(latency_buckets))
+        self._declare_counters()
+        if max_queued_requests is not None:
+            limit = Gauge(
+                "gpt2_max_queued_requests",
+                "Admission limit: requests that may wait beyond the running batch.",
+                registry=self.registry,
+            )
+            limit.set(max_queued_requests)
+        self.state = EngineStateCollector(engine)
+        self.registry.register(self.state)
+        if process_metrics:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+
+    def _declare_histograms(self, lat: tuple[float, ...]) -> None:
+        def histogram(name: str, doc: str, buckets: tuple[float, ...] = lat) -> Histogram:
+            return Histogram(name, doc, registry=self.registry, buckets=buckets)
+
+        self.ttft = histogram(
+            "gpt2_time_to_first_token_seconds", "Arrival to first generated token, per request."
+        )
+        self.itl = histogram(
+            "gpt2_inter_token_latency_seconds", "Gap between consecutive tokens of a request."
+        )
+        self.e2e = histogram(
+            "gpt2_e2e_request_latency_seconds",
+            "Arrival to end, per request the engine finished (stop, length, abort, timeout).",
+        )
+        self.queue = histogram(
+            "gpt2_request_queue_time_seconds", "Arrival to first scheduled in the worker."
+        )
+        self.prefill = histogram(
+            "gpt2_request_prefill_time_seconds", "First scheduled to first token (prefill)."
+        )
+        self.decode = histogram(
+            "gpt2_request_decode_time_seconds", "First token to last token (decode)."
+        )
+        self.step = histogram(
+            "gpt2_engine_step_seconds", "Duration of one engine step (schedule, forward, sample)."
+        )
+        self.prompt_len = histogram(
+            "gpt2_request_prompt_tokens", "Prompt length of finished requests.", TOKEN_BUCKETS
+        )
+        self.generation_len = histogram(
+            "gpt2_request_generation_tokens",
+            "Generated tokens of finished requests.",
+            TOKEN_BUCKETS,
+        )
+        self.step_batch = histogram(
+            "gpt2_engine_step_batch_size", "Sequences that ran in one engine step.", BATCH_BUCKETS
+        )
+
+    def _declare_counters(self) -> None:
+        r = self.registry
+        self.prompt_tokens = Counter(
+            "gpt2_prompt_tokens", "Prompt tokens of requests the engine accepted.", registry=r
+        )
+        self.generation_tokens = Counter(
+            "gpt2_generation_tokens", "Generated tokens (completion_tokens served).", registry=r
+        )
+        self.success = Counter(
+            "gpt2_request_success",
+            "Requests the engine finished, by finish reason.",
+            ["finished_reason"],
+            registry=r,
+        )
+        self.failure = Counter(
+            "gpt2_request_failure",
+            "Requests that failed, by reason (each request counts once: success or failure).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in SUCCESS_REASONS:  # every series exists from the start: rate() works at once
+            self.success.labels(reason)
+        for reason in FAILURE_REASONS:
+            self.failure.labels(reason)
+
+    # fed by the engine client --------------------------------------------------------------
+
+    def record_step(self, stats: StepStats) -> None:
+        """Once per worker step (the EngineClient's stats_sink)."""
+        self.step.observe(stats.step_seconds)
+        if stats.batch_size:
+            self.step_batch.observe(stats.batch_size)
+        self.state.last_step = stats
+
+    def record_work(self, record: RequestRecord) -> None:
+        """Tokens and latencies of one finished request; its outcome is counted separately."""
+        t = record.timings
+        if record.outcome != "validation":
+            self.prompt_tokens.inc(record.num_prompt_tokens)
+        self.generation_tokens.inc(record.num_output_tokens)
+        if record.num_output_tokens > 0:
+            self.ttft.observe(t.time_to_first_token)
+            self.queue.observe(t.queue)
+            if record.prefill_seconds is not None:
+                self.prefill.observe(record.prefill_seconds)
+        for gap in record.inter_token_gaps:
+            self.itl.observe(gap)
+        if record.outcome in ENGINE_FINISHED:
+            self.e2e.observe(t.total)
+            self.decode.observe(t.decode)
+            self.prompt_len.observe(record.num_prompt_tokens)
+            self.generation_len.observe(record.num_output_tokens)
+
+    def record_outcome(self, outcome: str) -> None:
+        """Count one request as a success (a finish reason) or a failure (any other outcome)."""
+        if outcome in SUCCESS_REASONS:
+            self.success.labels(outcome).inc()
+        else:
+            self.record_failure(outcome)
+
+    def record_failure(self, reason: str) -> None:
+        self.failure.labels(reason if reason in FAILURE_REASONS else "internal").inc()
+
+
+class EngineStateCollector(Collector):
+    """Gauges read at scrape time: the worker's last step, and the client's own state."""
+
+    def __init__(self, engine: Callable[[], Any]) -> None:
+        self._engine = engine
+        self.last_step: StepStats | None = None
+
+    def describe(self) -> Iterable[Metric]:
+        return self.collect()
+
+    def collect(self) -> Iterable[Metric]:
+        engine = self._engine()
+        s = self.last_step
+        alive = _flag(engine, "is_worker_alive", default=engine is not None)
+        in_flight = getattr(engine, "num_in_flight", None)
+        idle = not alive or in_flight == 0
+        running = 0 if idle or s is None else s.num_running
+        waiting = 0 if idle or s is None else s.num_waiting
+        batch = 0 if idle or s is None else s.batch_size
+        used = 0 if idle or s is None else s.kv_slots_used
+        usage = used / s.kv_slots_total if s is not None and s.kv_slots_total else 0.0
+        yield _gauge(
+            "gpt2_num_requests_running", "Sequences holding a KV slot in the worker.", running
+        )
+        yield _gauge(
+            "gpt2_num_requests_waiting",
+            "Requests waiting for the worker to schedule them.",
+            waiting,
+        )
+        yield _gauge("gpt2_batch_size", "Sequences in the worker's last step.", batch)
+        yield _gauge(
+            "gpt2_kv_cache_usage_perc", "Fraction of KV cache slots in use (0 to 1).", usage
+        )
+        yield _gauge(
+            "gpt2_num_requests_in_flight",
+            "Requests the API process holds: waiting, running or streaming out.",
+            in_flight or 0,
+        )
+        yield _gauge("gpt2_worker_up", "1 while the engine worker process is alive.", alive)
+        yield _gauge(
+            "gpt2_ready",
+            "1 while the engine takes requests (loaded, warmed up, not draining).",
+            _flag(engine, "is_ready", default=False),
+        )
+        restarts = CounterMetricFamily(
+            "gpt2_worker_restarts", "Times the engine worker was restarted after dying."
+        )
+        restarts.add_metric([], float(getattr(engine, "worker_restarts", 0) or 0))
+        yield restarts
+
+
+def _flag(engine: Any, name: str, default: bool) -> bool:
+    if engine is None:
+        return False
+    return bool(getattr(engine, name, default))
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=float(value))
