@@ -31,7 +31,11 @@ PARENT_CHECK_SECONDS = 1.0
 
 
 def run_worker(config: EngineConfig, model_id: str, inbox: Queue[Any], outbox: Queue[Any]) -> None:
-    logging.basicConfig(level=os.environ.get("GPT2_LOG_LEVEL", "INFO"))
+    from app.request_log import configure_logging  # stdlib only: same format as the API
+
+    configure_logging(
+        os.environ.get("GPT2_LOG_FORMAT", "json"), os.environ.get("GPT2_LOG_LEVEL", "INFO")
+    )
     try:
         from app.engine.core import EngineCore
 

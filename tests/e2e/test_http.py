@@ -174,7 +174,8 @@ def test_client_disconnect_aborts_the_request(server: Server) -> None:
         timeout=60,
         json={"prompt": "long", "max_tokens": 1000, "ignore_eos": True, "stream": True},
     ) as r:
-        for line in r.iter_lines():
+        lines = r.iter_lines()  # kept alive: dropping it would close the connection early
+        for line in lines:
             if line.startswith("data: {"):
                 break
         assert httpx.get(stats_url, timeout=10).json()["requests_in_flight"] == 1
