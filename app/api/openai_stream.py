@@ -15,10 +15,14 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+from fastapi.responses import JSONResponse
+
+from app.api.choices import ChoicePlan, ChoiceResult, usage
 from app.api.errors import to_api_error
 from app.api.request_context import note_error
 from app.api.sse import DONE, KEEP_ALIVE, event
 from app.api.streams import ChoiceStreams
+from app.api.timing import combine, server_timing, timings_ms
 from app.engine.protocol import GenerationDelta
 
 logger = logging.getLogger(__name__)
@@ -65,3 +69,22 @@ async def openai_events(
 
 def base_chunk(response_id: str, kind: str, created: int, model: str) -> dict[str, Any]:
     return {"id": response_id, "object": kind, "created": created, "model": model}
+
+
+def openai_response(
+    head: dict[str, Any],
+    choices: list[dict[str, Any]],
+    plans: Sequence[ChoicePlan],
+    results: Sequence[ChoiceResult],
+) -> JSONResponse:
+    """A non-streamed OpenAI answer: choices, usage, and the timing breakdown in the body and
+    the Server-Timing header."""
+    timings = combine([result.timings for result in results])
+    content: dict[str, Any] = {
+        **head,
+        "choices": choices,
+        "usage": usage(plans, [result.num_output_tokens for result in results]),
+    }
+    if timings is not None:
+        content["timings"] = timings_ms(timings)
+    return JSONResponse(content, headers=server_timing(timings))

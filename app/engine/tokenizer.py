@@ -7,7 +7,6 @@ token's raw bytes, which the incremental detokenizer needs to never split a UTF-
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -83,8 +82,3 @@ class GPT2Tokenizer:
 
 def load_tokenizer(model_dir: Path) -> GPT2Tokenizer:
     return GPT2Tokenizer(model_dir)
-
-
-def vocab_json_size(model_dir: Path) -> int:
-    with open(model_dir / "vocab.json") as f:
-        return len(json.load(f))

@@ -6,12 +6,12 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from app.api.choices import ChoicePlan, RunOptions, fold, log_request, new_id, open_streams, usage
 from app.api.deps import EngineDep, RequestIdDep, SettingsDep
 from app.api.logprobs import chat_logprobs
-from app.api.openai_stream import base_chunk, openai_events
+from app.api.openai_stream import base_chunk, openai_events, openai_response
 from app.api.prompts import (
     check_model,
     encode_text,
@@ -24,7 +24,7 @@ from app.api.schemas import ERROR_RESPONSES, ChatCompletionRequest
 from app.api.schemas import ChatCompletionResponse as ChatResponse
 from app.api.sse import EventStreamResponse, sse_openapi
 from app.api.streams import collect_unless_disconnected
-from app.api.timing import combine, server_timing, timings_ms
+from app.api.timing import timings_ms
 from app.engine.client import EngineClient
 from app.engine.protocol import GenerationDelta
 
@@ -123,15 +123,8 @@ async def create_chat_completion(
         }
         for plan, result in zip(plans, results, strict=True)
     ]
-    timings = combine([result.timings for result in results])
-    content: dict[str, Any] = {
-        **base_chunk(response_id, OBJECT, created, settings.model_name),
-        "choices": choices,
-        "usage": usage(plans, [result.num_output_tokens for result in results]),
-    }
-    if timings is not None:
-        content["timings"] = timings_ms(timings)
-    return JSONResponse(content, headers=server_timing(timings))
+    head = base_chunk(response_id, OBJECT, created, settings.model_name)
+    return openai_response(head, choices, plans, results)
 
 
 def _chunk_builder(engine: EngineClient, base: dict[str, Any], logprobs: bool, top_n: int) -> Any:

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from app.api.choices import (
     ChoicePlan,
@@ -19,13 +19,13 @@ from app.api.choices import (
 )
 from app.api.deps import EngineDep, RequestIdDep, SettingsDep
 from app.api.logprobs import completion_logprobs
-from app.api.openai_stream import base_chunk, openai_events
+from app.api.openai_stream import base_chunk, openai_events, openai_response
 from app.api.prompts import check_model, completion_prompts, resolve_max_tokens, truncate_prompt
 from app.api.sampling import openai_params
 from app.api.schemas import ERROR_RESPONSES, CompletionRequest, CompletionResponse
 from app.api.sse import EventStreamResponse, sse_openapi
 from app.api.streams import collect_unless_disconnected
-from app.api.timing import combine, server_timing, timings_ms
+from app.api.timing import timings_ms
 from app.config import Settings
 from app.engine.client import EngineClient
 from app.engine.protocol import GenerationDelta
@@ -109,15 +109,8 @@ async def create_completion(
                 "finish_reason": result.finish_reason,
             }
         )
-    timings = combine([result.timings for result in results])
-    content: dict[str, Any] = {
-        **base_chunk(response_id, OBJECT, created, settings.model_name),
-        "choices": choices,
-        "usage": usage(plans, [result.num_output_tokens for result in results]),
-    }
-    if timings is not None:
-        content["timings"] = timings_ms(timings)
-    return JSONResponse(content, headers=server_timing(timings))
+    head = base_chunk(response_id, OBJECT, created, settings.model_name)
+    return openai_response(head, choices, plans, results)
 
 
 class _ChunkBuilder:
