@@ -102,7 +102,9 @@ class ModelRunner:
             logits = self.static_decode.run(inputs.input_ids, inputs.positions, d.bias)
             return logits.index_select(0, inputs.sample_rows)
         hidden = self.model(inputs.input_ids, inputs.positions, inputs.attn, self.kv)
-        return self.model.compute_logits(hidden.index_select(0, inputs.sample_rows))
+        if len(inputs.sampling) < n:  # prefill rows that do not sample need no logits
+            hidden = hidden.index_select(0, inputs.sample_rows)
+        return self.model.compute_logits(hidden)
 
     def _threads_for(self, num_tokens: int) -> int:
         """One-row steps run their GEMMs in OpenBLAS, which wants the cores to itself."""

@@ -40,9 +40,10 @@ class Sampler:
         self, logits: torch.Tensor, rows: list[SamplingRow]
     ) -> tuple[torch.Tensor, list[TokenLogprobs | None]]:
         """logits (M, V) -> chosen ids (M,) and, for rows that asked, their logprobs."""
-        logits = logits.float()
-        raw = logits
-        logits = self._apply_penalties_and_masks(logits.clone(), rows)
+        raw = logits.float()
+        logits = raw
+        if any(_modifies_logits(r) for r in rows):  # copy only when something edits them
+            logits = self._apply_penalties_and_masks(raw.clone(), rows)
         greedy = logits.argmax(dim=-1)
         if all(r.params.is_greedy for r in rows):
             chosen = greedy
@@ -168,6 +169,11 @@ class Sampler:
             top = tuple(zip((int(t) for t in ids[j][:k]), vals[j][:k], strict=True))
             result[i] = TokenLogprobs(chosen_ids[j], chosen_list[j], top)
         return result
+
+
+def _modifies_logits(r: SamplingRow) -> bool:
+    below_min = len(r.token_ids) - r.num_prompt_tokens < r.params.min_tokens
+    return r.params.has_penalties or bool(r.params.logit_bias) or below_min
 
 
 def exponential_race(probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
