@@ -18,6 +18,9 @@ class EngineConfig:
     kv_cache_tokens: int | None = None
     # Tokens one step may process (decode tokens + prefill chunks): bounds a step's latency.
     max_num_batched_tokens: int = 512
+    # Prompt tokens one step may add while sequences decode (None: max_num_batched_tokens).
+    # Bounds the inter-token gap a long prompt's prefill causes for the running streams.
+    max_prefill_tokens_while_decoding: int | None = 64
     seed: int = 0  # engine RNG for requests that give no seed
     cpu_gemm: str = "auto"  # auto | torch | onednn (see app/model/matmul.py)
     cuda_graphs: bool = True
@@ -29,6 +32,8 @@ class EngineConfig:
             "max_num_batched_tokens": self.max_num_batched_tokens >= self.max_num_seqs,
             "max_model_len": self.max_model_len is None or self.max_model_len >= 2,
             "kv_cache_tokens": self.kv_cache_tokens is None or self.kv_cache_tokens >= 1,
+            "max_prefill_tokens_while_decoding": self.max_prefill_tokens_while_decoding is None
+            or self.max_prefill_tokens_while_decoding >= 1,
         }
         for name, ok in checks.items():
             if not ok:

@@ -27,7 +27,11 @@ class EngineCore:
         self.eos_token_id = model_cfg.eos_token_id
         self.slots = SlotAllocator(self.runner.num_slots, self.runner.max_model_len)
         self.scheduler = Scheduler(
-            config.max_num_seqs, config.max_num_batched_tokens, self.slots, self.eos_token_id
+            config.max_num_seqs,
+            config.max_num_batched_tokens,
+            self.slots,
+            self.eos_token_id,
+            config.max_prefill_tokens_while_decoding,
         )
         self.requests: dict[str, Sequence] = {}
         self._aborted: list[RequestOutput] = []

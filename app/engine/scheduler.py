@@ -4,6 +4,11 @@ Every step, in this order, until the step's token budget is spent:
 1. every decoding sequence gets one token (running streams are never starved by prefill);
 2. sequences part-way through their prompt get their next chunk (chunked prefill);
 3. waiting sequences are admitted in arrival order while a KV slot and a running place are free.
+
+While any sequence decodes, prompts get at most `max_prefill_tokens_while_decoding` of the step:
+a long prompt then arrives in small chunks, so the gap it adds between the running streams'
+tokens stays a small multiple of a plain decode step. With nothing decoding, prompts get the
+whole budget (the fastest first token).
 """
 
 from __future__ import annotations
@@ -42,9 +47,13 @@ class Scheduler:
         max_num_batched_tokens: int,
         slots: SlotAllocator,
         eos_token_id: int,
+        max_prefill_tokens_while_decoding: int | None = None,
     ) -> None:
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_prefill_tokens_while_decoding = (
+            max_prefill_tokens_while_decoding or max_num_batched_tokens
+        )
         self.slots = slots
         self.eos_token_id = eos_token_id
         self.waiting: deque[Sequence] = deque()
@@ -75,6 +84,8 @@ class Scheduler:
             if seq.is_decoding:
                 batch.items.append((seq, 1))
                 budget -= 1
+        if batch.items:
+            budget = min(budget, self.max_prefill_tokens_while_decoding)
         # continue chunked prefills
         for seq in self.running:
             if not seq.is_decoding and budget > 0:

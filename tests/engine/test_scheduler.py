@@ -73,6 +73,26 @@ def test_decodes_are_never_starved_by_a_long_prompt() -> None:
     assert steps == -(-1000 // 61)  # the prompt advanced by exactly the leftover budget
 
 
+def test_prompts_get_a_smaller_share_while_streams_decode() -> None:
+    """With sequences decoding, a step adds at most max_prefill_tokens_while_decoding prompt
+    tokens; with none decoding, a prompt gets the whole budget."""
+    s = Scheduler(4, 512, SlotAllocator(4, 1024), EOS, max_prefill_tokens_while_decoding=48)
+    s.add(_seq("first", 600, 100))
+    rng = random.Random(0)
+    batch, _ = _step(s, rng)
+    assert batch.items[0][1] == 512  # idle: the whole budget
+    batch, _ = _step(s, rng)
+    assert batch.items[0][1] == 88  # the rest of the prompt, still no decode running
+    long = _seq("long", 500, 8)
+    s.add(long)
+    chunks = []
+    while long.num_computed < 500:
+        batch, _ = _step(s, rng)
+        assert [n for seq, n in batch.items if seq.request_id == "first"] == [1]
+        chunks.append(sum(n for seq, n in batch.items if seq.request_id == "long"))
+    assert max(chunks) == 48 and sum(chunks) == 500
+
+
 def test_finish_and_abort_release_slots_and_keep_them_packed() -> None:
     s = _make(max_num_seqs=4, slots=4)
     seqs = [_seq(f"r{i}", 3, 2 + i) for i in range(4)]
