@@ -18,8 +18,8 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 lint: install
-	$(VENV)/bin/ruff check app tests bench scripts
-	$(VENV)/bin/ruff format --check app tests bench scripts
+	$(VENV)/bin/ruff check app tests bench scripts baselines
+	$(VENV)/bin/ruff format --check app tests bench scripts baselines
 	$(VENV)/bin/mypy
 
 unit: install

@@ -2,6 +2,7 @@
 
     gpt2-serve --model DIR_OR_ID --host H --port P      # same as `gpt2-serve serve ...`
     gpt2-serve generate --model DIR "Once upon a time"
+    gpt2-serve bench --url http://127.0.0.1:8000 --concurrency 1 8 32   # load test (app/bench)
 
 Every serve option is a Settings field, so each flag also comes from GPT2_<NAME> in the
 environment (flags win).
@@ -24,7 +25,7 @@ import uvicorn
 from app.config import Settings
 
 log = logging.getLogger("gpt2_serve")
-COMMANDS = ("serve", "generate")
+COMMANDS = ("serve", "generate", "bench")
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -122,6 +123,10 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv.insert(0, "serve")
+    if argv[0] == "bench":  # its own parser: gpt2-serve bench -h
+        from app.bench.cli import main as bench
+
+        raise SystemExit(bench(argv[1:]))
     parser = argparse.ArgumentParser(prog="gpt2-serve", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_settings_flags(sub.add_parser("serve", help="run the HTTP service (the default)"))
@@ -131,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     gen.add_argument("--max-tokens", type=int, default=64)
     gen.add_argument("--temperature", type=float, default=0.8)
     gen.add_argument("--seed-sample", type=int, default=None, help="seed for this generation")
+    sub.add_parser("bench", help="load-test OpenAI-compatible servers: gpt2-serve bench -h")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

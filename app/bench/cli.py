@@ -1,0 +1,192 @@
+"""`gpt2-serve bench`: sweep concurrency or request rate against one or more OpenAI-compatible
+servers and report latency, throughput, errors and (for gpt2-serve) the server's own view.
+
+    gpt2-serve bench --url http://127.0.0.1:8000 --concurrency 1 8 32 --num-requests 200 \\
+        --prompt-len 32 --output-len 128 --ignore-eos --json out.json --plot-dir plots
+    gpt2-serve bench --url http://127.0.0.1:8000 --baseline-url http://127.0.0.1:8001 \\
+        --compare llama.cpp=http://127.0.0.1:8080 --request-rate 1 2 4 --duration 60
+
+See docs/bench.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shlex
+import sys
+from pathlib import Path
+
+from app.bench.metrics_check import Tolerance
+from app.bench.report import render, to_json, write_json
+from app.bench.runner import LoadPoint, RunSettings, Target, TargetResult, run_target
+from app.bench.workload import LengthDist, Workload, WorkloadError, load_dataset
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gpt2-serve bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t = p.add_argument_group("targets")
+    t.add_argument("--url", required=True, help="base URL of the server under test ('ours')")
+    t.add_argument("--label", default="ours", help="name of --url in the report")
+    t.add_argument("--baseline-url", help="a baseline server, run after --url, named 'baseline'")
+    t.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="another OpenAI-compatible server to run the same workload against (repeatable)",
+    )
+    t.add_argument("--model", help="the 'model' field (default: each server's GET /v1/models)")
+    t.add_argument("--api-key", help="sent as 'Authorization: Bearer KEY' to every target")
+
+    load = p.add_argument_group("load (one sweep point per value)")
+    mode = load.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--concurrency", type=_positive_int, nargs="+", metavar="N", help="workers (default 1)"
+    )
+    mode.add_argument(
+        "--request-rate", type=_positive_float, nargs="+", metavar="R", help="Poisson, per second"
+    )
+    stop = load.add_mutually_exclusive_group()
+    stop.add_argument("--num-requests", type=_positive_int, help="measured per point (default 64)")
+    stop.add_argument("--duration", type=_positive_float, help="seconds of sending per point")
+    load.add_argument("--warmup", type=_non_negative_int, default=2, help="unmeasured requests (2)")
+    load.add_argument(
+        "--timeout", type=_positive_float, default=120.0, help="seconds per request (120)"
+    )
+
+    w = p.add_argument_group("workload")
+    prompt = w.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt-len", type=_positive_int, help="prompt tokens (default 32)")
+    prompt.add_argument("--prompt-len-range", type=_positive_int, nargs=2, metavar=("LO", "HI"))
+    prompt.add_argument("--dataset", type=Path, help='JSONL: {"prompt": ..., "output_len": ...}')
+    output = w.add_mutually_exclusive_group()
+    output.add_argument("--output-len", type=_positive_int, help="max_tokens (default 128)")
+    output.add_argument("--output-len-range", type=_positive_int, nargs=2, metavar=("LO", "HI"))
+    w.add_argument("--ignore-eos", action="store_true", help="generate exactly max_tokens")
+    w.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    w.add_argument("--seed", type=int, default=0, help="prompts, lengths, arrivals (0)")
+
+    out = p.add_argument_group("output")
+    out.add_argument("--json", type=Path, help="write the full report here")
+    out.add_argument("--plot-dir", type=Path, help="write PNG figures here (needs matplotlib)")
+    out.add_argument("--no-metrics-check", action="store_true", help="skip /metrics scrapes")
+    out.add_argument(
+        "--metrics-tolerance",
+        type=float,
+        nargs=2,
+        default=(0.05, 0.10),
+        metavar=("SECONDS", "FRACTION"),
+        help="client overhead allowed above the server: SECONDS + FRACTION x server value "
+        "(0.05 0.10)",
+    )
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _lengths(fixed: int | None, span: list[int] | None, default: int) -> LengthDist:
+    if span is not None:
+        return LengthDist(span[0], span[1])
+    return LengthDist.fixed(fixed or default)
+
+
+def workload_from(args: argparse.Namespace) -> Workload:
+    output = _lengths(args.output_len, args.output_len_range, 128)
+    if args.dataset is not None:
+        return Workload(output, dataset=tuple(load_dataset(args.dataset)), seed=args.seed)
+    return Workload(output, _lengths(args.prompt_len, args.prompt_len_range, 32), seed=args.seed)
+
+
+def targets_from(args: argparse.Namespace) -> list[Target]:
+    named = [(args.label, args.url)]
+    if args.baseline_url:
+        named.append(("baseline", args.baseline_url))
+    for item in args.compare:
+        name, sep, url = item.partition("=")
+        if not sep or not name or not url:
+            raise WorkloadError(f"--compare wants NAME=URL, got {item!r}")
+        named.append((name, url))
+    labels = [name for name, _ in named]
+    if len(set(labels)) != len(labels):
+        raise WorkloadError(f"target names must differ: {labels}")
+    for name, url in named:
+        if not url.startswith(("http://", "https://")):
+            raise WorkloadError(f"{name}: URL must start with http:// or https://, got {url!r}")
+    return [Target(name, url, args.model, args.api_key) for name, url in named]
+
+
+def points_from(args: argparse.Namespace) -> list[LoadPoint]:
+    if args.request_rate:
+        return [LoadPoint("rate", rate) for rate in args.request_rate]
+    return [LoadPoint("concurrency", n) for n in args.concurrency or [1]]
+
+
+async def _run_all(
+    targets: list[Target], points: list[LoadPoint], workload: Workload, settings: RunSettings
+) -> list[TargetResult]:
+    return [await run_target(target, points, workload, settings) for target in targets]
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = shlex.join(["gpt2-serve", "bench", *argv])
+    try:
+        workload = workload_from(args)
+        targets = targets_from(args)
+    except (WorkloadError, OSError) as exc:
+        parser.error(str(exc))
+    if args.plot_dir is not None:
+        from app.bench.plots import load_pyplot
+
+        load_pyplot()  # fail before the run, not after it, when matplotlib is missing
+    settings = RunSettings(
+        num_requests=None if args.duration else (args.num_requests or 64),
+        duration=args.duration,
+        warmup=args.warmup,
+        timeout=args.timeout,
+        ignore_eos=args.ignore_eos,
+        temperature=args.temperature,
+        seed=args.seed,
+        metrics_check=not args.no_metrics_check,
+        tolerance=Tolerance(absolute=args.metrics_tolerance[0], relative=args.metrics_tolerance[1]),
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    results = asyncio.run(_run_all(targets, points_from(args), workload, settings))
+    print(render(command, workload.describe(), results), flush=True)
+    if args.json is not None:
+        run = {k: v for k, v in vars(settings).items() if k != "tolerance"}
+        run["tolerance"] = vars(settings.tolerance)
+        write_json(args.json, to_json(command, workload.describe(), run, results))
+        print(f"wrote {args.json}")
+    if args.plot_dir is not None:
+        from app.bench.plots import write_plots
+
+        for path in write_plots(args.plot_dir, results, command):
+            print(f"wrote {path}")
+    return 0

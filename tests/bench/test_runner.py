@@ -1,0 +1,203 @@
+"""The runner and the streaming client against a fake OpenAI server with known delays."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import statistics
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.bench.client import completion_payload, stream_completion
+from app.bench.runner import (
+    Budget,
+    LoadPoint,
+    RunSettings,
+    Target,
+    TargetResult,
+    open_loop,
+    poisson_gaps,
+    run_target,
+)
+from app.bench.workload import LengthDist, RequestSpec, Workload
+from tests.bench.fake_openai import FakeOpenAI
+from tests.e2e.server import free_port
+
+WORKLOAD = Workload(output=LengthDist.fixed(8), prompt=LengthDist.fixed(4), seed=1)
+TARGET = Target("fake", "http://fake.test")
+
+
+def _run(
+    fake: FakeOpenAI,
+    points: list[LoadPoint] | None = None,
+    workload: Workload = WORKLOAD,
+    **settings: object,
+) -> TargetResult:
+    options: dict[str, object] = {"num_requests": 4, "warmup": 0, "progress": False}
+    options.update(settings)
+    return asyncio.run(
+        run_target(
+            TARGET,
+            points or [LoadPoint("concurrency", 2)],
+            workload,
+            RunSettings(**options),  # type: ignore[arg-type]
+            transport=fake.transport(),
+        )
+    )
+
+
+def test_poisson_gaps_have_the_right_mean() -> None:
+    gaps = list(itertools.islice(poisson_gaps(4.0, random.Random(7)), 20000))
+    assert statistics.fmean(gaps) == pytest.approx(0.25, rel=0.03)
+    assert statistics.stdev(gaps) == pytest.approx(0.25, rel=0.05)  # exponential: sd == mean
+    with pytest.raises(ValueError):
+        next(poisson_gaps(0, random.Random(0)))
+
+
+def test_ttft_and_inter_token_gaps_are_measured() -> None:
+    fake = FakeOpenAI(ttft=0.15, gap=0.05)
+    out = _run(fake)
+    (point,) = out.points
+    assert out.model == "fake-gpt2"
+    assert [b["model"] for b in fake.bodies] == ["fake-gpt2"] * 4
+    assert all(b["stream"] and b["stream_options"] == {"include_usage": True} for b in fake.bodies)
+    s = point.stats
+    assert (s.completed, s.failed, s.output_tokens) == (4, 0, 32)
+    assert s.mean_prompt_tokens == 7  # what the server's usage said, not what was asked
+    for r in point.results:
+        assert len(r.token_times) == 8  # the empty finish chunk is not a token
+        assert 0.15 <= r.ttft < 0.15 + 0.5
+        assert all(0.05 <= g < 0.05 + 0.3 for g in r.gaps)
+        assert r.latency >= 0.15 + 7 * 0.05
+    assert len(s.itl_samples) == 4 * 7
+    assert s.ttft.p50 >= 0.15 and s.itl.p50 >= 0.05
+
+
+def test_warmup_requests_are_sent_but_not_counted() -> None:
+    fake = FakeOpenAI()
+    out = _run(fake, num_requests=3, warmup=2)
+    assert len(fake.bodies) == 5
+    assert len(out.points[0].results) == 3
+    assert out.warmup_errors == 0
+    warm_prompts = {b["prompt"] for b in fake.bodies[:2]}
+    measured = {r.requested_prompt_len for r in out.points[0].results}
+    assert measured == {4} and not warm_prompts & {b["prompt"] for b in fake.bodies[2:]}
+
+
+def test_a_hanging_server_ends_in_timeouts_within_bounds() -> None:
+    start = time.monotonic()
+    out = _run(FakeOpenAI(scenario="hang"), timeout=0.3, num_requests=4, warmup=1)
+    elapsed = time.monotonic() - start
+    assert out.warmup_errors == 1
+    assert out.points[0].stats.errors == {"timeout": 4}
+    assert out.points[0].stats.completed == 0
+    # warm-up (1 timeout) + 4 requests on 2 workers (2 rounds of timeouts)
+    assert 0.9 <= elapsed < 5
+
+
+def test_duration_mode_stops_starting_and_ends_on_a_hang() -> None:
+    start = time.monotonic()
+    out = _run(
+        FakeOpenAI(scenario="hang"),
+        [LoadPoint("rate", 20.0)],
+        num_requests=None,
+        duration=0.5,
+        timeout=0.3,
+    )
+    elapsed = time.monotonic() - start
+    results = out.points[0].results
+    assert 2 <= len(results) <= 30 and {r.error for r in results} == {"timeout"}
+    assert elapsed < 0.5 + 0.3 + 1.5
+
+
+@pytest.mark.parametrize(
+    ("fake", "kind"),
+    [
+        (FakeOpenAI(scenario="status", status=429), "http_429"),
+        (FakeOpenAI(scenario="status", status=503), "http_503"),
+        (FakeOpenAI(scenario="stream_error"), "stream_error"),
+        (FakeOpenAI(scenario="no_done"), "incomplete"),
+    ],
+)
+def test_errors_are_counted_by_kind(fake: FakeOpenAI, kind: str) -> None:
+    stats = _run(fake).points[0].stats
+    assert stats.errors == {kind: 4}
+    assert stats.completed == 0 and stats.output_tokens == 0
+
+
+def test_without_usage_the_chunks_are_counted() -> None:
+    out = _run(FakeOpenAI(scenario="no_usage"))
+    assert [r.output_tokens for r in out.points[0].results] == [8] * 4
+    assert not any(r.usage_reported for r in out.points[0].results)
+    assert out.points[0].stats.mean_prompt_tokens is None
+
+
+def test_a_closed_port_is_a_connection_error() -> None:
+    async def go() -> str | None:
+        async with httpx.AsyncClient() as client:
+            spec = RequestSpec(" hi", 1, 2)
+            payload = completion_payload(spec, None, ignore_eos=True, temperature=0.0)
+            url = f"http://127.0.0.1:{free_port()}/v1/completions"
+            result = await stream_completion(client, url, payload, timeout=5)
+            return result.error
+
+    assert asyncio.run(go()) == "connection"
+
+
+def test_payload_fields() -> None:
+    spec = RequestSpec(" a b", 2, 9)
+    payload = completion_payload(spec, "m", ignore_eos=True, temperature=0.0)
+    assert payload == {
+        "prompt": " a b",
+        "max_tokens": 9,
+        "temperature": 0.0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "model": "m",
+        "ignore_eos": True,
+    }
+    assert "ignore_eos" not in completion_payload(spec, None, ignore_eos=False, temperature=1)
+
+
+def test_open_loop_follows_the_arrival_schedule() -> None:
+    sent: list[float] = []
+
+    async def send(spec: RequestSpec) -> object:
+        sent.append(time.perf_counter())
+        return spec
+
+    gaps = iter([0.1, 0.2, 0.1, 5.0])
+    asyncio.run(open_loop(send, WORKLOAD.specs(), gaps, Budget(4, None)))  # type: ignore[arg-type]
+    offsets = [t - sent[0] for t in sent]
+    assert len(offsets) == 4
+    for got, want in zip(offsets, [0.0, 0.1, 0.3, 0.4], strict=True):
+        assert want <= got + 1e-3 and got < want + 0.2
+
+
+def test_sweep_report_json_and_plots(tmp_path: Path) -> None:
+    from app.bench import report
+    from app.bench.plots import write_plots
+
+    points = [LoadPoint("concurrency", 1), LoadPoint("concurrency", 2)]
+    short = Workload(output=LengthDist.fixed(3), prompt=LengthDist.fixed(4))
+    ours = _run(FakeOpenAI(ttft=0.02, gap=0.01), points, short)
+    theirs = _run(FakeOpenAI(ttft=0.08, gap=0.04), points, short)
+    theirs.target = Target("slow", "http://slow.test")
+    text = report.render("gpt2-serve bench --url x", {"seed": 0}, [ours, theirs])
+    assert text.startswith("$ gpt2-serve bench --url x\n")
+    assert "concurrency=2" in text and "== fake / baseline" in text
+    rows = report.comparison([ours, theirs])
+    assert [r["point"] for r in rows] == ["concurrency=1", "concurrency=2"]
+    assert all(r["baseline"] == "slow" for r in rows)
+    assert all(r["ttft_p50_ratio"] < 1 and r["output_tok_s_ratio"] > 1 for r in rows)
+    doc = report.to_json("cmd", {}, {}, [ours, theirs])
+    assert doc["targets"][0]["points"][1]["stats"]["completed"] == 4
+    assert len(doc["targets"][1]["points"][0]["requests"]) == 4
+    assert doc["targets"][0]["points"][0]["metrics_check"] is None  # no gpt2 /metrics
+    paths = write_plots(tmp_path / "plots", [ours, theirs], "cmd")
+    assert [p.name for p in paths] == ["throughput_latency.png", "ttft_cdf.png", "itl_cdf.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
