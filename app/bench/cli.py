@@ -5,6 +5,7 @@ servers and report latency, throughput, errors and (for gpt2-serve) the server's
         --prompt-len 32 --output-len 128 --ignore-eos --json out.json --plot-dir plots
     gpt2-serve bench --url http://127.0.0.1:8000 --baseline-url http://127.0.0.1:8001 \\
         --compare llama.cpp=http://127.0.0.1:8080 --request-rate 1 2 4 --duration 60
+    gpt2-serve bench --url http://127.0.0.1:8000 --mixed    # long prompts amid 32 streams
 
 See docs/bench.md.
 """
@@ -17,7 +18,11 @@ import shlex
 import sys
 from pathlib import Path
 
+import httpx
+
+from app.bench.client import served_model
 from app.bench.metrics_check import Tolerance
+from app.bench.mixed import MixedResult, MixedSettings, run_mixed
 from app.bench.report import render, to_json, write_json
 from app.bench.runner import LoadPoint, RunSettings, Target, TargetResult, run_target
 from app.bench.workload import LengthDist, Workload, WorkloadError, load_dataset
@@ -106,7 +111,31 @@ def build_parser() -> argparse.ArgumentParser:
         "(0.05 0.10)",
     )
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    m = p.add_argument_group("mixed load (instead of a sweep; see app/bench/mixed.py)")
+    m.add_argument(
+        "--mixed",
+        action="store_true",
+        help="long-prompt probes alone, then amid decoding streams: TTFT and the streams' gaps",
+    )
+    m.add_argument("--mixed-streams", type=_positive_int, default=32, help="decoding streams (32)")
+    m.add_argument("--mixed-probe-len", type=_positive_int, default=512, help="probe prompt (512)")
+    m.add_argument("--mixed-probes", type=_positive_int, default=3, help="probes per phase (3)")
     return p
+
+
+async def _run_mixed(args: argparse.Namespace) -> MixedResult:
+    async with httpx.AsyncClient(timeout=args.timeout, trust_env=False) as client:
+        base = args.url.rstrip("/")
+        model = args.model or await served_model(client, base)
+        settings = MixedSettings(
+            streams=args.mixed_streams,
+            probe_prompt_len=args.mixed_probe_len,
+            probes=args.mixed_probes,
+            timeout=args.timeout,
+            seed=args.seed,
+        )
+        return await run_mixed(client, base, model, settings)
 
 
 def _lengths(fixed: int | None, span: list[int] | None, default: int) -> LengthDist:
@@ -156,6 +185,13 @@ def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     command = shlex.join(["gpt2-serve", "bench", *argv])
+    if args.mixed:
+        mixed = asyncio.run(_run_mixed(args))
+        print("\n".join([f"$ {command}", *mixed.lines()]), flush=True)
+        if args.json is not None:
+            write_json(args.json, {"command": command, **mixed.to_json()})
+            print(f"wrote {args.json}")
+        return 0
     try:
         workload = workload_from(args)
         targets = targets_from(args)
