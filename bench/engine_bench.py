@@ -82,13 +82,20 @@ def hf_bf16_time(
     )
 
 
-def matmul_ceiling(batch: int, dtype: torch.dtype, backend: str, repeats: int) -> float:
-    """Seconds for one decode step's GEMMs alone: 12 x (qkv, proj, fc, proj) + vocabulary.
+def matmul_ceiling(
+    batch: int, dtype: torch.dtype, backend: str, repeats: int, cfg: GPT2Config | None = None
+) -> float:
+    """Seconds for one decode step's GEMMs alone: n_layer x (qkv, proj, fc, proj) + vocabulary,
+    for GPT-2 124M's shape unless `cfg` gives another.
 
     With backend "onednn" this is the engine's own GEMM path, one-row OpenBLAS included.
     """
-    cfg = GPT2Config()
-    model = GPT2(GPT2ModelConfig(n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head))
+    cfg = cfg or GPT2Config()
+    model = GPT2(
+        GPT2ModelConfig(
+            n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head, vocab_size=cfg.vocab_size
+        )
+    )
     model.to(dtype)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.02)

@@ -100,13 +100,16 @@ def mixed(url: str) -> dict[str, object]:
     return asyncio.run(go())
 
 
-def ceiling(batch: int) -> float:
-    """Tokens/s of one decode step's matrix products alone at `batch` (fp32, oneDNN)."""
+def ceiling(batch: int, model: Path) -> float:
+    """Tokens/s of one decode step's matrix products alone at `batch` for the served model's
+    shape (fp32, the engine's GEMM path: oneDNN, OpenBLAS for one row)."""
     import torch
+    from transformers import GPT2Config
 
     from bench.engine_bench import matmul_ceiling
 
-    return batch / matmul_ceiling(batch, torch.float32, "onednn", repeats=5)
+    cfg = GPT2Config.from_pretrained(model)
+    return batch / matmul_ceiling(batch, torch.float32, "onednn", repeats=5, cfg=cfg)
 
 
 def point(doc: dict[str, object], label: str, name: str) -> dict[str, object]:
@@ -180,7 +183,7 @@ def main() -> None:
                 ],
                 args.out / "side_by_side.json",
             )
-    results["ceiling_tok_s"] = {"1": ceiling(1), "32": ceiling(32)}
+    results["ceiling_tok_s"] = {"1": ceiling(1, args.model), "32": ceiling(32, args.model)}
 
     tok_s = {
         n: point(sweep, "ours", f"concurrency={n}")["stats"]["output_tokens_per_s"]  # type: ignore[index]
