@@ -5,10 +5,12 @@ Every step, in this order, until the step's token budget is spent:
 2. sequences part-way through their prompt get their next chunk (chunked prefill);
 3. waiting sequences are admitted in arrival order while a KV slot and a running place are free.
 
-While any sequence decodes, prompts get at most `max_prefill_tokens_while_decoding` of the step:
-a long prompt then arrives in small chunks, so the gap it adds between the running streams'
-tokens stays a small multiple of a plain decode step. With nothing decoding, prompts get the
-whole budget (the fastest first token).
+While any sequence decodes, long prompts (more than `max_prefill_tokens_while_decoding` tokens
+left) share at most that many tokens of the step: a long prompt then arrives in small chunks, so
+the gap it adds between the running streams' tokens stays a small multiple of a plain decode
+step. Short prompts still go whole within the step budget (a burst of them is admitted at
+once), and with nothing decoding a long prompt gets the whole budget (the fastest first token).
+vLLM's long_prefill_token_threshold works the same way.
 """
 
 from __future__ import annotations
@@ -84,29 +86,36 @@ class Scheduler:
             if seq.is_decoding:
                 batch.items.append((seq, 1))
                 budget -= 1
-        if batch.items:
-            budget = min(budget, self.max_prefill_tokens_while_decoding)
+        threshold = self.max_prefill_tokens_while_decoding
+        long_budget = threshold if batch.items else budget
+
+        def chunk(seq: Sequence) -> int:
+            nonlocal budget, long_budget
+            left = seq.num_tokens - seq.num_computed
+            n = min(left, budget, long_budget) if left > threshold else min(left, budget)
+            budget -= n
+            if left > threshold:
+                long_budget -= n
+            return n
+
         # continue chunked prefills
         for seq in self.running:
-            if not seq.is_decoding and budget > 0:
-                n = min(seq.num_tokens - seq.num_computed, budget)
+            if not seq.is_decoding and (n := chunk(seq)) > 0:
                 batch.items.append((seq, n))
-                budget -= n
-        # admit
+        # admit, in arrival order (a long prompt with no room this step waits at the head)
         while (
             self.waiting
             and budget > 0
             and self.slots.num_free > 0
             and len(self.running) < self.max_num_seqs
+            and (self.waiting[0].num_tokens <= threshold or long_budget > 0)
         ):
             seq = self.waiting.popleft()
             self.slots.allocate(seq)
             seq.status = Status.RUNNING
             seq.first_scheduled_time = now
             self.running.append(seq)
-            n = min(seq.num_tokens, budget)
-            batch.items.append((seq, n))
-            budget -= n
+            batch.items.append((seq, chunk(seq)))
         return batch
 
     def postprocess(self, batch: ScheduledBatch, sampled: list[int]) -> list[Sequence]:

@@ -91,6 +91,11 @@ def test_prompts_get_a_smaller_share_while_streams_decode() -> None:
         assert [n for seq, n in batch.items if seq.request_id == "first"] == [1]
         chunks.append(sum(n for seq, n in batch.items if seq.request_id == "long"))
     assert max(chunks) == 48 and sum(chunks) == 500
+    # Short prompts are not chunked: a burst of them is admitted in one step, decodes running.
+    for i in range(2):
+        s.add(_seq(f"short{i}", 40, 8))
+    batch, _ = _step(s, rng)
+    assert sorted(n for seq, n in batch.items if seq.request_id.startswith("short")) == [40, 40]
 
 
 def test_finish_and_abort_release_slots_and_keep_them_packed() -> None:
