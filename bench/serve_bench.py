@@ -183,6 +183,15 @@ def main() -> None:
                 ],
                 args.out / "side_by_side.json",
             )
+        if args.compare:  # single stream against the other servers (the seed is one anyway)
+            single = bench(
+                ["--url", ours, *extra, "--concurrency", "1", "--num-requests", "5", *common],
+                args.out / "single_stream.json",
+            )
+            results["single_stream_compare"] = {
+                name: point(single, name, "concurrency=1")["stats"]["output_tokens_per_s"]  # type: ignore[index]
+                for name in ("ours", *(c.partition("=")[0] for c in args.compare))
+            }
     results["ceiling_tok_s"] = {"1": ceiling(1, args.model), "32": ceiling(32, args.model)}
 
     tok_s = {
@@ -235,6 +244,17 @@ def main() -> None:
             ">=",
         ),
     ]
+    for name in (c.partition("=")[0] for c in args.compare):
+        theirs32 = point(side, name, "concurrency=32")["stats"]["output_tokens_per_s"]  # type: ignore[index]
+        promises.append(
+            (f"32 streams: >= 2x {name}", f"{ours32:.1f} / {theirs32:.1f} tok/s",
+             ours32 / theirs32, 2.0, ">=")
+        )  # fmt: skip
+        one = results["single_stream_compare"]  # type: ignore[index]
+        promises.append(
+            (f"single stream: >= {name}", f"{one['ours']:.1f} / {one[name]:.1f} tok/s",
+             one["ours"] / one[name], 1.0, ">=")
+        )  # fmt: skip
     results["sweep_tok_s"] = tok_s
     results["single_stream_tok_s"] = tok_s[1]
     results["single_stream_ceiling_fraction"] = tok_s[1] / ceil["1"]
