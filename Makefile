@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # CUDA build from the Docker image instead; pyproject.toml admits both.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: install test lint unit serve bench clean
+.PHONY: install test lint unit serve bench serve-bench clean demo-model
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -27,18 +27,22 @@ unit: install
 
 test: lint unit
 
-# With no GPT2_MODEL, serve a small random-weight GPT-2 made locally (works offline; its text
-# is noise). Real GPT-2: GPT2_MODEL=gpt2 make serve (needs the hub) or a checkpoint directory.
-DEMO_MODEL := .cache/demo-gpt2
+# With no GPT2_MODEL, the service serves the small GPT-2 bundled in app/models/gpt2-demo (works
+# offline). Real GPT-2: GPT2_MODEL=gpt2 make serve (needs the hub) or a checkpoint directory.
+serve: install
+	$(VENV)/bin/gpt2-serve serve $(ARGS)
 
-$(DEMO_MODEL)/config.json: | $(VENV)/.installed
-	$(PY) scripts/make_demo_model.py $(DEMO_MODEL)
-
-serve: install $(DEMO_MODEL)/config.json
-	GPT2_MODEL="$${GPT2_MODEL:-$(DEMO_MODEL)}" $(VENV)/bin/gpt2-serve serve $(ARGS)
+# Retrain the bundled demo model (about 45 minutes on 2 CPU cores; see its README.md).
+demo-model: install
+	$(PY) -m pip install -q -e '.[train]'
+	$(PY) scripts/train_demo_model.py
 
 bench: install
 	$(PY) -m bench.engine_bench $(ARGS)
+
+# The HTTP promises (issue 6): sweep, seed baseline side by side, mixed load, ceiling. ~15 min.
+serve-bench: install
+	$(PY) -m bench.serve_bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

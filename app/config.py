@@ -21,6 +21,10 @@ from app.engine.config import EngineConfig
 DEFAULT_CHAT_TEMPLATE = "{role}: {content}\n"
 DEFAULT_CHAT_GENERATION_PROMPT = "assistant:"
 
+# A 3.5M-parameter GPT-2 trained on public-domain English (scripts/train_demo_model.py), shipped
+# inside the package: the model served when none is named.
+BUNDLED_MODEL = Path(__file__).resolve().parent / "models" / "gpt2-demo"
+
 
 # Sub-millisecond GPU steps and inter-token gaps up to minutes-long streams, in 1-2.5-5 steps.
 DEFAULT_LATENCY_BUCKETS = (
@@ -36,7 +40,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GPT2_", extra="ignore", validate_default=True)
 
     # --- model and engine -------------------------------------------------------------------
-    model: str = "gpt2"  # hub id or local directory in Hugging Face format
+    # Hub id or local directory in Hugging Face format. Unset (or "gpt2-demo"): the small GPT-2
+    # bundled with the package (app/models/gpt2-demo, see its README), served offline.
+    model: str = str(BUNDLED_MODEL)
     served_model_name: str | None = None  # the name in "model" fields; None: derived from model
     device: str = "auto"
     dtype: str = "auto"
@@ -44,6 +50,8 @@ class Settings(BaseSettings):
     max_model_len: int | None = Field(default=None, ge=2)
     kv_cache_tokens: int | None = Field(default=None, ge=1)
     max_num_batched_tokens: int = Field(default=512, ge=1)
+    # While streams decode, a step adds at most this many prompt tokens (see the scheduler).
+    max_prefill_tokens_while_decoding: int | None = Field(default=64, ge=1)
     seed: int = 0
     cuda_graphs: bool = True
 
@@ -77,6 +85,12 @@ class Settings(BaseSettings):
     # --- chat -----------------------------------------------------------------------------------
     chat_template: str = DEFAULT_CHAT_TEMPLATE  # applied to each message: {role}, {content}
     chat_generation_prompt: str = DEFAULT_CHAT_GENERATION_PROMPT  # appended after the messages
+
+    @field_validator("model")
+    @classmethod
+    def _bundled_alias(cls, value: str) -> str:
+        # "gpt2-demo" names the bundled model wherever the package is installed (an image, say).
+        return str(BUNDLED_MODEL) if value == BUNDLED_MODEL.name else value
 
     @field_validator("cors_allow_origins", mode="before")
     @classmethod
@@ -167,6 +181,7 @@ def to_engine_config(settings: Settings) -> EngineConfig:
         max_model_len=settings.max_model_len,
         kv_cache_tokens=settings.kv_cache_tokens,
         max_num_batched_tokens=settings.max_num_batched_tokens,
+        max_prefill_tokens_while_decoding=settings.max_prefill_tokens_while_decoding,
         seed=settings.seed,
         cuda_graphs=settings.cuda_graphs,
     )

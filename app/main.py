@@ -22,7 +22,7 @@ from app.api.routes.models import server_version
 from app.api.schemas.common import TOKEN_ID_MARKER
 from app.api.streams import ClientDisconnected
 from app.api.telemetry import Telemetry, TelemetryMiddleware
-from app.config import Settings, to_engine_config
+from app.config import BUNDLED_MODEL, Settings, to_engine_config
 from app.engine.client import EngineClient
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,19 @@ def create_app(
         )
         logger.info("starting the engine for %s", settings.model)
         await client.start()
+        info = client.info
+        logger.info(
+            "serving model %r from %s%s: %s on %s, context %d tokens, %d sequences at once",
+            info.model_id,
+            info.model_path,
+            " (the bundled demo model; name one with --model or GPT2_MODEL)"
+            if settings.model == str(BUNDLED_MODEL)
+            else "",
+            info.dtype,
+            info.device,
+            info.max_model_len,
+            info.max_num_seqs,
+        )
         app.state.engine = client
         try:
             yield

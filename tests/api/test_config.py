@@ -7,13 +7,22 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 import app.main
-from app.config import Settings, derive_model_name, to_engine_config
+from app.config import BUNDLED_MODEL, Settings, derive_model_name, to_engine_config
 from tests.api.fakes import FakeEngineClient
 
 
 def test_defaults() -> None:
     s = Settings()
-    assert (s.model, s.host, s.port, s.device, s.dtype) == ("gpt2", "0.0.0.0", 8000, "auto", "auto")
+    assert (s.model, s.host, s.port, s.device, s.dtype) == (
+        str(BUNDLED_MODEL),
+        "0.0.0.0",
+        8000,
+        "auto",
+        "auto",
+    )
+    assert s.model_name == "gpt2-demo"
+    assert Settings(model="gpt2-demo").model == str(BUNDLED_MODEL)
+    assert (BUNDLED_MODEL / "config.json").is_file()
     assert (s.max_num_seqs, s.max_model_len, s.max_num_batched_tokens) == (32, None, 512)
     assert (s.max_queued_requests, s.max_queued_tokens) == (256, 262144)
     assert (s.api_key, s.api_key_file, s.served_model_name) == (None, None, None)

@@ -278,6 +278,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "gpt2-serve"
+    root: str  # where the weights came from: a hub id or a local directory
     max_model_len: int
 
 
