@@ -50,8 +50,9 @@ class Settings(BaseSettings):
     max_model_len: int | None = Field(default=None, ge=2)
     kv_cache_tokens: int | None = Field(default=None, ge=1)
     max_num_batched_tokens: int = Field(default=512, ge=1)
-    # While streams decode, a step adds at most this many prompt tokens (see the scheduler).
-    max_prefill_tokens_while_decoding: int | None = Field(default=64, ge=1)
+    # While streams decode, long prompts add at most this many tokens to a step (see the
+    # scheduler). None: paced from measured step times (app/engine/prefill_pacer.py).
+    max_prefill_tokens_while_decoding: int | None = Field(default=None, ge=1)
     seed: int = 0
     cuda_graphs: bool = True
 

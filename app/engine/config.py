@@ -18,9 +18,10 @@ class EngineConfig:
     kv_cache_tokens: int | None = None
     # Tokens one step may process (decode tokens + prefill chunks): bounds a step's latency.
     max_num_batched_tokens: int = 512
-    # Prompt tokens one step may add while sequences decode (None: max_num_batched_tokens).
-    # Bounds the inter-token gap a long prompt's prefill causes for the running streams.
-    max_prefill_tokens_while_decoding: int | None = 64
+    # Tokens long prompts may add to one step while sequences decode: bounds the inter-token gap
+    # a long prompt's prefill causes for the running streams. None: paced from measured step
+    # times (app/engine/prefill_pacer.py); a number fixes it.
+    max_prefill_tokens_while_decoding: int | None = None
     seed: int = 0  # engine RNG for requests that give no seed
     cpu_gemm: str = "auto"  # auto | torch | onednn (see app/model/matmul.py)
     cuda_graphs: bool = True

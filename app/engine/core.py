@@ -10,6 +10,7 @@ from app.engine.errors import InvalidRequestError
 from app.engine.kv_cache import SlotAllocator
 from app.engine.model_runner import ModelRunner
 from app.engine.params import SamplingParams
+from app.engine.prefill_pacer import PrefillPacer
 from app.engine.protocol import RequestOutput, StepResult, StepStats
 from app.engine.scheduler import Scheduler
 from app.engine.sequence import Sequence
@@ -32,6 +33,12 @@ class EngineCore:
             self.slots,
             self.eos_token_id,
             config.max_prefill_tokens_while_decoding,
+        )
+        # Without a fixed cap, the chunk of a long prompt follows measured step times.
+        self.pacer = (
+            PrefillPacer(initial=64, low=16, high=config.max_num_batched_tokens)
+            if config.max_prefill_tokens_while_decoding is None
+            else None
         )
         self.requests: dict[str, Sequence] = {}
         self._aborted: list[RequestOutput] = []
@@ -59,6 +66,8 @@ class EngineCore:
     def step(self) -> StepResult:
         start = time.perf_counter()
         outputs, self._aborted = self._aborted, []
+        if self.pacer is not None:
+            self.scheduler.max_prefill_tokens_while_decoding = self.pacer.limit
         batch = self.scheduler.schedule(time.monotonic())
         num_decode = batch.num_decode
         if batch.items:
@@ -73,8 +82,11 @@ class EngineCore:
                     del self.requests[seq.request_id]
         elif not outputs:
             return StepResult((), None)
+        seconds = time.perf_counter() - start
+        if self.pacer is not None:
+            self.pacer.observe(seconds, num_decode, batch.num_tokens - num_decode)
         stats = StepStats(
-            step_seconds=time.perf_counter() - start,
+            step_seconds=seconds,
             num_decode_tokens=num_decode,
             num_prefill_tokens=batch.num_tokens - num_decode,
             batch_size=len(batch.items),

@@ -6,9 +6,10 @@ Every step, in this order, until the step's token budget is spent:
 3. waiting sequences are admitted in arrival order while a KV slot and a running place are free.
 
 While any sequence decodes, long prompts (more than `max_prefill_tokens_while_decoding` tokens
-left) share at most that many tokens of the step: a long prompt then arrives in small chunks, so
-the gap it adds between the running streams' tokens stays a small multiple of a plain decode
-step. Short prompts still go whole within the step budget (a burst of them is admitted at
+left) share at most that many tokens of the step (a fixed setting, or set before each step by
+the engine from measured step times: prefill_pacer.py). A long prompt then arrives in chunks,
+so the gap it adds between the running streams' tokens stays a small multiple of a plain
+decode step. Short prompts still go whole within the step budget (a burst of them is admitted at
 once), and with nothing decoding a long prompt gets the whole budget (the fastest first token).
 vLLM's long_prefill_token_threshold works the same way.
 """
