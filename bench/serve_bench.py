@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import shlex
@@ -234,12 +235,7 @@ def main() -> None:
         (
             "scaling: tok/s rises from 1 to 64 streams",
             " < ".join(f"{tok_s[n]:.0f}" for n in SWEEP),
-            float(
-                all(
-                    a < b
-                    for a, b in zip(list(tok_s.values()), list(tok_s.values())[1:], strict=False)
-                )
-            ),
+            float(all(a < b for a, b in itertools.pairwise(tok_s.values()))),  # 1.0: rises
             1.0,
             ">=",
         ),

@@ -17,6 +17,24 @@ def write_tokenizer(directory: Path) -> None:
     shutil.copy(TOKENIZER_DIR / "vocab.bpe", directory / "merges.txt")
 
 
+def hf_greedy(
+    model: GPT2LMHeadModel, ids: list[int], max_tokens: int, pad_token_id: int, **kw: object
+) -> list[int]:
+    """transformers' greedy continuation of `ids`: exactly max_tokens new tokens (EOS does not
+    stop it, as with our ignore_eos), the reference our engine must equal."""
+    with torch.inference_mode():
+        out = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=max_tokens,
+            min_new_tokens=max_tokens,
+            do_sample=False,
+            pad_token_id=pad_token_id,
+            **kw,
+        )
+    return [int(t) for t in out[0, len(ids) :]]
+
+
 def make_checkpoint(
     directory: Path,
     *,

@@ -96,7 +96,7 @@ async def stream_completion(
     result.requested_output_len = int(payload.get("max_tokens", 0))
     try:
         async with asyncio.timeout(timeout):
-            await _run(client, url, payload, result)
+            await stream_into(client, url, payload, result)
     except TimeoutError:
         _fail(result, "timeout", f"no complete answer in {timeout:g}s")
     except httpx.TimeoutException as exc:
@@ -113,12 +113,14 @@ def _fail(result: RequestResult, kind: str, detail: str) -> None:
     result.end_time = time.perf_counter()
 
 
-async def _run(
+async def stream_into(
     client: httpx.AsyncClient,
     url: str,
     payload: dict[str, Any],
     result: RequestResult,
 ) -> None:
+    """Stream one completion, recording into `result` as chunks arrive. No timeout of its own:
+    stream_completion adds one; a caller that cancels it (mixed.py) keeps what arrived."""
     async with client.stream("POST", url, json=payload) as response:
         if response.status_code != 200:
             body = await response.aread()

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 
 import httpx
 
-from app.bench.client import RequestResult, _run, completion_payload, stream_completion
+from app.bench.client import RequestResult, completion_payload, stream_completion, stream_into
 from app.bench.stats import percentile
 from app.bench.workload import RequestSpec, text_prompt
 
@@ -108,7 +108,7 @@ async def run_mixed(
     background = [RequestResult(send_time=time.perf_counter()) for _ in range(settings.streams)]
     tasks = [
         asyncio.create_task(
-            _run(
+            stream_into(
                 client,
                 url,
                 payload(settings.stream_prompt_len, settings.stream_output_len),

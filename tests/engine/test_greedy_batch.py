@@ -11,6 +11,7 @@ from transformers import GPT2LMHeadModel
 
 from app.engine import SamplingParams
 from app.engine.llm import LLM
+from tests.checkpoints import hf_greedy
 
 NUM_PROMPTS = 16
 
@@ -32,19 +33,7 @@ PROMPTS = _prompts()
 
 @pytest.fixture(scope="module")
 def hf_reference(hf_model: GPT2LMHeadModel) -> list[list[int]]:
-    refs = []
-    with torch.inference_mode():
-        for ids, max_tokens in PROMPTS:
-            out = hf_model.generate(
-                torch.tensor([ids]),
-                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                max_new_tokens=max_tokens,
-                min_new_tokens=max_tokens,  # our ignore_eos below: no early EOS stop either
-                do_sample=False,
-                pad_token_id=50256,
-            )
-            refs.append(out[0, len(ids) :].tolist())
-    return refs
+    return [hf_greedy(hf_model, ids, max_tokens, pad_token_id=50256) for ids, max_tokens in PROMPTS]
 
 
 def _greedy(max_tokens: int) -> SamplingParams:
@@ -89,16 +78,7 @@ def test_generate_returns_text_and_finish_reason(make_llm: Any) -> None:
 def test_repetition_penalty_matches_transformers(make_llm: Any, hf_model: GPT2LMHeadModel) -> None:
     llm: LLM = make_llm()
     ids = PROMPTS[6][0]
-    with torch.inference_mode():
-        ref = hf_model.generate(
-            torch.tensor([ids]),
-            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-            max_new_tokens=30,
-            min_new_tokens=30,
-            do_sample=False,
-            repetition_penalty=1.3,
-            pad_token_id=50256,
-        )[0, len(ids) :].tolist()
+    ref = hf_greedy(hf_model, ids, 30, pad_token_id=50256, repetition_penalty=1.3)
     params = SamplingParams(max_tokens=30, temperature=0.0, repetition_penalty=1.3, ignore_eos=True)
     (c,) = llm.generate([ids], params)
     assert c.token_ids == ref

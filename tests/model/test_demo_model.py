@@ -16,7 +16,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from app.config import BUNDLED_MODEL
 from app.engine import EngineConfig, SamplingParams
 from app.engine.llm import LLM
-from tests.checkpoints import TOKENIZER_DIR
+from tests.checkpoints import TOKENIZER_DIR, hf_greedy
 
 MAX_BYTES = 16 * 1024 * 1024
 # Not from the training sources: plain modern English the model has never seen.
@@ -57,18 +57,7 @@ def test_fits_the_size_budget_and_is_gpt2() -> None:
 
 def test_greedy_equals_transformers_alone_and_batched(llm: LLM, hf_demo: GPT2LMHeadModel) -> None:
     prompts = [llm.tokenizer.encode(p) for p in PROMPTS]
-    refs = []
-    with torch.inference_mode():
-        for ids in prompts:
-            out = hf_demo.generate(
-                torch.tensor([ids]),
-                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                max_new_tokens=40,
-                min_new_tokens=40,
-                do_sample=False,
-                pad_token_id=llm.tokenizer.eos_token_id,
-            )
-            refs.append(out[0, len(ids) :].tolist())
+    refs = [hf_greedy(hf_demo, ids, 40, pad_token_id=llm.tokenizer.eos_token_id) for ids in prompts]
     params = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
     batched = [c.token_ids for c in llm.generate(prompts, params)]
     assert batched == refs
