@@ -105,11 +105,11 @@ class DrainingServer(uvicorn.Server):
 
 
 def generate(args: argparse.Namespace) -> None:
-    from app.engine import EngineConfig, SamplingParams
+    from app.config import to_engine_config
+    from app.engine import SamplingParams
     from app.engine.llm import LLM
 
-    settings = _settings_from(args)
-    llm = LLM(EngineConfig(model=settings.model, device=settings.device, dtype=settings.dtype))
+    llm = LLM(to_engine_config(_settings_from(args)))
     params = SamplingParams(
         max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed_sample
     )

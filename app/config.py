@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     served_model_name: str | None = None  # the name in "model" fields; None: derived from model
     device: str = "auto"
     dtype: str = "auto"
+    # int8: int8 weights and per-token int8 activations on CPU, faster and no longer equal to
+    # the fp32 model (app/model/int8.py; agreement measured by bench/quant_bench.py).
+    quantization: Literal["none", "int8"] = "none"
     max_num_seqs: int = Field(default=32, ge=1)
     max_model_len: int | None = Field(default=None, ge=2)
     kv_cache_tokens: int | None = Field(default=None, ge=1)
@@ -178,6 +181,7 @@ def to_engine_config(settings: Settings) -> EngineConfig:
         model=settings.model,
         device=settings.device,
         dtype=settings.dtype,
+        quantization=settings.quantization,
         max_num_seqs=settings.max_num_seqs,
         max_model_len=settings.max_model_len,
         kv_cache_tokens=settings.kv_cache_tokens,

@@ -61,13 +61,14 @@ def create_app(
         await client.start()
         info = client.info
         logger.info(
-            "serving model %r from %s%s: %s on %s, context %d tokens, %d sequences at once",
+            "serving model %r from %s%s: %s%s on %s, context %d tokens, %d sequences at once",
             info.model_id,
             info.model_path,
             " (the bundled demo model; name one with --model or GPT2_MODEL)"
             if settings.model == str(BUNDLED_MODEL)
             else "",
             info.dtype,
+            "" if info.quantization == "none" else f" with {info.quantization} GEMMs",
             info.device,
             info.max_model_len,
             info.max_num_seqs,

@@ -8,6 +8,7 @@ and bf16. The ceiling is one decode step's matrix products alone (an nn.Linear s
 
     python -m bench.engine_bench                      # batch 1, 8, 32, 128
     python -m bench.engine_bench --batch 32 --repeats 3
+    python -m bench.engine_bench --batch 1 32 --quantization int8   # the opt-in int8 GEMMs
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def matmul_ceiling(
     """Seconds for one decode step's GEMMs alone: n_layer x (qkv, proj, fc, proj) + vocabulary,
     for GPT-2 124M's shape unless `cfg` gives another.
 
-    With backend "onednn" this is the engine's own GEMM path, one-row OpenBLAS included.
+    With backend "onednn" this is the engine's own GEMM path, one-row OpenBLAS included; with
+    "int8" the engine's quantization=int8 path (per-row activation quantization included).
     """
     cfg = cfg or GPT2Config()
     model = GPT2(
@@ -99,8 +101,8 @@ def matmul_ceiling(
     model.to(dtype)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.02)
-    if backend == "onednn":
-        model.set_gemm_backend("onednn", batch_hint=batch)
+    if backend in ("onednn", "int8"):
+        model.set_gemm_backend(backend, batch_hint=batch)
     layers = [m for m in model.modules() if isinstance(m, Conv1D)]
     inputs = {n: torch.randn(batch, n, dtype=dtype) for n in (cfg.n_embd, 4 * cfg.n_embd)}
     threads = torch.get_num_threads()
@@ -133,6 +135,7 @@ def bench_batch(
         model=str(model_dir),
         device="cpu",
         dtype=args.dtype,
+        quantization=args.quantization,
         max_num_seqs=batch,
         max_model_len=args.prompt_len + args.gen_len,
         max_num_batched_tokens=max(512, batch),
@@ -146,10 +149,13 @@ def bench_batch(
     t_hf32 = median_time(lambda: hf_generate(hf["fp32"], prompts, args.gen_len), args.repeats)
     t_hf16 = hf_bf16_time(hf["bf16"], prompts, args, skip_bf16)
     dtype = llm.core.runner.dtype
-    t_ceiling = min(
-        matmul_ceiling(batch, dtype, "onednn", args.repeats),
-        matmul_ceiling(batch, dtype, "torch", args.repeats),
-    )
+    if args.quantization == "int8":  # the ceiling of the kernels int8 runs on
+        t_ceiling = matmul_ceiling(batch, dtype, "int8", args.repeats)
+    else:
+        t_ceiling = min(
+            matmul_ceiling(batch, dtype, "onednn", args.repeats),
+            matmul_ceiling(batch, dtype, "torch", args.repeats),
+        )
     tokens = batch * args.gen_len
     hf_fp32, hf_bf16 = tokens / t_hf32, (tokens / t_hf16 if t_hf16 else None)
     ours = tokens / t_ours
@@ -213,6 +219,12 @@ def main() -> None:
     parser.add_argument("--gen-len", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument(
+        "--quantization",
+        choices=["none", "int8"],
+        default="none",
+        help="int8: the engine's int8 GEMMs (not equal to fp32; see bench/quant_bench.py)",
+    )
     parser.add_argument(
         "--hf-bf16-gen-len",
         type=int,

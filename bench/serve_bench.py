@@ -13,6 +13,7 @@ the bench reports, PNG plots) under --out.
 
     python -m bench.serve_bench                       # about 12 minutes on 2 CPU cores
     python -m bench.serve_bench --compare llama=http://127.0.0.1:8081   # plus another server
+    python -m bench.serve_bench --quantization int8   # gpt2-serve with its int8 GEMMs
 """
 
 from __future__ import annotations
@@ -101,16 +102,17 @@ def mixed(url: str) -> dict[str, object]:
     return asyncio.run(go())
 
 
-def ceiling(batch: int, model: Path) -> float:
+def ceiling(batch: int, model: Path, quantization: str) -> float:
     """Tokens/s of one decode step's matrix products alone at `batch` for the served model's
-    shape (fp32, the engine's GEMM path: oneDNN, OpenBLAS for one row)."""
+    shape (fp32, the engine's GEMM path: oneDNN, OpenBLAS for one row; or its int8 GEMMs)."""
     import torch
     from transformers import GPT2Config
 
     from bench.engine_bench import matmul_ceiling
 
     cfg = GPT2Config.from_pretrained(model)
-    return batch / matmul_ceiling(batch, torch.float32, "onednn", repeats=5, cfg=cfg)
+    backend = "int8" if quantization == "int8" else "onednn"
+    return batch / matmul_ceiling(batch, torch.float32, backend, repeats=5, cfg=cfg)
 
 
 def point(doc: dict[str, object], label: str, name: str) -> dict[str, object]:
@@ -129,6 +131,7 @@ def main() -> None:
     parser.add_argument("--compare", action="append", default=[], metavar="NAME=URL")
     parser.add_argument("--sweep-seconds", type=float, default=30.0)
     parser.add_argument("--baseline-requests", type=int, default=32)
+    parser.add_argument("--quantization", choices=["none", "int8"], default="none")
     args = parser.parse_args()
     command = shlex.join(
         [sys.executable.rsplit("/", 1)[-1], "-m", "bench.serve_bench", *sys.argv[1:]]
@@ -142,6 +145,7 @@ def main() -> None:
         )
     common = ["--prompt-len", "32", "--output-len", "128", "--ignore-eos", "--warmup", "4"]
     ours_cmd = ["-m", "app.cli", "serve", "--model", str(args.model), "--max-num-seqs", "64"]
+    ours_cmd += ["--quantization", args.quantization]
     env_note = f"{os.cpu_count()} CPUs"
     results: dict[str, object] = {"command": command, "machine": env_note}
 
@@ -193,7 +197,7 @@ def main() -> None:
                 name: point(single, name, "concurrency=1")["stats"]["output_tokens_per_s"]  # type: ignore[index]
                 for name in ("ours", *(c.partition("=")[0] for c in args.compare))
             }
-    results["ceiling_tok_s"] = {"1": ceiling(1, args.model), "32": ceiling(32, args.model)}
+    results["ceiling_tok_s"] = {str(n): ceiling(n, args.model, args.quantization) for n in (1, 32)}
 
     tok_s = {
         n: point(sweep, "ours", f"concurrency={n}")["stats"]["output_tokens_per_s"]  # type: ignore[index]

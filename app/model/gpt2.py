@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from app.model.attention import AttnBatch, KVCache, attend
+from app.model.int8 import Int8Weight, int8_linear, quantize_weight
 from app.model.matmul import (
     Conv1D,
     GemmBackend,
@@ -111,10 +112,20 @@ class GPT2(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
         self.requires_grad_(False)
         self._lm_head_packed: torch.Tensor | None = None  # oneDNN layout of wte, when enabled
+        self._lm_head_int8: Int8Weight | None = None  # quantized wte, when quantization=int8
 
     def set_gemm_backend(self, backend: GemmBackend, batch_hint: int = 32) -> GemmBackend:
         """Switch every GEMM to `backend`; returns the backend actually in use."""
         layers = [m for m in self.modules() if isinstance(m, Conv1D)]
+        self._lm_head_int8 = None
+        for m in layers:
+            m._int8 = None
+        if backend == "int8":  # raises Int8Unavailable rather than fall back: it was asked for
+            for m in layers:
+                m.use_int8()
+            self._lm_head_packed = None
+            self._lm_head_int8 = quantize_weight(self.wte.weight)
+            return "int8"
         if backend == "onednn":
             self._lm_head_packed = pack_linear_weight(self.wte.weight, batch_hint)
             if self._lm_head_packed is not None and all(m.use_onednn(batch_hint) for m in layers):
@@ -140,6 +151,8 @@ class GPT2(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(M, C) hidden states -> (M, V) logits."""
         x = self.ln_f(hidden)
+        if self._lm_head_int8 is not None:
+            return int8_linear(x, self._lm_head_int8, None)
         if self._lm_head_packed is not None:
             if x.shape[0] == 1:  # matrix-vector: see matmul.py on why numpy
                 return numpy_mm(self.wte.weight, x.view(-1, 1)).view(1, -1)

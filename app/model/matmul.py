@@ -25,9 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from app.model.int8 import Int8Weight, int8_linear, quantize_weight
+
 log = logging.getLogger(__name__)
 
-GemmBackend = Literal["torch", "onednn"]
+GemmBackend = Literal["torch", "onednn", "int8"]
 Activation = Literal["none", "gelu_tanh"]
 
 
@@ -42,6 +44,7 @@ class Conv1D(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False)
         self.activation = activation
         self._packed: torch.Tensor | None = None  # oneDNN layout of weight.T, when enabled
+        self._int8: Int8Weight | None = None  # quantized weight, when quantization=int8
 
     def use_onednn(self, batch_hint: int) -> bool:
         """Pack the weight for oneDNN; False (and stay on torch) if the result looks wrong."""
@@ -56,7 +59,13 @@ class Conv1D(nn.Module):
         self._packed = packed if ok else None
         return ok
 
+    def use_int8(self) -> None:
+        self._packed = None
+        self._int8 = quantize_weight(self.weight.t())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, in)
+        if self._int8 is not None:
+            return self._activate(int8_linear(x, self._int8, self.bias))
         if self._packed is None:
             return self._torch_forward(x)
         if x.shape[0] == 1:

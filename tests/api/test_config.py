@@ -69,14 +69,30 @@ def test_to_engine_config() -> None:
         max_num_seqs=8,
         max_model_len=256,
         max_num_batched_tokens=64,
+        quantization="int8",
     )
     config = to_engine_config(s)
+    assert config.quantization == "int8"
     assert (config.model, config.device, config.dtype) == ("distilgpt2", "cpu", "float32")
     assert (config.max_num_seqs, config.max_model_len, config.max_num_batched_tokens) == (
         8,
         256,
         64,
     )
+
+
+def test_quantization_flag_and_its_choices(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from app.cli import _add_settings_flags, _settings_from
+
+    parser = argparse.ArgumentParser()
+    _add_settings_flags(parser)
+    assert _settings_from(parser.parse_args(["--quantization", "int8"])).quantization == "int8"
+    assert Settings().quantization == "none"
+    monkeypatch.setenv("GPT2_QUANTIZATION", "int4")
+    with pytest.raises(ValidationError, match="quantization"):
+        Settings()
 
 
 def test_lifespan_owns_the_engine_it_builds(monkeypatch: pytest.MonkeyPatch) -> None:

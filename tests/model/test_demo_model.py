@@ -16,6 +16,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from app.config import BUNDLED_MODEL
 from app.engine import EngineConfig, SamplingParams
 from app.engine.llm import LLM
+from tests.checkpoints import DEMO_PROMPTS as PROMPTS
 from tests.checkpoints import TOKENIZER_DIR, hf_greedy
 
 MAX_BYTES = 16 * 1024 * 1024
@@ -25,14 +26,6 @@ PASSAGE = (
     "on their way to school. Their mother told them that a kind woman had lived there once, and "
     "that she had given bread to the poor of the village in the hard winter."
 )
-PROMPTS = [
-    "It is a truth universally acknowledged",
-    "And God said unto Moses,",
-    "HAMLET. To be, or not to be",
-    "She was not very happy, for",
-    "The king",
-    "Thou",
-]
 
 
 @pytest.fixture(scope="module")
