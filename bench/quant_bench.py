@@ -29,11 +29,9 @@ import torch.nn.functional as F
 from app.config import BUNDLED_MODEL
 from app.engine import EngineConfig, SamplingParams
 from app.engine.llm import LLM
-from app.model.attention import AttnBatch, KVCache, PrefillChunk
-from app.model.gpt2 import GPT2
 from app.model.weights import load_gpt2, resolve_model_dir
 from bench.engine_bench import make_gpt2_124m
-from tests.checkpoints import write_tokenizer
+from tests.checkpoints import prefix_match, sequence_logits, write_tokenizer
 
 GEN_LEN = 128
 NUM_PROMPTS = 16
@@ -50,25 +48,6 @@ def greedy(model_dir: Path, quantization: str, prompts: list[list[int]]) -> list
     )
     params = SamplingParams(max_tokens=GEN_LEN, temperature=0.0, ignore_eos=True)
     return [c.token_ids for c in llm.generate(prompts, params)]
-
-
-def prefix_match(ours: list[list[int]], ref: list[list[int]]) -> float:
-    matched = 0
-    for a, b in zip(ours, ref, strict=True):
-        for x, y in zip(a, b, strict=True):
-            if x != y:
-                break
-            matched += 1
-    return matched / sum(len(r) for r in ref)
-
-
-@torch.inference_mode()
-def sequence_logits(model: GPT2, ids: list[int]) -> torch.Tensor:
-    c = model.config
-    kv = KVCache(c.n_layer, 1, c.n_head, len(ids), c.head_dim, torch.float32, torch.device("cpu"))
-    batch = AttnBatch(prefills=[PrefillChunk(0, 0, len(ids))])
-    hidden = model(torch.tensor(ids), torch.arange(len(ids)), batch, kv)
-    return model.compute_logits(hidden)
 
 
 def teacher_forced(model_dir: Path, sequences: list[list[int]]) -> tuple[float, float]:

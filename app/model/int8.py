@@ -2,9 +2,11 @@
 
 Opt-in (`quantization="int8"`): it changes the numbers, so outputs are no longer equal to
 transformers' fp32 model; what it costs in agreement is measured in bench/quant_bench.py.
-What it buys on a 2-core AVX2 EPYC (GPT-2 124M shapes): the int8 GEMM of fbgemm (the kernels
-behind torch's dynamic quantization) ran 3x faster than oneDNN fp32 at 32 rows and streamed the
-quarter-size weights 2-4x faster at one row.
+What it buys on a 2-core AVX2 EPYC (GPT-2 124M shapes, bench/engine_bench.py's ceiling: one
+decode step's GEMMs alone): through fbgemm (the kernels behind torch's dynamic quantization) the
+int8 path ran 1.8x the oneDNN fp32 one at 32 rows (507 against 289 tok/s) and 2x the OpenBLAS
+fp32 one at one row (52.6 against 26.4), where its weights are a quarter of the bytes: at one
+row fbgemm streamed 8 GB/s against OpenBLAS's 15.
 
 Two choices keep it a serving kernel rather than a demo:
 - Activations are quantized per row (per token), never per tensor. With one scale for the whole
@@ -44,7 +46,6 @@ class Int8Unavailable(RuntimeError):
 class Int8Weight:
     packed: Any  # fbgemm LinearPackedParams (a TorchScript object)
     col_sum: torch.Tensor  # (1, out) sum over inputs of the dequantized weight
-    out_features: int
 
 
 def int8_available() -> bool:
@@ -67,7 +68,7 @@ def quantize_weight(weight: torch.Tensor) -> Int8Weight:
         qweight = torch.quantize_per_channel(w, scale.double(), zero_points, 0, torch.qint8)
         packed = torch.ops.quantized.linear_prepack(qweight, None)
     col_sum = qweight.dequantize().sum(dim=1).unsqueeze(0)
-    quantized = Int8Weight(packed=packed, col_sum=col_sum, out_features=w.shape[0])
+    quantized = Int8Weight(packed=packed, col_sum=col_sum)
     _probe(quantized, w)
     return quantized
 

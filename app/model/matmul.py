@@ -106,8 +106,18 @@ def onednn_linear(
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
-def pick_gemm_backend(device: torch.device, dtype: torch.dtype, requested: str) -> GemmBackend:
-    """'auto' means oneDNN for float32 on CPU when torch has it, torch otherwise."""
+def pick_gemm_backend(
+    device: torch.device, dtype: torch.dtype, requested: str, quantization: str = "none"
+) -> GemmBackend:
+    """'auto' means oneDNN for float32 on CPU when torch has it, torch otherwise; quantization
+    int8 means the int8 GEMMs whatever cpu_gemm says, and only where they run."""
+    if quantization == "int8":
+        if device.type != "cpu" or dtype != torch.float32:
+            raise ValueError(
+                "quantization=int8 runs on CPU with dtype float32 (fbgemm kernels); "
+                f"got device={device}, dtype={dtype}"
+            )
+        return "int8"
     if requested not in ("auto", "torch", "onednn"):
         raise ValueError(f"cpu_gemm must be auto, torch or onednn, not {requested!r}")
     usable = device.type == "cpu" and dtype == torch.float32 and onednn_available()
