@@ -7,7 +7,7 @@ and bf16. The ceiling is one decode step's matrix products alone (an nn.Linear s
 124M's shapes, vocabulary projection included) at batch B: no attention, no Python.
 
     python -m bench.engine_bench                      # batch 1, 8, 32, 128
-    python -m bench.engine_bench --batch 32 --repeats 3
+    python -m bench.engine_bench --batch 1 32 --repeats 5  # interleaved pairs, medians
     python -m bench.engine_bench --batch 1 32 --quantization int8   # the opt-in int8 GEMMs
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import statistics
 import sys
@@ -42,13 +43,14 @@ def make_gpt2_124m(directory: Path) -> GPT2LMHeadModel:
     return model
 
 
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def median_time(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timed(fn) for _ in range(repeats))
 
 
 def hf_generate(model: GPT2LMHeadModel, prompts: torch.Tensor, gen_len: int) -> None:
@@ -144,10 +146,19 @@ def bench_batch(
     params = SamplingParams(max_tokens=args.gen_len, temperature=0.0, ignore_eos=True)
     ids = prompts.tolist()
     llm.generate(ids[:1], SamplingParams(max_tokens=2))  # warm-up
-    t_ours = median_time(lambda: llm.generate(ids, params), args.repeats)
-    torch.set_num_threads(DEFAULT_THREADS)  # the engine may have left torch at one thread
-    t_hf32 = median_time(lambda: hf_generate(hf["fp32"], prompts, args.gen_len), args.repeats)
+    # Interleaved, ours then transformers in each repeat: this machine's speed drifts by 10-30%
+    # over minutes, and a drift then shifts both sides of a pair alike instead of one side.
+    ours_runs, hf32_runs = [], []
+    for _ in range(args.repeats):
+        ours_runs.append(timed(lambda: llm.generate(ids, params)))
+        torch.set_num_threads(DEFAULT_THREADS)  # the engine may have left torch at one thread
+        hf32_runs.append(timed(lambda: hf_generate(hf["fp32"], prompts, args.gen_len)))
+    t_ours, t_hf32 = statistics.median(ours_runs), statistics.median(hf32_runs)
     t_hf16 = hf_bf16_time(hf["bf16"], prompts, args, skip_bf16)
+    # Each pair against transformers' better dtype (bf16, when it runs, is one scaled figure).
+    pair_ratios = [
+        min(hf, t_hf16 or math.inf) / ours for ours, hf in zip(ours_runs, hf32_runs, strict=True)
+    ]
     dtype = llm.core.runner.dtype
     if args.quantization == "int8":  # the ceiling of the kernels int8 runs on
         t_ceiling = matmul_ceiling(batch, dtype, "int8", args.repeats)
@@ -168,6 +179,7 @@ def bench_batch(
         "hf_bf16_tok_s": hf_bf16,
         "hf_bf16_vs_fp32": t_hf32 / t_hf16 if t_hf16 else None,
         "vs_best_hf": ours / max(hf_fp32, hf_bf16 or 0.0),
+        "vs_best_hf_pairs": pair_ratios,  # one ratio per interleaved repeat
         "ceiling_tok_s": batch / t_ceiling,
         "of_ceiling": ours / (batch / t_ceiling),
         "ceiling_torch_gemm_tok_s": batch / matmul_ceiling(batch, dtype, "torch", args.repeats),
@@ -195,6 +207,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
 HEADER = (
     f"{'batch':>5} {'ours tok/s':>11} {'HF fp32':>9} {'HF bf16':>9} {'x best HF':>10} "
+    f"{'pairs':>11} "
     f"{'ceiling':>9} {'of ceiling':>10} {'ceiling(torch gemm)':>20}"
 )
 
@@ -203,10 +216,17 @@ def _fmt(value: object) -> str:
     return "skipped" if value is None else f"{value:.1f}"
 
 
+def _span(ratios: object) -> str:
+    """min-max of the per-pair ratios: how far one repeat alone could have strayed."""
+    assert isinstance(ratios, list)
+    return f"{min(ratios):.2f}-{max(ratios):.2f}"
+
+
 def print_row(r: dict[str, object]) -> None:
     print(
         f"{r['batch']:>5} {r['ours_tok_s']:>11.1f} {r['hf_fp32_tok_s']:>9.1f} "
-        f"{_fmt(r['hf_bf16_tok_s']):>9} {r['vs_best_hf']:>9.2f}x {r['ceiling_tok_s']:>9.1f} "
+        f"{_fmt(r['hf_bf16_tok_s']):>9} {r['vs_best_hf']:>9.2f}x "
+        f"{_span(r['vs_best_hf_pairs']):>11} {r['ceiling_tok_s']:>9.1f} "
         f"{r['of_ceiling']:>9.0%} {r['ceiling_torch_gemm_tok_s']:>20.1f}",
         flush=True,
     )
