@@ -47,8 +47,11 @@ class ChoiceResult:
     stop_reason: str | int | None = None
     num_output_tokens: int = 0
     timings: RequestTimings | None = None
+    prompt_logprobs: Sequence[TokenLogprobs | None] = ()  # when the params asked for them
 
     def add(self, delta: GenerationDelta) -> None:
+        if delta.prompt_logprobs is not None:
+            self.prompt_logprobs = delta.prompt_logprobs
         self.text += delta.text
         self.token_ids.extend(delta.token_ids)
         self.logprobs.extend(delta.logprobs)

@@ -35,22 +35,27 @@ def completion_logprobs(
     *,
     text_offset: int,
     echo_ids: Sequence[int] = (),
+    echo_logprobs: Sequence[TokenLogprobs | None] = (),
 ) -> tuple[dict[str, Any], int]:
     """OpenAI's legacy object {tokens, token_logprobs, top_logprobs, text_offset}.
 
-    Echoed prompt tokens come first with null logprobs (this server computes none for the
-    prompt). text_offset is where each token starts in the choice's text; the returned int is
-    the offset after the last token, for the next streamed piece.
+    Echoed prompt tokens come first, with their logprobs from echo_logprobs (the engine's
+    prompt logprobs) and null for the first one, which nothing predicts. text_offset is where
+    each token starts in the choice's text; the returned int is the offset after the last
+    token, for the next streamed piece.
     """
     tokens: list[str] = []
     token_logprobs: list[float | None] = []
     top_logprobs: list[dict[str, float] | None] = []
     offsets: list[int] = []
-    for token_id in echo_ids:
+    for i, token_id in enumerate(echo_ids):
         text = engine.token_text(token_id)
+        scored = echo_logprobs[i] if i < len(echo_logprobs) else None
         tokens.append(text)
-        token_logprobs.append(None)
-        top_logprobs.append(None)
+        token_logprobs.append(None if scored is None else finite(scored.logprob))
+        top_logprobs.append(
+            None if scored is None else {engine.token_text(t): finite(lp) for t, lp in scored.top}
+        )
         offsets.append(text_offset)
         text_offset += len(text)
     for entry in logprobs:
@@ -101,6 +106,22 @@ def tgi_token(
         "text": engine.token_text(token_id) if text is None else text,
         "logprob": None if logprob is None else finite(logprob.logprob),
         "special": token_id == engine.info.eos_token_id,
+    }
+
+
+def tgi_prefill_token(
+    engine: EngineClient,
+    token_id: int,
+    prompt_logprobs: Sequence[TokenLogprobs | None],
+    position: int,
+) -> dict[str, Any]:
+    """TGI's prefill entry {id, text, logprob}: null for the first token, which nothing
+    predicts (and for every token if the engine scored none)."""
+    scored = prompt_logprobs[position] if position < len(prompt_logprobs) else None
+    return {
+        "id": token_id,
+        "text": engine.token_text(token_id),
+        "logprob": None if scored is None else finite(scored.logprob),
     }
 
 

@@ -39,6 +39,7 @@ def openai_params(
     logprobs: int | None,
     choice: int,
     vocab_size: int,
+    prompt_logprobs: int | None = None,
 ) -> SamplingParams:
     stop_ids = tuple(body.stop_token_ids or ())
     check_token_ids(stop_ids, vocab_size, "stop_token_ids")
@@ -56,11 +57,18 @@ def openai_params(
         stop_token_ids=stop_ids,
         ignore_eos=body.ignore_eos,
         logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
         logit_bias=parse_logit_bias(body.logit_bias, vocab_size),
     )
 
 
-def tgi_params(p: GenerateParameters, *, max_tokens: int, logprobs: int | None) -> SamplingParams:
+def tgi_params(
+    p: GenerateParameters,
+    *,
+    max_tokens: int,
+    logprobs: int | None,
+    prompt_logprobs: int | None = None,
+) -> SamplingParams:
     if not p.sampling:  # TGI: greedy unless sampling was asked for
         return SamplingParams(
             max_tokens=max_tokens,
@@ -69,6 +77,7 @@ def tgi_params(p: GenerateParameters, *, max_tokens: int, logprobs: int | None) 
             frequency_penalty=_or(p.frequency_penalty, 0.0),
             seed=p.seed,
             logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
         )
     return SamplingParams(
         max_tokens=max_tokens,
@@ -79,6 +88,7 @@ def tgi_params(p: GenerateParameters, *, max_tokens: int, logprobs: int | None) 
         frequency_penalty=_or(p.frequency_penalty, 0.0),
         seed=p.seed,
         logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
     )
 
 

@@ -292,7 +292,15 @@ class EngineClient:
         if finish is not None:
             self._finish(req, finish)
         req.queue.put_nowait(
-            req.delta(delta.text, out.new_token_ids, out.new_logprobs, finish, stop_reason, now)
+            req.delta(
+                delta.text,
+                out.new_token_ids,
+                out.new_logprobs,
+                finish,
+                stop_reason,
+                now,
+                prompt_logprobs=out.prompt_logprobs,
+            )
         )
 
     # worker process management

@@ -8,7 +8,7 @@ from collections.abc import Sequence as Seq
 from app.engine.config import EngineConfig
 from app.engine.errors import InvalidRequestError
 from app.engine.kv_cache import SlotAllocator
-from app.engine.model_runner import ModelRunner
+from app.engine.model_runner import ModelRunner, PromptScores
 from app.engine.params import SamplingParams
 from app.engine.prefill_pacer import PrefillPacer
 from app.engine.protocol import RequestOutput, StepResult, StepStats
@@ -72,9 +72,11 @@ class EngineCore:
         num_decode = batch.num_decode
         if batch.items:
             sampled = [seq for seq, n in batch.items if batch.samples(seq, n)]
-            tokens, logprobs = self.runner.execute(batch)
-            self.scheduler.postprocess(batch, tokens)
-            for seq, lp in zip(sampled, logprobs, strict=True):
+            result = self.runner.execute(batch)
+            for scores in result.prompt_scores:
+                _record_prompt_logprobs(batch.items[scores.item][0], scores)
+            self.scheduler.postprocess(batch, result.tokens)
+            for seq, lp in zip(sampled, result.logprobs, strict=True):
                 if lp is not None:
                     seq.logprobs.append(lp)
                 outputs.append(_output(seq, 1))
@@ -98,9 +100,21 @@ class EngineCore:
         return StepResult(tuple(outputs), stats)
 
 
+def _record_prompt_logprobs(seq: Sequence, scores: PromptScores) -> None:
+    if seq.prompt_logprobs is None:
+        seq.prompt_logprobs = [None] * seq.num_prompt_tokens
+    end = scores.first_target + len(scores.entries)
+    seq.prompt_logprobs[scores.first_target : end] = scores.entries
+
+
 def _output(seq: Sequence, num_new: int) -> RequestOutput:
     new_ids = seq.token_ids[seq.num_tokens - num_new :] if num_new else []
     want_logprobs = num_new and seq.params.logprobs is not None and seq.logprobs
+    prompt_logprobs = None
+    if num_new and seq.num_output_tokens == 1 and seq.params.prompt_logprobs is not None:
+        # The prompt is all prefilled once the first token is out; a one-token prompt has
+        # nothing to score.
+        prompt_logprobs = tuple(seq.prompt_logprobs or [None] * seq.num_prompt_tokens)
     return RequestOutput(
         request_id=seq.request_id,
         new_token_ids=tuple(new_ids),
@@ -109,4 +123,5 @@ def _output(seq: Sequence, num_new: int) -> RequestOutput:
         num_prompt_tokens=seq.num_prompt_tokens,
         num_output_tokens=seq.num_output_tokens,
         first_scheduled_time=seq.first_scheduled_time,
+        prompt_logprobs=prompt_logprobs,
     )

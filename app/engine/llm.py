@@ -40,6 +40,7 @@ class Completion:
     logprobs: list[TokenLogprobs] = field(default_factory=list)
     finish_reason: str | None = None
     text: str = ""
+    prompt_logprobs: list[TokenLogprobs | None] | None = None  # with params.prompt_logprobs
 
 
 class LLM:
@@ -93,6 +94,8 @@ class LLM:
                     c.request_id = out.request_id
                     c.token_ids.extend(out.new_token_ids)
                     c.logprobs.extend(out.new_logprobs)
+                    if out.prompt_logprobs is not None:
+                        c.prompt_logprobs = list(out.prompt_logprobs)
                     c.finish_reason = out.finish_reason
         for c in results.values():
             c.text = self.tokenizer.decode(c.token_ids, skip_special_tokens=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -11,7 +11,7 @@ from app.engine.config import EngineConfig
 from app.engine.cuda_graphs import StaticDecode
 from app.engine.device import resolve_device, resolve_dtype
 from app.engine.host_to_device import to_device
-from app.engine.sampler import Sampler, SamplingRow
+from app.engine.sampler import Sampler, SamplingRow, token_logprobs
 from app.engine.scheduler import ScheduledBatch
 from app.engine.sequence import Sequence, TokenLogprobs
 from app.model.attention import AttnBatch, DecodeRows, KVCache, PrefillChunk
@@ -21,6 +21,27 @@ from app.model.weights import load_gpt2, resolve_model_dir
 
 log = logging.getLogger(__name__)
 DEFAULT_THREADS = torch.get_num_threads()  # at import, before any runner changes it
+# Prompt rows scored per vocabulary projection: bounds the (rows, V) logits a long prompt's
+# scoring holds at once (256 x 50257 fp32 = 51 MB).
+SCORE_BLOCK_ROWS = 256
+
+
+@dataclass
+class PromptScoring:
+    """The rows of one sequence in this step whose next token is a prompt token."""
+
+    item: int  # index into batch.items
+    rows: list[int]  # flat-batch rows; row r at position p predicts prompt token p + 1
+    first_target: int  # prompt position that rows[0] predicts
+    targets: list[int]  # the prompt tokens predicted, one per row
+    top_k: int
+
+
+@dataclass(frozen=True)
+class PromptScores:
+    item: int  # index into batch.items
+    first_target: int  # prompt position of entries[0]
+    entries: list[TokenLogprobs]
 
 
 @dataclass
@@ -31,6 +52,16 @@ class StepInputs:
     sample_rows: torch.Tensor  # (M,) rows whose logits are sampled
     sampling: list[SamplingRow]
     sample_items: list[int]  # index into batch.items of each sampled row
+    scoring: list[PromptScoring] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """Sampled tokens and logprobs in batch.items order (sampled items only), prompt scores."""
+
+    tokens: list[int]
+    logprobs: list[TokenLogprobs | None]
+    prompt_scores: list[PromptScores]
 
 
 class ModelRunner:
@@ -78,33 +109,46 @@ class ModelRunner:
         )
 
     @torch.inference_mode()
-    def execute(self, batch: ScheduledBatch) -> tuple[list[int], list[TokenLogprobs | None]]:
+    def execute(self, batch: ScheduledBatch) -> StepOutput:
         for move in batch.moves:
             self.kv.move(move.src, move.dst, move.length)
         inputs = self.prepare(batch)
         self._use_threads(self._threads_for(len(inputs.input_ids)))
-        logits = self.forward(inputs)
+        logits, prompt_scores = self.forward(inputs)
         chosen, logprobs = self.sampler(logits, inputs.sampling)
         # Hand results back in batch.items order, which is what the scheduler walks.
         order = sorted(range(len(inputs.sample_items)), key=inputs.sample_items.__getitem__)
         tokens = chosen.tolist()
-        return [tokens[i] for i in order], [logprobs[i] for i in order]
+        return StepOutput([tokens[i] for i in order], [logprobs[i] for i in order], prompt_scores)
 
-    def forward(self, inputs: StepInputs) -> torch.Tensor:
-        """Logits of the rows to sample: a captured graph for plain decode steps, else eager."""
+    def forward(self, inputs: StepInputs) -> tuple[torch.Tensor, list[PromptScores]]:
+        """Logits of the rows to sample, and the step's prompt scores: a captured graph for
+        plain decode steps (which score nothing), else eager."""
         n = len(inputs.input_ids)
         d = inputs.attn.decode
         if (
             self.static_decode is not None
             and d is not None
+            and not inputs.scoring
             and self.static_decode.can_run(n, inputs.attn)
         ):
             logits = self.static_decode.run(inputs.input_ids, inputs.positions, d.bias)
-            return logits.index_select(0, inputs.sample_rows)
+            return logits.index_select(0, inputs.sample_rows), []
         hidden = self.model(inputs.input_ids, inputs.positions, inputs.attn, self.kv)
+        scores = [self._score_prompt(hidden, s) for s in inputs.scoring]
         if len(inputs.sampling) < n:  # prefill rows that do not sample need no logits
             hidden = hidden.index_select(0, inputs.sample_rows)
-        return self.model.compute_logits(hidden)
+        return self.model.compute_logits(hidden), scores
+
+    def _score_prompt(self, hidden: torch.Tensor, s: PromptScoring) -> PromptScores:
+        """Logprobs of the prompt tokens these rows predict, SCORE_BLOCK_ROWS rows at a time."""
+        entries: list[TokenLogprobs] = []
+        for at in range(0, len(s.rows), SCORE_BLOCK_ROWS):
+            rows = self._tensor(s.rows[at : at + SCORE_BLOCK_ROWS])
+            targets = self._tensor(s.targets[at : at + SCORE_BLOCK_ROWS])
+            logits = self.model.compute_logits(hidden.index_select(0, rows))
+            entries += token_logprobs(logits, targets, [s.top_k] * len(rows))
+        return PromptScores(s.item, s.first_target, entries)
 
     def _threads_for(self, num_tokens: int) -> int:
         """One-row steps run their GEMMs in OpenBLAS, which wants the cores to itself."""
@@ -126,12 +170,27 @@ class ModelRunner:
         sample_rows: list[int] = []
         sampling: list[SamplingRow] = []
         sample_items: list[int] = []
+        scoring: list[PromptScoring] = []
         for item in order:
             seq, n = batch.items[item]
             if batch.samples(seq, n):
                 sample_rows.append(len(ids) + n - 1)
                 sampling.append(SamplingRow(seq.params, seq.token_ids, seq.num_prompt_tokens))
                 sample_items.append(item)
+            if seq.params.prompt_logprobs is not None:
+                # Positions [first, end) predict prompt tokens first + 1 .. end.
+                first = seq.num_computed
+                end = min(first + n, seq.num_prompt_tokens - 1)
+                if end > first:
+                    scoring.append(
+                        PromptScoring(
+                            item,
+                            list(range(len(ids), len(ids) + end - first)),
+                            first + 1,
+                            seq.token_ids[first + 1 : end + 1],
+                            seq.params.prompt_logprobs,
+                        )
+                    )
             ids.extend(seq.token_ids[seq.num_computed : seq.num_computed + n])
             positions.extend(range(seq.num_computed, seq.num_computed + n))
         attn = AttnBatch(
@@ -146,6 +205,7 @@ class ModelRunner:
             sample_rows=self._tensor(sample_rows),
             sampling=sampling,
             sample_items=sample_items,
+            scoring=scoring,
         )
 
     def _decode_rows(self, singles: list[Sequence]) -> DecodeRows:

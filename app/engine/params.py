@@ -24,6 +24,10 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # None: no logprobs; k: the chosen token and the top k
+    # None: none; k: each prompt token's logprob (the first has none) and the top k at its
+    # position, from the raw logits (what OpenAI's echo + logprobs and TGI's
+    # decoder_input_details report; vLLM's prompt_logprobs).
+    prompt_logprobs: int | None = None
     logit_bias: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -40,6 +44,11 @@ class SamplingParams:
             (
                 "logprobs",
                 self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
+                f"must be in [0, {MAX_LOGPROBS}]",
+            ),
+            (
+                "prompt_logprobs",
+                self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= MAX_LOGPROBS,
                 f"must be in [0, {MAX_LOGPROBS}]",
             ),
         ]

@@ -19,6 +19,8 @@ class RequestOutput:
     num_prompt_tokens: int
     num_output_tokens: int
     first_scheduled_time: float | None = None  # time.monotonic() in the worker
+    # With params.prompt_logprobs, on the output that carries the first generated token.
+    prompt_logprobs: tuple[TokenLogprobs | None, ...] | None = None
 
     @property
     def finished(self) -> bool:
@@ -101,6 +103,8 @@ class GenerationDelta:
     num_output_tokens: int
     stop_reason: str | int | None = None  # the stop string or stop token id that ended it
     timings: RequestTimings | None = None  # on the last delta only
+    # With params.prompt_logprobs, on the delta of the first generated token.
+    prompt_logprobs: tuple[TokenLogprobs | None, ...] | None = None
 
     @property
     def finished(self) -> bool:

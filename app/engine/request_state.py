@@ -73,6 +73,7 @@ class RequestState:
         finish_reason: str | None,
         stop_reason: str | int | None,
         now: float,
+        prompt_logprobs: tuple[TokenLogprobs | None, ...] | None = None,
     ) -> GenerationDelta:
         """The caller-facing piece for new text/tokens; the final one carries the timings."""
         return GenerationDelta(
@@ -85,4 +86,5 @@ class RequestState:
             self.num_output_tokens,
             stop_reason,
             self.timings(now) if finish_reason is not None else None,
+            prompt_logprobs,
         )

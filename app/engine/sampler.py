@@ -158,17 +158,35 @@ class Sampler:
         if not wanted:
             return result
         index = to_device(wanted, torch.long, raw.device)
-        logp = raw.index_select(0, index).log_softmax(dim=-1)
-        chosen_logp = logp.gather(1, chosen.index_select(0, index).unsqueeze(1)).squeeze(1)
-        k_max = max(rows[i].params.logprobs or 0 for i in wanted)
-        top_vals, top_ids = logp.topk(k_max, dim=-1) if k_max else (logp[:, :0], logp[:, :0])
-        chosen_list, vals, ids = chosen_logp.tolist(), top_vals.tolist(), top_ids.tolist()
-        chosen_ids = chosen.index_select(0, index).tolist()
-        for j, i in enumerate(wanted):
-            k = rows[i].params.logprobs or 0
-            top = tuple(zip((int(t) for t in ids[j][:k]), vals[j][:k], strict=True))
-            result[i] = TokenLogprobs(chosen_ids[j], chosen_list[j], top)
+        entries = token_logprobs(
+            raw.index_select(0, index),
+            chosen.index_select(0, index),
+            [rows[i].params.logprobs or 0 for i in wanted],
+        )
+        for i, entry in zip(wanted, entries, strict=True):
+            result[i] = entry
         return result
+
+
+def token_logprobs(
+    logits: torch.Tensor, token_ids: torch.Tensor, top_k: list[int]
+) -> list[TokenLogprobs]:
+    """Row i of logits (M, V): the logprob of token_ids[i] and the top_k[i] most likely tokens.
+
+    Shared by sampled tokens and scored prompt tokens, so both report the same numbers."""
+    logp = logits.float().log_softmax(dim=-1)
+    chosen_logp = logp.gather(1, token_ids.unsqueeze(1)).squeeze(1).tolist()
+    k_max = max(top_k, default=0)
+    top_vals, top_ids = logp.topk(k_max, dim=-1) if k_max else (logp[:, :0], logp[:, :0])
+    vals, ids, chosen = top_vals.tolist(), top_ids.tolist(), token_ids.tolist()
+    return [
+        TokenLogprobs(
+            chosen[i],
+            chosen_logp[i],
+            tuple(zip((int(t) for t in ids[i][:k]), vals[i][:k], strict=True)),
+        )
+        for i, k in enumerate(top_k)
+    ]
 
 
 def _modifies_logits(r: SamplingRow) -> bool:

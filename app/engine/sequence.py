@@ -33,6 +33,9 @@ class Sequence:
     finish_reason: FinishReason | None = None
     first_scheduled_time: float | None = None
     logprobs: list[TokenLogprobs] = field(default_factory=list)
+    # One entry per prompt token when params.prompt_logprobs is set (the first is None: nothing
+    # predicts it); filled chunk by chunk as the prompt is prefilled.
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -6,7 +6,8 @@ character therefore spans several tokens, which exercises the "hold back half a 
 Generation: the continuation is a fixed script (`FakeEngineClient.script`), prefixed with
 "<seed>" when the request has a seed, one token per delta, then <|endoftext|> (finish "stop")
 unless max_tokens runs out first (finish "length"). Stop strings, stop token ids, ignore_eos,
-logprobs, timeouts and the engine's errors behave as the EngineClient contract says.
+logprobs, prompt logprobs, timeouts and the engine's errors behave as the EngineClient contract
+says.
 """
 
 from __future__ import annotations
@@ -225,7 +226,21 @@ class FakeEngineClient:
             num_output_tokens=num_output,
             stop_reason=stop_reason if finish == "stop" else None,
             timings=TIMINGS if finish else None,
+            prompt_logprobs=self._prompt_logprobs(call) if num_output == 1 and token_ids else None,
         )
+
+    @staticmethod
+    def _prompt_logprobs(call: Call) -> tuple[TokenLogprobs | None, ...] | None:
+        """As the engine: with the first token, each prompt token at -0.25 (none for the
+        first), its top k the token itself and the k-1 ids after it."""
+        k = call.params.prompt_logprobs
+        if k is None:
+            return None
+        scored = (
+            TokenLogprobs(t, -0.25, tuple(((t + j) % VOCAB, -0.25 - j) for j in range(k)))
+            for t in call.prompt_ids[1:]
+        )
+        return (None, *scored)
 
 
 def _find_stop(sent_text: str, stops: Sequence[str]) -> tuple[int, str] | None:

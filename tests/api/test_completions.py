@@ -192,18 +192,27 @@ def test_logprobs_legacy_object(client: TestClient, fake: FakeEngineClient) -> N
     }
 
 
-def test_echo_prepends_prompt_and_its_tokens(client: TestClient) -> None:
+def test_echo_prepends_prompt_and_its_tokens(client: TestClient, fake: FakeEngineClient) -> None:
     r = client.post(
         "/v1/completions", json={"prompt": "Hi", "max_tokens": 2, "echo": True, "logprobs": 0}
     )
+    assert fake.calls[0].params.prompt_logprobs == 0  # echo + logprobs scores the prompt
     choice = r.json()["choices"][0]
     assert choice["text"] == "Hi t"
     assert choice["logprobs"] == {
         "tokens": ["H", "i", " ", "t"],
-        "token_logprobs": [None, None, -0.5, -0.5],
-        "top_logprobs": [None, None, {}, {}],
+        "token_logprobs": [None, -0.25, -0.5, -0.5],  # nothing predicts the first token
+        "top_logprobs": [None, {}, {}, {}],
         "text_offset": [0, 1, 2, 3],
     }
+
+
+def test_prompt_is_scored_only_when_echoed_with_logprobs(
+    client: TestClient, fake: FakeEngineClient
+) -> None:
+    client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 1, "logprobs": 1})
+    client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 1, "echo": True})
+    assert [c.params.prompt_logprobs for c in fake.calls] == [None, None]
 
 
 def test_stream_chunks_usage_and_done(client: TestClient) -> None:
@@ -253,6 +262,8 @@ def test_stream_echo_and_logprob_offsets(client: TestClient) -> None:
     first, second = (chunk["choices"][0] for chunk in chunks)
     assert first["text"] == "Hi "
     assert first["logprobs"]["tokens"] == ["H", "i", " "]
+    assert first["logprobs"]["token_logprobs"] == [None, -0.25, -0.5]
+    assert first["logprobs"]["top_logprobs"] == [None, {"i": -0.25}, {" ": -0.5}]
     assert first["logprobs"]["text_offset"] == [0, 1, 2]
     assert second["text"] == "t"
     assert second["logprobs"]["text_offset"] == [3]

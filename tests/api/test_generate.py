@@ -45,7 +45,7 @@ def test_generate_default_max_new_tokens_fits_the_context(
     assert [c.params.max_tokens for c in fake.calls] == [100, 28]
 
 
-def test_generate_details(client: TestClient) -> None:
+def test_generate_details(client: TestClient, fake: FakeEngineClient) -> None:
     r = client.post(
         "/generate",
         json={
@@ -66,9 +66,10 @@ def test_generate_details(client: TestClient) -> None:
     assert details["generated_tokens"] == 2
     assert details["input_length"] == 2
     assert details["seed"] == 3
+    assert fake.calls[0].params.prompt_logprobs == 0
     assert details["prefill"] == [
-        {"id": 72, "text": "H", "logprob": None},
-        {"id": 105, "text": "i", "logprob": None},
+        {"id": 72, "text": "H", "logprob": None},  # nothing predicts the first token
+        {"id": 105, "text": "i", "logprob": -0.25},
     ]
     assert details["tokens"] == [
         {"id": 60, "text": "<", "logprob": -0.5, "special": False},

@@ -11,6 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
+import torch
+from transformers import GPT2LMHeadModel
 
 from tests.e2e.server import Server
 
@@ -77,6 +79,35 @@ def test_openai_client_completions_and_chat(server: Server) -> None:
     )
     deltas = [c.choices[0].delta.content or "" for c in chat_stream if c.choices]
     assert "".join(deltas) == chat.choices[0].message.content
+
+
+def test_prompt_logprobs_over_http_equal_transformers(
+    server: Server, hf_model: GPT2LMHeadModel
+) -> None:
+    """Scoring a text, as lm-eval-harness does through OpenAI's API (echo + logprobs) and
+    through TGI's decoder_input_details: each prompt token's logprob is transformers'."""
+    prompt = "The quick brown fox jumps over the lazy dog"
+    ids = httpx.post(server.url + "/tokenize", json={"prompt": prompt}, timeout=10).json()["tokens"]
+    with torch.inference_mode():
+        ref = hf_model(torch.tensor([ids])).logits[0].log_softmax(-1)
+    want = [float(ref[i - 1, ids[i]]) for i in range(1, len(ids))]
+    body = _complete(server, prompt=prompt, max_tokens=1, echo=True, logprobs=2, temperature=0)
+    scored = body["choices"][0]["logprobs"]
+    assert scored["token_logprobs"][0] is None and scored["top_logprobs"][0] is None
+    assert scored["token_logprobs"][1 : len(ids)] == pytest.approx(want, abs=1e-4)
+    assert all(len(top) == 2 for top in scored["top_logprobs"][1:])
+    tgi = httpx.post(
+        server.url + "/generate",
+        json={
+            "inputs": prompt,
+            "parameters": {"max_new_tokens": 1, "details": True, "decoder_input_details": True},
+        },
+        timeout=60,
+    ).json()
+    prefill = tgi["details"]["prefill"]
+    assert [t["id"] for t in prefill] == ids
+    assert prefill[0]["logprob"] is None
+    assert [t["logprob"] for t in prefill[1:]] == pytest.approx(want, abs=1e-4)
 
 
 def test_streamed_equals_non_streamed_equals_decode_of_tokens(server: Server) -> None:

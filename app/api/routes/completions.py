@@ -66,6 +66,8 @@ async def create_completion(
                 logprobs=body.logprobs,
                 choice=choice,
                 vocab_size=info.vocab_size,
+                # echo with logprobs scores the echoed prompt too, as OpenAI's API does
+                prompt_logprobs=body.logprobs if body.echo else None,
             )
             plans.append(ChoicePlan(len(plans), prompt_index, ids, params))
 
@@ -100,6 +102,7 @@ async def create_completion(
                 result.logprobs,
                 text_offset=0,
                 echo_ids=plan.prompt_ids if body.echo else (),
+                echo_logprobs=result.prompt_logprobs,
             )
         choices.append(
             {
@@ -146,7 +149,11 @@ class _ChunkBuilder:
         logprobs = None
         if self.body.logprobs is not None:
             logprobs, self.offsets[index] = completion_logprobs(
-                self.engine, delta.logprobs, text_offset=self.offsets[index], echo_ids=echo_ids
+                self.engine,
+                delta.logprobs,
+                text_offset=self.offsets[index],
+                echo_ids=echo_ids,
+                echo_logprobs=delta.prompt_logprobs or () if echo_ids else (),
             )
         if not text and not delta.logprobs and not echo_ids and delta.finish_reason is None:
             return None  # text held back (a partial character or a possible stop string)

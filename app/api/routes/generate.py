@@ -26,7 +26,7 @@ from app.api.choices import (
 )
 from app.api.deps import EngineDep, RequestIdDep, SettingsDep
 from app.api.errors import to_api_error
-from app.api.logprobs import tgi_token, tgi_top_tokens
+from app.api.logprobs import tgi_prefill_token, tgi_token, tgi_top_tokens
 from app.api.prompts import encode_text, truncate_prompt
 from app.api.request_context import note_error
 from app.api.sampling import tgi_params
@@ -63,7 +63,11 @@ async def _prepare(body: GenerateRequest, engine: EngineClient, *, stream: bool)
     )
     # Streams always report each token's logprob, as TGI's do; JSON answers only with details.
     logprobs = (p.top_n_tokens or 0) if stream or p.details else None
-    params = tgi_params(p, max_tokens=max_tokens, logprobs=logprobs)
+    # decoder_input_details reports each prompt token's logprob (the JSON answer only).
+    prompt_logprobs = 0 if p.decoder_input_details and p.details and not stream else None
+    params = tgi_params(
+        p, max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs
+    )
     return _Prepared(body, ChoicePlan(0, 0, ids, params))
 
 
@@ -173,10 +177,12 @@ def _details(engine: EngineClient, prepared: _Prepared, result: ChoiceResult) ->
         "generated_tokens": result.num_output_tokens,
         "input_length": len(prepared.ids),
         "seed": p.seed,
-        # No prompt logprobs are computed: with decoder_input_details the prompt tokens come
-        # with a null logprob, as TGI gives the first one.
+        # TGI's prefill: each prompt token with its logprob (null for the first).
         "prefill": (
-            [{"id": i, "text": engine.token_text(i), "logprob": None} for i in prepared.ids]
+            [
+                tgi_prefill_token(engine, token_id, result.prompt_logprobs, i)
+                for i, token_id in enumerate(prepared.ids)
+            ]
             if p.decoder_input_details
             else []
         ),
