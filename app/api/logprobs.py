@@ -19,6 +19,8 @@ class TokenLogprobs(Protocol):
     def logprob(self) -> float: ...
     @property
     def top(self) -> tuple[tuple[int, float], ...]: ...
+    @property
+    def rank(self) -> int | None: ...
 
 
 # JSON has no -Infinity; OpenAI reports impossible tokens as -9999.0, and so do we.
@@ -36,6 +38,7 @@ def completion_logprobs(
     text_offset: int,
     echo_ids: Sequence[int] = (),
     echo_logprobs: Sequence[TokenLogprobs | None] = (),
+    echo_top_n: int | None = None,
 ) -> tuple[dict[str, Any], int]:
     """OpenAI's legacy object {tokens, token_logprobs, top_logprobs, text_offset}.
 
@@ -54,7 +57,9 @@ def completion_logprobs(
         tokens.append(text)
         token_logprobs.append(None if scored is None else finite(scored.logprob))
         top_logprobs.append(
-            None if scored is None else {engine.token_text(t): finite(lp) for t, lp in scored.top}
+            None
+            if scored is None
+            else {engine.token_text(t): finite(lp) for t, lp in scored.top[:echo_top_n]}
         )
         offsets.append(text_offset)
         text_offset += len(text)
@@ -72,6 +77,35 @@ def completion_logprobs(
         "text_offset": offsets,
     }
     return body, text_offset
+
+
+def vllm_prompt_logprobs(
+    engine: EngineClient,
+    prompt_ids: Sequence[int],
+    scored: Sequence[TokenLogprobs | None],
+    top_n: int,
+) -> list[dict[str, dict[str, Any]] | None]:
+    """vLLM's prompt_logprobs: per prompt token, null for the first; else {token id: {logprob,
+    rank, decoded_token}} for the prompt's own token, then the top_n most likely there."""
+    out: list[dict[str, dict[str, Any]] | None] = []
+    for i in range(len(prompt_ids)):
+        entry = scored[i] if i < len(scored) else None
+        if entry is None:
+            out.append(None)
+            continue
+        ranked = {
+            str(entry.token_id): _vllm_logprob(engine, entry.token_id, entry.logprob, entry.rank)
+        }
+        for place, (token_id, logprob) in enumerate(entry.top[:top_n], start=1):
+            ranked.setdefault(str(token_id), _vllm_logprob(engine, token_id, logprob, place))
+        out.append(ranked)
+    return out
+
+
+def _vllm_logprob(
+    engine: EngineClient, token_id: int, logprob: float, rank: int | None
+) -> dict[str, Any]:
+    return {"logprob": finite(logprob), "rank": rank, "decoded_token": engine.token_text(token_id)}
 
 
 def chat_logprobs(

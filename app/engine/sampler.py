@@ -175,15 +175,18 @@ def token_logprobs(
 
     Shared by sampled tokens and scored prompt tokens, so both report the same numbers."""
     logp = logits.float().log_softmax(dim=-1)
-    chosen_logp = logp.gather(1, token_ids.unsqueeze(1)).squeeze(1).tolist()
+    chosen_logp = logp.gather(1, token_ids.unsqueeze(1))
+    ranks = (logp > chosen_logp).sum(dim=-1).add_(1).tolist()  # vLLM's rank: 1 + better ones
     k_max = max(top_k, default=0)
     top_vals, top_ids = logp.topk(k_max, dim=-1) if k_max else (logp[:, :0], logp[:, :0])
     vals, ids, chosen = top_vals.tolist(), top_ids.tolist(), token_ids.tolist()
+    chosen_values = chosen_logp.squeeze(1).tolist()
     return [
         TokenLogprobs(
             chosen[i],
-            chosen_logp[i],
+            chosen_values[i],
             tuple(zip((int(t) for t in ids[i][:k]), vals[i][:k], strict=True)),
+            ranks[i],
         )
         for i, k in enumerate(top_k)
     ]

@@ -66,3 +66,4 @@ class TokenLogprobs:
     token_id: int
     logprob: float
     top: tuple[tuple[int, float], ...] = ()
+    rank: int | None = None  # of token_id in the vocabulary by logprob, 1 = most likely

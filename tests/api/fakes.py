@@ -231,13 +231,13 @@ class FakeEngineClient:
 
     @staticmethod
     def _prompt_logprobs(call: Call) -> tuple[TokenLogprobs | None, ...] | None:
-        """As the engine: with the first token, each prompt token at -0.25 (none for the
-        first), its top k the token itself and the k-1 ids after it."""
+        """As the engine: with the first token, each prompt token at -0.25 and rank 1 (none for
+        the first), its top k the token itself and the k-1 ids after it."""
         k = call.params.prompt_logprobs
         if k is None:
             return None
         scored = (
-            TokenLogprobs(t, -0.25, tuple(((t + j) % VOCAB, -0.25 - j) for j in range(k)))
+            TokenLogprobs(t, -0.25, tuple(((t + j) % VOCAB, -0.25 - j) for j in range(k)), 1)
             for t in call.prompt_ids[1:]
         )
         return (None, *scored)

@@ -207,6 +207,35 @@ def test_echo_prepends_prompt_and_its_tokens(client: TestClient, fake: FakeEngin
     }
 
 
+def test_vllm_prompt_logprobs_per_prompt_token(client: TestClient, fake: FakeEngineClient) -> None:
+    r = client.post(
+        "/v1/completions",
+        json={"prompt": "Hi!", "max_tokens": 1, "prompt_logprobs": 2, "echo": True, "logprobs": 1},
+    )
+    assert fake.calls[0].params.prompt_logprobs == 2  # the larger of the two asks
+    choice = r.json()["choices"][0]
+    assert choice["prompt_logprobs"] == [
+        None,
+        {
+            "105": {"logprob": -0.25, "rank": 1, "decoded_token": "i"},
+            "106": {"logprob": -1.25, "rank": 2, "decoded_token": "j"},
+        },
+        {
+            "33": {"logprob": -0.25, "rank": 1, "decoded_token": "!"},
+            "34": {"logprob": -1.25, "rank": 2, "decoded_token": '"'},
+        },
+    ]
+    # echo's own top_logprobs keep to logprobs=1
+    assert choice["logprobs"]["top_logprobs"][:3] == [None, {"i": -0.25}, {"!": -0.25}]
+
+
+def test_vllm_prompt_logprobs_refused_when_streaming(client: TestClient) -> None:
+    r = client.post("/v1/completions", json={"prompt": "Hi", "prompt_logprobs": 1, "stream": True})
+    assert r.status_code == 422
+    assert r.json()["error"]["param"] == "prompt_logprobs"
+    assert "stream" in r.json()["error"]["message"]
+
+
 def test_prompt_is_scored_only_when_echoed_with_logprobs(
     client: TestClient, fake: FakeEngineClient
 ) -> None:

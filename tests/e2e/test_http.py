@@ -96,6 +96,12 @@ def test_prompt_logprobs_over_http_equal_transformers(
     assert scored["token_logprobs"][0] is None and scored["top_logprobs"][0] is None
     assert scored["token_logprobs"][1 : len(ids)] == pytest.approx(want, abs=1e-4)
     assert all(len(top) == 2 for top in scored["top_logprobs"][1:])
+    vllm_style = _complete(server, prompt=prompt, max_tokens=1, prompt_logprobs=0)
+    per_token = vllm_style["choices"][0]["prompt_logprobs"]
+    assert per_token[0] is None
+    assert [e[str(t)]["logprob"] for e, t in zip(per_token[1:], ids[1:], strict=True)] == (
+        pytest.approx(want, abs=1e-4)
+    )
     tgi = httpx.post(
         server.url + "/generate",
         json={

@@ -33,6 +33,7 @@ def _check(
         assert entry is not None, pos
         assert entry.token_id == ids[pos]
         assert entry.logprob == pytest.approx(float(want[ids[pos]]), abs=1e-4), pos
+        assert entry.rank == 1 + int((want > want[ids[pos]]).sum()), pos
         top_vals, top_ids = want.topk(k)
         assert len(entry.top) == k
         # Ties at the k-th place could swap ids; the values must match in order.

@@ -18,7 +18,7 @@ from app.api.choices import (
     usage,
 )
 from app.api.deps import EngineDep, RequestIdDep, SettingsDep
-from app.api.logprobs import completion_logprobs
+from app.api.logprobs import completion_logprobs, vllm_prompt_logprobs
 from app.api.openai_stream import base_chunk, openai_events, openai_response
 from app.api.prompts import check_model, completion_prompts, resolve_max_tokens, truncate_prompt
 from app.api.sampling import openai_params
@@ -66,8 +66,7 @@ async def create_completion(
                 logprobs=body.logprobs,
                 choice=choice,
                 vocab_size=info.vocab_size,
-                # echo with logprobs scores the echoed prompt too, as OpenAI's API does
-                prompt_logprobs=body.logprobs if body.echo else None,
+                prompt_logprobs=_prompt_scoring(body),
             )
             plans.append(ChoicePlan(len(plans), prompt_index, ids, params))
 
@@ -103,15 +102,19 @@ async def create_completion(
                 text_offset=0,
                 echo_ids=plan.prompt_ids if body.echo else (),
                 echo_logprobs=result.prompt_logprobs,
+                echo_top_n=body.logprobs,
             )
-        choices.append(
-            {
-                "index": plan.index,
-                "text": prefix + result.text,
-                "logprobs": logprobs,
-                "finish_reason": result.finish_reason,
-            }
-        )
+        answer: dict[str, Any] = {
+            "index": plan.index,
+            "text": prefix + result.text,
+            "logprobs": logprobs,
+            "finish_reason": result.finish_reason,
+        }
+        if body.prompt_logprobs is not None:
+            answer["prompt_logprobs"] = vllm_prompt_logprobs(
+                engine, plan.prompt_ids, result.prompt_logprobs, body.prompt_logprobs
+            )
+        choices.append(answer)
     head = base_chunk(response_id, OBJECT, created, settings.model_name)
     return openai_response(head, choices, plans, results)
 
@@ -154,6 +157,7 @@ class _ChunkBuilder:
                 text_offset=self.offsets[index],
                 echo_ids=echo_ids,
                 echo_logprobs=delta.prompt_logprobs or () if echo_ids else (),
+                echo_top_n=self.body.logprobs,
             )
         if not text and not delta.logprobs and not echo_ids and delta.finish_reason is None:
             return None  # text held back (a partial character or a possible stop string)
@@ -174,3 +178,12 @@ class _ChunkBuilder:
 
     def usage_chunk(self, outputs: list[int]) -> dict[str, Any]:
         return {**self.base, "choices": [], "usage": usage(self.plans, outputs)}
+
+
+def _prompt_scoring(body: CompletionRequest) -> int | None:
+    """How many alternatives the engine reports per prompt token, or None to score nothing:
+    echo with logprobs scores the echoed prompt (as OpenAI's API did), and vLLM's
+    prompt_logprobs asks for it outright."""
+    wanted = [body.prompt_logprobs, body.logprobs if body.echo else None]
+    present = [k for k in wanted if k is not None]
+    return max(present) if present else None

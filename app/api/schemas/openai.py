@@ -114,6 +114,13 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
     suffix: None = Field(default=None, description="Not supported; must be null")
     best_of: Literal[1] | None = Field(default=None, description="Only 1; use n for more choices")
+    prompt_logprobs: Annotated[int, Field(ge=0, le=20), Integral] | None = Field(
+        default=None,
+        description=(
+            "vLLM extension: each choice gets prompt_logprobs, per prompt token (null for the "
+            "first) its logprob and rank and the N most likely tokens there. Not with stream"
+        ),
+    )
 
     @field_validator("prompt", mode="wrap")
     @classmethod
@@ -127,6 +134,13 @@ class CompletionRequest(SamplingFields):
                 "must be a string, a list of strings, a list of token ids (integers) or a list "
                 "of lists of token ids",
             ) from None
+
+    @field_validator("prompt_logprobs")
+    @classmethod
+    def _not_streamed(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("stream"):
+            raise PydanticCustomError("unsupported", "not available with stream=true (as in vLLM)")
+        return value
 
     @field_validator("suffix", mode="before")
     @classmethod
@@ -220,11 +234,20 @@ class CompletionLogprobs(BaseModel):
     text_offset: list[int]
 
 
+class PromptLogprob(BaseModel):
+    logprob: float
+    rank: int | None = Field(description="1 = the most likely token at that position")
+    decoded_token: str
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = Field(description="stop | length | timeout | abort")
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = Field(
+        default=None, description="With prompt_logprobs only; keyed by token id"
+    )
 
 
 class CompletionResponse(BaseModel):
