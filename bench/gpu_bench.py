@@ -19,7 +19,7 @@ from transformers import GPT2LMHeadModel
 from app.engine import EngineConfig, SamplingParams
 from app.engine.llm import LLM
 from bench.engine_bench import make_gpt2_124m
-from tests.checkpoints import write_tokenizer
+from tests.checkpoints import prefix_match, write_tokenizer
 
 
 def greedy_match(model_dir: Path, hf: GPT2LMHeadModel, dtype: str) -> float:
@@ -28,9 +28,9 @@ def greedy_match(model_dir: Path, hf: GPT2LMHeadModel, dtype: str) -> float:
     prompts = [torch.randint(0, 50257, (n,), generator=g).tolist() for n in range(8, 136, 8)]
     llm = LLM(EngineConfig(model=str(model_dir), device="cuda", dtype=dtype, max_num_seqs=16))
     ours = llm.generate(prompts, SamplingParams(max_tokens=128, temperature=0, ignore_eos=True))
-    matched = total = 0
+    refs = []
     with torch.inference_mode():
-        for ids, c in zip(prompts, ours, strict=True):
+        for ids in prompts:
             ref = hf.generate(
                 torch.tensor([ids], device="cuda"),
                 max_new_tokens=128,
@@ -38,13 +38,8 @@ def greedy_match(model_dir: Path, hf: GPT2LMHeadModel, dtype: str) -> float:
                 do_sample=False,
                 pad_token_id=50256,
             )
-            ref_ids = ref[0, len(ids) :].tolist()
-            for a, b in zip(c.token_ids, ref_ids, strict=True):
-                if a != b:
-                    break  # after the first divergence the contexts differ
-                matched += 1
-            total += 128
-    return matched / total
+            refs.append(ref[0, len(ids) :].tolist())
+    return prefix_match([c.token_ids for c in ours], refs)
 
 
 def decode_step_ms(model_dir: Path, batch: int, graphs: bool) -> tuple[float, float]:
