@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     max_prefill_tokens_while_decoding: int | None = Field(default=None, ge=1)
     seed: int = 0
     cuda_graphs: bool = True
+    # Prompts that start like a running sequence's (n choices, a shared system prompt) copy its
+    # cached keys/values instead of recomputing them (see the scheduler).
+    share_prefixes: bool = True
 
     # --- admission (reject early with 429 rather than queue forever) -------------------------
     max_queued_requests: int = Field(default=256, ge=1)
@@ -189,4 +192,5 @@ def to_engine_config(settings: Settings) -> EngineConfig:
         max_prefill_tokens_while_decoding=settings.max_prefill_tokens_while_decoding,
         seed=settings.seed,
         cuda_graphs=settings.cuda_graphs,
+        share_prefixes=settings.share_prefixes,
     )

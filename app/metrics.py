@@ -143,6 +143,11 @@ class Metrics:
         self.generation_tokens = Counter(
             "gpt2_generation_tokens", "Generated tokens (completion_tokens served).", registry=r
         )
+        self.shared_prefix_tokens = Counter(
+            "gpt2_prefix_shared_tokens",
+            "Prompt tokens copied from a running sequence's KV cache instead of computed.",
+            registry=r,
+        )
         self.success = Counter(
             "gpt2_request_success",
             "Requests the engine finished, by finish reason.",
@@ -167,6 +172,7 @@ class Metrics:
         self.step.observe(stats.step_seconds)
         if stats.batch_size:
             self.step_batch.observe(stats.batch_size)
+        self.shared_prefix_tokens.inc(stats.num_shared_prefix_tokens)
         self.state.last_step = stats
 
     def record_work(self, record: RequestRecord) -> None:

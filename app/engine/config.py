@@ -28,6 +28,8 @@ class EngineConfig:
     # Faster, but no longer equal to the fp32 model; opt-in, like vLLM's --quantization.
     quantization: str = "none"
     cuda_graphs: bool = True
+    # Copy a running sequence's cached prompt prefix instead of recomputing it (scheduler.py).
+    share_prefixes: bool = True
     cuda_graph_batch_sizes: tuple[int, ...] = field(default=(1, 2, 4, 8, 16, 24, 32, 48, 64))
 
     def __post_init__(self) -> None:

@@ -33,6 +33,7 @@ class EngineCore:
             self.slots,
             self.eos_token_id,
             config.max_prefill_tokens_while_decoding,
+            share_prefixes=config.share_prefixes,
         )
         # Without a fixed cap, the chunk of a long prompt follows measured step times.
         self.pacer = (
@@ -68,6 +69,7 @@ class EngineCore:
         outputs, self._aborted = self._aborted, []
         if self.pacer is not None:
             self.scheduler.max_prefill_tokens_while_decoding = self.pacer.limit
+        shared_before = self.scheduler.num_shared_tokens
         batch = self.scheduler.schedule(time.monotonic())
         num_decode = batch.num_decode
         if batch.items:
@@ -96,6 +98,7 @@ class EngineCore:
             num_waiting=len(self.scheduler.waiting),
             kv_slots_used=self.slots.num_used,
             kv_slots_total=self.slots.num_slots,
+            num_shared_prefix_tokens=self.scheduler.num_shared_tokens - shared_before,
         )
         return StepResult(tuple(outputs), stats)
 

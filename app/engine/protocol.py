@@ -39,6 +39,7 @@ class StepStats:
     num_waiting: int
     kv_slots_used: int
     kv_slots_total: int
+    num_shared_prefix_tokens: int = 0  # prompt tokens copied from another sequence's cache
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,12 @@ so the gap it adds between the running streams' tokens stays a small multiple of
 decode step. Short prompts still go whole within the step budget (a burst of them is admitted at
 once), and with nothing decoding a long prompt gets the whole budget (the fastest first token).
 vLLM's long_prefill_token_threshold works the same way.
+
+Prefix sharing (share_prefixes): a prompt that begins with at least MIN_SHARED_PREFIX tokens a
+running sequence has already cached (the n choices of one request, a common system prompt)
+takes those keys and values by a slot copy instead of computing them again. If the running
+sequence is still computing that prefix, the newcomer waits for it at the head of the queue.
+A request that asks for prompt logprobs computes its whole prompt (it needs every row).
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ from dataclasses import dataclass, field
 
 from app.engine.kv_cache import SlotAllocator, SlotMove
 from app.engine.sequence import FinishReason, Sequence, Status
+
+# Below this, a copy saves too little prefill to be worth the search and the wait.
+MIN_SHARED_PREFIX = 16
 
 
 @dataclass
@@ -36,7 +45,11 @@ class ScheduledBatch:
 
     @property
     def num_decode(self) -> int:
-        return sum(1 for seq, n in self.items if n == 1 and seq.is_decoding)
+        """Rows that feed back a generated token. A prompt's last token alone (a final chunk of
+        one, or all that is left after a shared prefix) is prompt work, not decoding."""
+        return sum(
+            1 for seq, n in self.items if n == 1 and seq.num_computed >= seq.num_prompt_tokens
+        )
 
     def samples(self, seq: Sequence, n: int) -> bool:
         """A sequence samples a new token when this step reaches its last token."""
@@ -51,6 +64,7 @@ class Scheduler:
         slots: SlotAllocator,
         eos_token_id: int,
         max_prefill_tokens_while_decoding: int | None = None,
+        share_prefixes: bool = False,
     ) -> None:
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -59,6 +73,8 @@ class Scheduler:
         )
         self.slots = slots
         self.eos_token_id = eos_token_id
+        self.share_prefixes = share_prefixes
+        self.num_shared_tokens = 0  # prompt tokens taken from another sequence's cache, in all
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self._moves: list[SlotMove] = []
@@ -111,13 +127,47 @@ class Scheduler:
             and len(self.running) < self.max_num_seqs
             and (self.waiting[0].num_tokens <= threshold or long_budget > 0)
         ):
+            donor, shared = self._prefix_donor(self.waiting[0])
+            if donor is not None and shared == 0:
+                break  # its prefix is being computed by a running sequence: take it next step
             seq = self.waiting.popleft()
             self.slots.allocate(seq)
+            if donor is not None and donor.slot is not None and seq.slot is not None:
+                # Applied before this step's forward pass, after the packing moves before it.
+                batch.moves.append(SlotMove(src=donor.slot, dst=seq.slot, length=shared))
+                seq.num_computed = shared
+                self.num_shared_tokens += shared
             seq.status = Status.RUNNING
             seq.first_scheduled_time = now
             self.running.append(seq)
             batch.items.append((seq, chunk(seq)))
         return batch
+
+    def _prefix_donor(self, seq: Sequence) -> tuple[Sequence | None, int]:
+        """The running sequence with the longest cached prefix of seq's prompt, and how many
+        of those tokens seq can take now: 0 means the donor is still computing them (wait).
+        (None, 0) when nothing is worth sharing."""
+        if not self.share_prefixes or seq.params.prompt_logprobs is not None:
+            return None, 0
+        # The prompt's last token is always computed here: its row gives the first logits.
+        wanted = seq.token_ids[: seq.num_prompt_tokens - 1]
+        if len(wanted) < MIN_SHARED_PREFIX:
+            return None, 0
+        best: tuple[Sequence | None, int, int] = (None, 0, 0)  # donor, usable, common
+        for other in self.running:
+            common = _common_prefix(wanted, other.token_ids)
+            if common < MIN_SHARED_PREFIX:
+                continue
+            usable = min(common, other.num_computed)
+            if (usable, common) > best[1:]:
+                best = (other, usable, common)
+        donor, usable, common = best
+        if donor is None:
+            return None, 0
+        if usable >= MIN_SHARED_PREFIX:
+            return donor, usable
+        # The donor has not cached enough yet; wait only while it is still prefilling.
+        return (donor, 0) if donor.num_computed < donor.num_prompt_tokens else (None, 0)
 
     def postprocess(self, batch: ScheduledBatch, sampled: list[int]) -> list[Sequence]:
         """Advance sequences by the step's work and sampled tokens; returns those that finished."""
@@ -157,3 +207,10 @@ class Scheduler:
         move = self.slots.free(seq)
         if move is not None:
             self._moves.append(move)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:  # the usual case for siblings: one C-level comparison
+        return n
+    return next(i for i in range(n) if a[i] != b[i])

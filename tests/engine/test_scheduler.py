@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from app.engine.kv_cache import SlotAllocator
+from app.engine.kv_cache import SlotAllocator, SlotMove
 from app.engine.params import SamplingParams
-from app.engine.scheduler import ScheduledBatch, Scheduler
+from app.engine.scheduler import MIN_SHARED_PREFIX, ScheduledBatch, Scheduler
 from app.engine.sequence import FinishReason, Sequence, Status
 
 EOS = 50256
@@ -20,9 +20,15 @@ def _seq(rid: str, prompt_len: int, max_tokens: int, **kw: object) -> Sequence:
 
 
 def _make(
-    max_num_seqs: int = 4, budget: int = 64, slots: int = 4, slot_len: int = 128
+    max_num_seqs: int = 4,
+    budget: int = 64,
+    slots: int = 4,
+    slot_len: int = 128,
+    share_prefixes: bool = False,
 ) -> Scheduler:
-    return Scheduler(max_num_seqs, budget, SlotAllocator(slots, slot_len), EOS)
+    return Scheduler(
+        max_num_seqs, budget, SlotAllocator(slots, slot_len), EOS, share_prefixes=share_prefixes
+    )
 
 
 def _check_invariants(s: Scheduler, batch: ScheduledBatch) -> None:
@@ -137,9 +143,12 @@ def test_stop_token_and_eos_and_length() -> None:
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_no_leak_after_1000_random_requests_with_random_aborts(seed: int) -> None:
+@pytest.mark.parametrize("share", [False, True], ids=["private", "shared-prefixes"])
+def test_no_leak_after_1000_random_requests_with_random_aborts(seed: int, share: bool) -> None:
+    # Every prompt here is [1] * n, so with sharing on, prefixes are copied and waited for all
+    # the time, aborted donors included.
     rng = random.Random(seed)
-    s = _make(max_num_seqs=6, budget=48, slots=5, slot_len=96)
+    s = _make(max_num_seqs=6, budget=48, slots=5, slot_len=96, share_prefixes=share)
     live: list[Sequence] = []
     submitted = finished = 0
     while submitted < 1000 or s.num_unfinished:
@@ -159,3 +168,43 @@ def test_no_leak_after_1000_random_requests_with_random_aborts(seed: int) -> Non
         finished += len(done)
     assert s.slots.num_used == 0 and s.slots.owners == [None] * 5
     assert not s.running and not s.waiting
+    assert (s.num_shared_tokens > 0) == share
+
+
+def test_a_sibling_waits_for_the_shared_prefix_then_copies_it() -> None:
+    s = _make(share_prefixes=True)
+    first, second = _seq("a", 40, 4), _seq("b", 40, 4)
+    s.add(first)
+    s.add(second)
+    batch, _ = _step(s, random.Random(0))
+    assert batch.items == [(first, 40)]  # the sibling waits while the prefix is computed
+    assert list(s.waiting) == [second]
+    batch, _ = _step(s, random.Random(0))
+    assert batch.moves == [SlotMove(src=first.slot or 0, dst=second.slot or 0, length=39)]
+    assert (second, 1) in batch.items  # only the last prompt token: its row gives the logits
+    assert s.num_shared_tokens == 39
+
+
+def test_a_partial_prefix_is_shared_and_the_rest_computed() -> None:
+    s = _make(share_prefixes=True)
+    system = _seq("sys", 30, 8)
+    s.add(system)
+    _step(s, random.Random(0))  # its prompt is now cached
+    user = Sequence("u", [1] * 20 + [5] * 10, 30, SamplingParams(max_tokens=4), 0.0)
+    s.add(user)
+    batch, _ = _step(s, random.Random(0))
+    assert SlotMove(src=system.slot or 0, dst=user.slot or 0, length=20) in batch.moves
+    assert (user, 10) in batch.items
+
+
+def test_no_sharing_below_the_minimum_or_with_prompt_logprobs() -> None:
+    s = _make(share_prefixes=True)
+    s.add(_seq("a", 40, 4))
+    _step(s, random.Random(0))
+    short = _seq("short", MIN_SHARED_PREFIX, 4)  # MIN_SHARED_PREFIX - 1 tokens could be shared
+    scored = _seq("scored", 40, 4, prompt_logprobs=0)  # needs every prompt row
+    s.add(short)
+    s.add(scored)
+    batch, _ = _step(s, random.Random(0))
+    assert batch.moves == []
+    assert (short, MIN_SHARED_PREFIX) in batch.items and (scored, 40) in batch.items

@@ -113,6 +113,22 @@ def _run(http: httpx.Client, kind: str, max_tokens: int) -> tuple[int, int]:
     return details["input_length"], details["generated_tokens"]
 
 
+def test_shared_prefix_tokens_are_counted(live: Live) -> None:
+    prompt = " ".join(["the river ran past the mill"] * 6)
+    before = live.scrape()
+    r = live.http.post(
+        "/v1/completions", json={"prompt": prompt, "max_tokens": 2, "n": 3, "temperature": 0}
+    )
+    assert r.status_code == 200, r.text
+    prompt_len = r.json()["usage"]["prompt_tokens"]  # counted once for the n choices
+    assert prompt_len >= 17
+    texts = {c["text"] for c in r.json()["choices"]}
+    after = live.scrape()
+    # Choices 2 and 3 copy all but the last prompt token from choice 1, and greedy agrees.
+    assert delta(before, after, "gpt2_prefix_shared_tokens_total") == 2 * (prompt_len - 1)
+    assert len(texts) == 1
+
+
 def test_counts_agree_with_what_the_real_engine_served(live: Live) -> None:
     kinds = ["completion", "completion_stream", "chat", "generate", "generate_stream", "completion"]
     before = live.scrape()
