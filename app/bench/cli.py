@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     output = w.add_mutually_exclusive_group()
     output.add_argument("--output-len", type=_positive_int, help="max_tokens (default 128)")
     output.add_argument("--output-len-range", type=_positive_int, nargs=2, metavar=("LO", "HI"))
+    w.add_argument(
+        "--shared-prefix-len",
+        type=_non_negative_int,
+        default=0,
+        help="tokens every prompt starts with, before its --prompt-len own (0)",
+    )
     w.add_argument("--ignore-eos", action="store_true", help="generate exactly max_tokens")
     w.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
     w.add_argument("--seed", type=int, default=0, help="prompts, lengths, arrivals (0)")
@@ -147,8 +153,15 @@ def _lengths(fixed: int | None, span: list[int] | None, default: int) -> LengthD
 def workload_from(args: argparse.Namespace) -> Workload:
     output = _lengths(args.output_len, args.output_len_range, 128)
     if args.dataset is not None:
+        if args.shared_prefix_len:
+            raise WorkloadError("--shared-prefix-len works with synthetic prompts, not --dataset")
         return Workload(output, dataset=tuple(load_dataset(args.dataset)), seed=args.seed)
-    return Workload(output, _lengths(args.prompt_len, args.prompt_len_range, 32), seed=args.seed)
+    return Workload(
+        output,
+        _lengths(args.prompt_len, args.prompt_len_range, 32),
+        seed=args.seed,
+        shared_prefix=args.shared_prefix_len,
+    )
 
 
 def targets_from(args: argparse.Namespace) -> list[Target]:

@@ -8,6 +8,9 @@ other tokenizers give about N. No tokenizer is needed on the client side, and th
 usage chunk reports the true count (stats show it next to the requested one). Each request
 starts at a seeded random word of the passage, so prompts differ from one another.
 
+With --shared-prefix-len P every prompt starts with the same P words (the passage's opening),
+then its own N: a system prompt every request repeats, for measuring prefix reuse.
+
 Output lengths become max_tokens; with --ignore-eos every request generates exactly that many.
 
 A dataset is a JSONL file: one object a line, {"prompt": "..."} with an optional "output_len"
@@ -78,7 +81,10 @@ class DatasetEntry:
 
 def text_prompt(num_tokens: int, rng: random.Random) -> str:
     """num_tokens words of the passage from a random start, each after a space (see above)."""
-    start = rng.randrange(len(WORDS))
+    return passage_words(rng.randrange(len(WORDS)), num_tokens)
+
+
+def passage_words(start: int, num_tokens: int) -> str:
     return "".join(" " + WORDS[(start + i) % len(WORDS)] for i in range(num_tokens))
 
 
@@ -121,10 +127,15 @@ class Workload:
     prompt: LengthDist | None = None  # synthetic prompts; None: from dataset
     dataset: tuple[DatasetEntry, ...] = ()
     seed: int = 0
+    # Tokens every synthetic prompt starts with (the same words each time), before its own
+    # prompt-length words: a system prompt, for measuring prefix reuse.
+    shared_prefix: int = 0
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (not self.dataset):
             raise WorkloadError("a workload needs exactly one of prompt lengths or a dataset")
+        if self.shared_prefix < 0 or (self.shared_prefix and self.prompt is None):
+            raise WorkloadError("a shared prefix needs synthetic prompts and a length >= 0")
 
     def specs(self, stream: int = 0) -> Iterator[RequestSpec]:
         """An endless, seeded stream of requests (`stream` separates e.g. warm-up from the run).
@@ -134,7 +145,10 @@ class Workload:
         while True:
             if self.prompt is not None:
                 n = self.prompt.sample(rng)
-                yield RequestSpec(text_prompt(n, rng), n, self.output.sample(rng))
+                prefix = passage_words(0, self.shared_prefix)
+                yield RequestSpec(
+                    prefix + text_prompt(n, rng), self.shared_prefix + n, self.output.sample(rng)
+                )
                 continue
             if not order:
                 order = list(range(len(self.dataset)))
@@ -145,4 +159,11 @@ class Workload:
 
     def describe(self) -> dict[str, object]:
         prompt = self.prompt.describe() if self.prompt else f"dataset ({len(self.dataset)} lines)"
-        return {"prompt_len": prompt, "output_len": self.output.describe(), "seed": self.seed}
+        described: dict[str, object] = {
+            "prompt_len": prompt,
+            "output_len": self.output.describe(),
+            "seed": self.seed,
+        }
+        if self.shared_prefix:
+            described["shared_prefix_len"] = self.shared_prefix
+        return described

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 from transformers import GPT2TokenizerFast
 
-from app.bench.workload import WORDS, LengthDist, Workload, WorkloadError, load_dataset, text_prompt
+from app.bench.workload import (
+    WORDS,
+    DatasetEntry,
+    LengthDist,
+    Workload,
+    WorkloadError,
+    load_dataset,
+    text_prompt,
+)
 from tests.checkpoints import write_tokenizer
 
 
@@ -49,6 +57,18 @@ def test_specs_are_seeded_and_follow_the_distributions() -> None:
     assert all(16 <= (s.prompt_len or 0) <= 64 and 4 <= s.output_len <= 9 for s in first)
     assert all(len(s.prompt.split()) == s.prompt_len for s in first)
     assert len({s.prompt for s in first}) > 40  # different starts in the passage
+
+
+def test_a_shared_prefix_opens_every_prompt(tokenizer: GPT2TokenizerFast) -> None:
+    w = Workload(LengthDist.fixed(4), LengthDist.fixed(8), shared_prefix=40, seed=1)
+    specs = list(itertools.islice(w.specs(), 20))
+    tokens = [tokenizer.encode(s.prompt) for s in specs]
+    assert all(len(t) == s.prompt_len == 48 for t, s in zip(tokens, specs, strict=True))
+    assert len({tuple(t[:40]) for t in tokens}) == 1  # one prefix for all
+    assert len({tuple(t[40:]) for t in tokens}) > 10  # then each its own words
+    assert w.describe()["shared_prefix_len"] == 40
+    with pytest.raises(WorkloadError, match="shared prefix"):
+        Workload(LengthDist.fixed(4), dataset=(DatasetEntry("x", None),), shared_prefix=8)
 
 
 def test_dataset_loading_and_cycling(tmp_path: Path) -> None:
