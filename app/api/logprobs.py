@@ -31,6 +31,14 @@ def finite(logprob: float) -> float:
     return logprob if math.isfinite(logprob) else FLOOR
 
 
+def prompt_entry(
+    prompt_logprobs: Sequence[TokenLogprobs | None], position: int
+) -> TokenLogprobs | None:
+    """The engine's logprobs for the prompt token at position: None for the first (nothing
+    predicts it) and for every position when the prompt was not scored."""
+    return prompt_logprobs[position] if position < len(prompt_logprobs) else None
+
+
 def completion_logprobs(
     engine: EngineClient,
     logprobs: Sequence[TokenLogprobs],
@@ -53,7 +61,7 @@ def completion_logprobs(
     offsets: list[int] = []
     for i, token_id in enumerate(echo_ids):
         text = engine.token_text(token_id)
-        scored = echo_logprobs[i] if i < len(echo_logprobs) else None
+        scored = prompt_entry(echo_logprobs, i)
         tokens.append(text)
         token_logprobs.append(None if scored is None else finite(scored.logprob))
         top_logprobs.append(
@@ -89,7 +97,7 @@ def vllm_prompt_logprobs(
     rank, decoded_token}} for the prompt's own token, then the top_n most likely there."""
     out: list[dict[str, dict[str, Any]] | None] = []
     for i in range(len(prompt_ids)):
-        entry = scored[i] if i < len(scored) else None
+        entry = prompt_entry(scored, i)
         if entry is None:
             out.append(None)
             continue
@@ -151,7 +159,7 @@ def tgi_prefill_token(
 ) -> dict[str, Any]:
     """TGI's prefill entry {id, text, logprob}: null for the first token, which nothing
     predicts (and for every token if the engine scored none)."""
-    scored = prompt_logprobs[position] if position < len(prompt_logprobs) else None
+    scored = prompt_entry(prompt_logprobs, position)
     return {
         "id": token_id,
         "text": engine.token_text(token_id),

@@ -49,6 +49,8 @@ class EngineCore:
         if request_id in self.requests:
             raise InvalidRequestError("request_id", f"{request_id!r} is already in use")
         seq = Sequence(request_id, list(prompt_ids), len(prompt_ids), params, time.monotonic())
+        if params.prompt_logprobs is not None:  # filled chunk by chunk; nothing predicts [0]
+            seq.prompt_logprobs = [None] * len(prompt_ids)
         self.requests[request_id] = seq
         self.scheduler.add(seq)
 
@@ -104,8 +106,7 @@ class EngineCore:
 
 
 def _record_prompt_logprobs(seq: Sequence, scores: PromptScores) -> None:
-    if seq.prompt_logprobs is None:
-        seq.prompt_logprobs = [None] * seq.num_prompt_tokens
+    assert seq.prompt_logprobs is not None  # made by add_request when params ask for them
     end = scores.first_target + len(scores.entries)
     seq.prompt_logprobs[scores.first_target : end] = scores.entries
 
@@ -114,10 +115,8 @@ def _output(seq: Sequence, num_new: int) -> RequestOutput:
     new_ids = seq.token_ids[seq.num_tokens - num_new :] if num_new else []
     want_logprobs = num_new and seq.params.logprobs is not None and seq.logprobs
     prompt_logprobs = None
-    if num_new and seq.num_output_tokens == 1 and seq.params.prompt_logprobs is not None:
-        # The prompt is all prefilled once the first token is out; a one-token prompt has
-        # nothing to score.
-        prompt_logprobs = tuple(seq.prompt_logprobs or [None] * seq.num_prompt_tokens)
+    if num_new and seq.num_output_tokens == 1 and seq.prompt_logprobs is not None:
+        prompt_logprobs = tuple(seq.prompt_logprobs)  # the prompt is all prefilled by now
     return RequestOutput(
         request_id=seq.request_id,
         new_token_ids=tuple(new_ids),

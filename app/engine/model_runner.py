@@ -28,12 +28,13 @@ SCORE_BLOCK_ROWS = 256
 
 @dataclass
 class PromptScoring:
-    """The rows of one sequence in this step whose next token is a prompt token."""
+    """The consecutive rows of one sequence in this step whose next token is a prompt token:
+    row first_row + i predicts targets[i], the prompt token at position first_target + i."""
 
     item: int  # index into batch.items
-    rows: list[int]  # flat-batch rows; row r at position p predicts prompt token p + 1
-    first_target: int  # prompt position that rows[0] predicts
-    targets: list[int]  # the prompt tokens predicted, one per row
+    first_row: int
+    first_target: int
+    targets: list[int]
     top_k: int
 
 
@@ -143,11 +144,12 @@ class ModelRunner:
     def _score_prompt(self, hidden: torch.Tensor, s: PromptScoring) -> PromptScores:
         """Logprobs of the prompt tokens these rows predict, SCORE_BLOCK_ROWS rows at a time."""
         entries: list[TokenLogprobs] = []
-        for at in range(0, len(s.rows), SCORE_BLOCK_ROWS):
-            rows = self._tensor(s.rows[at : at + SCORE_BLOCK_ROWS])
-            targets = self._tensor(s.targets[at : at + SCORE_BLOCK_ROWS])
-            logits = self.model.compute_logits(hidden.index_select(0, rows))
-            entries += token_logprobs(logits, targets, [s.top_k] * len(rows))
+        for at in range(0, len(s.targets), SCORE_BLOCK_ROWS):
+            targets = s.targets[at : at + SCORE_BLOCK_ROWS]
+            rows = hidden[s.first_row + at : s.first_row + at + len(targets)]
+            logits = self.model.compute_logits(rows)
+            top_k = [s.top_k] * len(targets)
+            entries += token_logprobs(logits, self._tensor(targets), top_k, with_rank=True)
         return PromptScores(s.item, s.first_target, entries)
 
     def _threads_for(self, num_tokens: int) -> int:
@@ -182,13 +184,10 @@ class ModelRunner:
                 first = seq.num_computed
                 end = min(first + n, seq.num_prompt_tokens - 1)
                 if end > first:
+                    targets = seq.token_ids[first + 1 : end + 1]
                     scoring.append(
                         PromptScoring(
-                            item,
-                            list(range(len(ids), len(ids) + end - first)),
-                            first + 1,
-                            seq.token_ids[first + 1 : end + 1],
-                            seq.params.prompt_logprobs,
+                            item, len(ids), first + 1, targets, seq.params.prompt_logprobs
                         )
                     )
             ids.extend(seq.token_ids[seq.num_computed : seq.num_computed + n])

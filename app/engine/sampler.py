@@ -169,14 +169,17 @@ class Sampler:
 
 
 def token_logprobs(
-    logits: torch.Tensor, token_ids: torch.Tensor, top_k: list[int]
+    logits: torch.Tensor, token_ids: torch.Tensor, top_k: list[int], with_rank: bool = False
 ) -> list[TokenLogprobs]:
-    """Row i of logits (M, V): the logprob of token_ids[i] and the top_k[i] most likely tokens.
+    """Row i of logits (M, V): the logprob of token_ids[i] and the top_k[i] most likely tokens,
+    and with_rank its rank (an extra pass over the vocabulary, so only where it is reported).
 
     Shared by sampled tokens and scored prompt tokens, so both report the same numbers."""
     logp = logits.float().log_softmax(dim=-1)
     chosen_logp = logp.gather(1, token_ids.unsqueeze(1))
-    ranks = (logp > chosen_logp).sum(dim=-1).add_(1).tolist()  # vLLM's rank: 1 + better ones
+    ranks: list[int | None] = [None] * len(top_k)
+    if with_rank:  # vLLM's rank: 1 + the number of likelier tokens
+        ranks = (logp > chosen_logp).sum(dim=-1).add_(1).tolist()
     k_max = max(top_k, default=0)
     top_vals, top_ids = logp.topk(k_max, dim=-1) if k_max else (logp[:, :0], logp[:, :0])
     vals, ids, chosen = top_vals.tolist(), top_ids.tolist(), token_ids.tolist()

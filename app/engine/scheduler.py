@@ -154,7 +154,10 @@ class Scheduler:
         if len(wanted) < MIN_SHARED_PREFIX:
             return None, 0
         best: tuple[Sequence | None, int, int] = (None, 0, 0)  # donor, usable, common
+        opening = wanted[:MIN_SHARED_PREFIX]
         for other in self.running:
+            if other.token_ids[:MIN_SHARED_PREFIX] != opening:
+                continue  # the usual case: differs early, so no whole-prompt comparison
             common = _common_prefix(wanted, other.token_ids)
             if common < MIN_SHARED_PREFIX:
                 continue
@@ -211,6 +214,6 @@ class Scheduler:
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
-    if a[:n] == b[:n]:  # the usual case for siblings: one C-level comparison
+    if a[:n] == b[:n]:  # siblings share the whole prompt: one C-level comparison
         return n
     return next(i for i in range(n) if a[i] != b[i])

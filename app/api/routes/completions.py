@@ -57,6 +57,7 @@ async def create_completion(
         for ids in await completion_prompts(engine, body.prompt)
     ]
     plans: list[ChoicePlan] = []
+    prompt_logprobs = _prompt_scoring(body)
     for prompt_index, ids in enumerate(prompts):
         max_tokens = resolve_max_tokens(body.max_tokens, len(ids), info.max_model_len)
         for choice in range(body.n):
@@ -66,7 +67,7 @@ async def create_completion(
                 logprobs=body.logprobs,
                 choice=choice,
                 vocab_size=info.vocab_size,
-                prompt_logprobs=_prompt_scoring(body),
+                prompt_logprobs=prompt_logprobs,
             )
             plans.append(ChoicePlan(len(plans), prompt_index, ids, params))
 
@@ -156,7 +157,7 @@ class _ChunkBuilder:
                 delta.logprobs,
                 text_offset=self.offsets[index],
                 echo_ids=echo_ids,
-                echo_logprobs=delta.prompt_logprobs or () if echo_ids else (),
+                echo_logprobs=delta.prompt_logprobs or (),
                 echo_top_n=self.body.logprobs,
             )
         if not text and not delta.logprobs and not echo_ids and delta.finish_reason is None:
