@@ -6,7 +6,11 @@ Every word of that passage, with its leading space, is one token of GPT-2's BPE 
 (tests/bench checks it with the real tokenizer), so for GPT-2 the prompt is exactly N tokens;
 other tokenizers give about N. No tokenizer is needed on the client side, and the server's
 usage chunk reports the true count (stats show it next to the requested one). Each request
-starts at a seeded random word of the passage, so prompts differ from one another.
+starts at a different word of the passage (a seeded shuffle of every start, dealt again when
+used up), so prompts differ from one another from the first few tokens: two of them never share
+more than 13 leading tokens (the passage's longest repeated run). With random starts some
+concurrent requests had the same prompt, and a server that shares cached prefixes (this one)
+would have skipped their prefill, an edge the workload should not hand to one target.
 
 With --shared-prefix-len P every prompt starts with the same P words (the passage's opening),
 then its own N: a system prompt every request repeats, for measuring prefix reuse.
@@ -142,13 +146,16 @@ class Workload:
         A dataset is walked in a seeded shuffled order, reshuffled each time round."""
         rng = random.Random(f"{self.seed}/{stream}")
         order: list[int] = []
+        starts: list[int] = []
+        prefix = passage_words(0, self.shared_prefix)
         while True:
             if self.prompt is not None:
+                if not starts:
+                    starts = list(range(len(WORDS)))
+                    rng.shuffle(starts)
                 n = self.prompt.sample(rng)
-                prefix = passage_words(0, self.shared_prefix)
-                yield RequestSpec(
-                    prefix + text_prompt(n, rng), self.shared_prefix + n, self.output.sample(rng)
-                )
+                prompt = prefix + passage_words(starts.pop(), n)
+                yield RequestSpec(prompt, self.shared_prefix + n, self.output.sample(rng))
                 continue
             if not order:
                 order = list(range(len(self.dataset)))

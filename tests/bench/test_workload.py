@@ -59,6 +59,19 @@ def test_specs_are_seeded_and_follow_the_distributions() -> None:
     assert len({s.prompt for s in first}) > 40  # different starts in the passage
 
 
+def test_synthetic_prompts_do_not_share_long_openings(tokenizer: GPT2TokenizerFast) -> None:
+    # A server that shares cached prefixes would skip prefill for a repeated opening, so the
+    # workload must not repeat one by chance: within a full deal of the passage's starts no two
+    # prompts share more than its longest repeated run of words (13).
+    w = Workload(LengthDist.fixed(4), LengthDist.fixed(32), seed=0)
+    prompts = [tuple(tokenizer.encode(s.prompt)) for s in itertools.islice(w.specs(), len(WORDS))]
+    longest = max(
+        next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), len(a))
+        for a, b in itertools.combinations(prompts, 2)
+    )
+    assert longest <= 13
+
+
 def test_a_shared_prefix_opens_every_prompt(tokenizer: GPT2TokenizerFast) -> None:
     w = Workload(LengthDist.fixed(4), LengthDist.fixed(8), shared_prefix=40, seed=1)
     specs = list(itertools.islice(w.specs(), 20))
