@@ -12,35 +12,93 @@ So the chunk that balances the two sits near c = d/p; we take c = 1.5 * d/p (gap
 a decode step, first token ~1.7x the idle one). d/p differs by orders of magnitude between a
 2-core CPU (a decode row costs several prompt tokens) and a GPU (a decode step costs hundreds),
 and with the batch size, which is why it is measured rather than configured.
+
+Both come from one model of a step, fitted by least squares to the last WINDOW steps:
+
+    seconds = base + per_row * decode_rows + p * prompt_tokens
+
+base is what any step pays (on a CPU, streaming the weights once: 50 ms of a lone decode step
+here), so d = base + per_row * rows for the rows decoding now. Cruder estimates went wrong in a
+burst of arrivals: p taken as seconds / tokens from an idle 32-token prefill was 4.3 ms, twice
+the marginal 2.2 ms (it carried base), and d kept from a lone stream was charged to the prompt
+tokens of the first steps with 16 rows. When the window cannot tell the three apart (a steady
+batch with no prompts), the last fit that could stands.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+Step = tuple[int, int, float]  # (decode rows, prompt tokens, seconds)
+MIN_SPREAD = 1e-2
+
+
+@dataclass(frozen=True)
+class StepCost:
+    base: float
+    per_row: float  # each decode row
+    per_token: float  # each prompt token (p)
+
+    def decode_step(self, rows: int) -> float:
+        return self.base + self.per_row * rows
+
 
 class PrefillPacer:
     BALANCE = 1.5  # c = BALANCE * d / p (see the module docstring)
+    WINDOW = 64
 
-    def __init__(self, initial: int, low: int, high: int, smoothing: float = 0.2) -> None:
+    def __init__(self, initial: int, low: int, high: int) -> None:
         self.initial, self.low, self.high = initial, low, high
-        self.smoothing = smoothing
-        self.decode_seconds: float | None = None  # d: a step with decode rows only
-        self.token_seconds: float | None = None  # p: what one prompt token adds to a step
+        self.steps: deque[Step] = deque(maxlen=self.WINDOW)
+        self.cost: StepCost | None = None
+        self.decode_rows = 0  # rows decoding in the latest step: the next step's, about
 
     def observe(self, seconds: float, num_decode: int, num_prefill: int) -> None:
-        if num_prefill == 0 and num_decode > 0:
-            self.decode_seconds = self._mix(self.decode_seconds, seconds)
-        elif num_prefill > 0 and num_decode == 0:
-            self.token_seconds = self._mix(self.token_seconds, seconds / num_prefill)
-        elif num_prefill > 0 and self.decode_seconds is not None:
-            extra = max(seconds - self.decode_seconds, 0.0)
-            self.token_seconds = self._mix(self.token_seconds, extra / num_prefill)
+        self.steps.append((num_decode, num_prefill, seconds))
+        self.decode_rows = num_decode
+        fitted = fit_step_cost(self.steps)
+        if fitted is not None:
+            self.cost = fitted
 
     @property
     def limit(self) -> int:
-        d, p = self.decode_seconds, self.token_seconds
-        if d is None or not p:
+        if self.cost is None:
             return self.initial
-        return max(self.low, min(self.high, round(self.BALANCE * d / p)))
+        d = self.cost.decode_step(max(self.decode_rows, 1))
+        return max(self.low, min(self.high, round(self.BALANCE * d / self.cost.per_token)))
 
-    def _mix(self, old: float | None, new: float) -> float:
-        return new if old is None else old + self.smoothing * (new - old)
+
+def fit_step_cost(steps: Iterable[Step]) -> StepCost | None:
+    """Least squares of seconds on (1, rows, tokens); None unless the steps tell the three
+    apart and every cost comes out non-negative (p positive)."""
+    steps = list(steps)
+    xs = [(1.0, float(r), float(t)) for r, t, _ in steps]
+    # Normal equations A theta = y, with columns scaled to unit size so that the singularity
+    # test below does not depend on units (rows and tokens run to hundreds, seconds to 1e-3).
+    scale = [max(max(abs(x[j]) for x in xs), 1.0) if xs else 1.0 for j in range(3)]
+    a = [[sum(x[i] * x[j] for x in xs) / (scale[i] * scale[j]) for j in range(3)] for i in range(3)]
+    y = [sum(x[i] * s for x, (_, _, s) in zip(xs, steps, strict=True)) / scale[i] for i in range(3)]
+    det = _det3(a)
+    # det / product of the diagonal is 1 for unrelated columns and 0 for dependent ones. Below
+    # MIN_SPREAD the window does not tell the costs apart (a steady batch of 31-33 rows gives
+    # 5e-4, and its per-row cost would be noise), so the caller keeps its last fit.
+    if det <= MIN_SPREAD * a[0][0] * a[1][1] * a[2][2]:
+        return None
+    theta = []
+    for col in range(3):  # Cramer's rule: three unknowns
+        m = [[*row[:col], y[i], *row[col + 1 :]] for i, row in enumerate(a)]
+        theta.append(_det3(m) / det / scale[col])
+    base, per_row, per_token = theta
+    if base < 0 or per_row < 0 or per_token <= 0:
+        return None
+    return StepCost(base, per_row, per_token)
+
+
+def _det3(m: list[list[float]]) -> float:
+    return (
+        m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+        - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
+    )
