@@ -14,11 +14,23 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from app.engine.host_to_device import to_device
 from app.engine.params import SamplingParams
 from app.engine.sequence import TokenLogprobs
+
+
+def row_argmax(x: torch.Tensor) -> torch.Tensor:
+    """Index of each row's largest value (the first one on ties, as torch.argmax).
+
+    On CPU through numpy, on a zero-copy view: torch's CPU argmax over GPT-2's 50,257 logits
+    ran 10x slower (2.06 ms against 0.22 ms for 32 rows, 133 against 11 µs for one, on a 2-core
+    AMD EPYC), about 1% of a batch-32 decode step. The indices are the same."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous():
+        return torch.from_numpy(np.argmax(x.numpy(), axis=-1))
+    return x.argmax(dim=-1)
 
 
 @dataclass(frozen=True)
@@ -44,7 +56,7 @@ class Sampler:
         logits = raw
         if any(_modifies_logits(r) for r in rows):  # copy only when something edits them
             logits = self._apply_penalties_and_masks(raw.clone(), rows)
-        greedy = logits.argmax(dim=-1)
+        greedy = row_argmax(logits)
         if all(r.params.is_greedy for r in rows):
             chosen = greedy
         else:

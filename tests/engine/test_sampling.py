@@ -153,3 +153,20 @@ def test_draws_follow_the_distribution(method: str) -> None:
     stderr = (expected * (1 - expected) / 4000).sqrt()
     assert (freq[[1, 5]] == 0).all()
     assert ((freq - expected).abs() <= 4 * stderr + 1e-9).all(), freq.tolist()
+
+
+@pytest.mark.parametrize("rows", [1, 32])
+def test_row_argmax_is_torch_argmax(rows: int) -> None:
+    """Greedy picks through numpy on CPU: the same index as torch.argmax, the first on ties,
+    masked (-inf) entries never, and a non-contiguous view takes torch's own path."""
+    from app.engine.sampler import row_argmax
+
+    logits = torch.randn(rows, 50257, generator=torch.Generator().manual_seed(rows))
+    logits[0, 7] = logits[0, 9] = logits[0].max() + 1  # a tie: the first one wins
+    logits[-1, 100:1000] = float("-inf")
+    picked = row_argmax(logits)
+    assert picked.dtype == torch.long
+    assert torch.equal(picked, logits.argmax(dim=-1))
+    assert picked[0].item() == 7
+    strided = logits[:, ::2]
+    assert torch.equal(row_argmax(strided), strided.argmax(dim=-1))
