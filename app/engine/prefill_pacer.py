@@ -17,10 +17,10 @@ Both come from one model of a step, fitted by least squares to the last WINDOW s
 
     seconds = base + per_row * decode_rows + p * prompt_tokens
 
-base is what any step pays (on a CPU, streaming the weights once: 50 ms of a lone decode step
+base is what any step pays (on a CPU, streaming the weights once: about 60 ms of a lone decode step
 here), so d = base + per_row * rows for the rows decoding now. Cruder estimates went wrong in a
 burst of arrivals: p taken as seconds / tokens from an idle 32-token prefill was 4.3 ms, twice
-the marginal 2.2 ms (it carried base), and d kept from a lone stream was charged to the prompt
+the marginal 2.1 ms (it carried base), and d kept from a lone stream was charged to the prompt
 tokens of the first steps with 16 rows. When the window cannot tell the three apart (a steady
 batch with no prompts), the last fit that could stands.
 """
@@ -51,14 +51,19 @@ class PrefillPacer:
 
     def __init__(self, initial: int, low: int, high: int) -> None:
         self.initial, self.low, self.high = initial, low, high
-        self.steps: deque[Step] = deque(maxlen=self.WINDOW)
+        self.steps: deque[Step] = deque()
+        self.equations = NormalEquations()  # of self.steps, kept step by step
         self.cost: StepCost | None = None
         self.decode_rows = 0  # rows decoding in the latest step: the next step's, about
 
     def observe(self, seconds: float, num_decode: int, num_prefill: int) -> None:
-        self.steps.append((num_decode, num_prefill, seconds))
+        step = (num_decode, num_prefill, seconds)
+        self.steps.append(step)
+        self.equations.add(step)
+        if len(self.steps) > self.WINDOW:
+            self.equations.add(self.steps.popleft(), sign=-1.0)
         self.decode_rows = num_decode
-        fitted = fit_step_cost(self.steps)
+        fitted = self.equations.solve()
         if fitted is not None:
             self.cost = fitted
 
@@ -70,30 +75,52 @@ class PrefillPacer:
         return max(self.low, min(self.high, round(self.BALANCE * d / self.cost.per_token)))
 
 
+class NormalEquations:
+    """Sums of x x^T and x * seconds over steps, x = (1, rows, tokens): the least-squares
+    system, updated in O(1) as a step enters or leaves the window (this runs every engine step;
+    refitting the window from scratch cost 120 µs a step, a few % of a GPU decode step).
+    The x products are integers, so removing a step undoes its add exactly in float64; only
+    the seconds sums carry rounding, ~1e-16 relative per step."""
+
+    def __init__(self) -> None:
+        self.xx = [[0.0] * 3 for _ in range(3)]
+        self.xy = [0.0] * 3
+
+    def add(self, step: Step, sign: float = 1.0) -> None:
+        rows, tokens, seconds = step
+        x = (1.0, float(rows), float(tokens))
+        for i in range(3):
+            self.xy[i] += sign * x[i] * seconds
+            for j in range(3):
+                self.xx[i][j] += sign * x[i] * x[j]
+
+    def solve(self) -> StepCost | None:
+        """The fitted costs; None unless the steps tell the three apart and every cost comes
+        out non-negative (p positive)."""
+        a, y = self.xx, self.xy
+        det = _det3(a)
+        # det / product of the diagonal is 1 for unrelated columns and 0 for dependent ones,
+        # whatever the units. Below MIN_SPREAD the window does not tell the costs apart (a
+        # steady batch of 31-33 rows gives 5e-4, and its per-row cost would be noise), so the
+        # caller keeps its last fit.
+        if det <= MIN_SPREAD * a[0][0] * a[1][1] * a[2][2]:
+            return None
+        # Cramer's rule: three unknowns.
+        base, per_row, per_token = (
+            _det3([[*row[:col], y[i], *row[col + 1 :]] for i, row in enumerate(a)]) / det
+            for col in range(3)
+        )
+        if base < 0 or per_row < 0 or per_token <= 0:
+            return None
+        return StepCost(base, per_row, per_token)
+
+
 def fit_step_cost(steps: Iterable[Step]) -> StepCost | None:
-    """Least squares of seconds on (1, rows, tokens); None unless the steps tell the three
-    apart and every cost comes out non-negative (p positive)."""
-    steps = list(steps)
-    xs = [(1.0, float(r), float(t)) for r, t, _ in steps]
-    # Normal equations A theta = y, with columns scaled to unit size so that the singularity
-    # test below does not depend on units (rows and tokens run to hundreds, seconds to 1e-3).
-    scale = [max(max(abs(x[j]) for x in xs), 1.0) if xs else 1.0 for j in range(3)]
-    a = [[sum(x[i] * x[j] for x in xs) / (scale[i] * scale[j]) for j in range(3)] for i in range(3)]
-    y = [sum(x[i] * s for x, (_, _, s) in zip(xs, steps, strict=True)) / scale[i] for i in range(3)]
-    det = _det3(a)
-    # det / product of the diagonal is 1 for unrelated columns and 0 for dependent ones. Below
-    # MIN_SPREAD the window does not tell the costs apart (a steady batch of 31-33 rows gives
-    # 5e-4, and its per-row cost would be noise), so the caller keeps its last fit.
-    if det <= MIN_SPREAD * a[0][0] * a[1][1] * a[2][2]:
-        return None
-    theta = []
-    for col in range(3):  # Cramer's rule: three unknowns
-        m = [[*row[:col], y[i], *row[col + 1 :]] for i, row in enumerate(a)]
-        theta.append(_det3(m) / det / scale[col])
-    base, per_row, per_token = theta
-    if base < 0 or per_row < 0 or per_token <= 0:
-        return None
-    return StepCost(base, per_row, per_token)
+    """Least squares of seconds on (1, rows, tokens) over `steps` (see NormalEquations.solve)."""
+    equations = NormalEquations()
+    for step in steps:
+        equations.add(step)
+    return equations.solve()
 
 
 def _det3(m: list[list[float]]) -> float:

@@ -32,7 +32,7 @@ def test_starts_from_the_initial_limit_until_the_costs_are_told_apart() -> None:
 @pytest.mark.parametrize(
     ("cost", "expected"),
     [
-        # A 2-core CPU at 32 streams (fitted there: 55-62 ms base, 3.5-5 ms a row, 2.1 ms a
+        # A 2-core CPU at 32 streams (fitted there: 55-62 ms base, 3-5 ms a row, 2.1 ms a
         # prompt token): a decode step is worth ~85 prompt tokens, chunks of 1.5x that.
         (StepCost(base=0.06, per_row=0.0035, per_token=0.002), round(1.5 * 0.172 / 0.002)),
         # Prompt tokens nearly free (a GPU): capped by the step budget.
@@ -64,7 +64,7 @@ def test_a_burst_of_arrivals_does_not_inflate_the_token_cost() -> None:
     # once. Taking p as seconds / tokens of the idle 32-token prefill gave 4.3 ms a token (it
     # carries the step's fixed cost); charging the 16-row steps' growth to their prompt tokens
     # gave 5.8 ms. Both made the chunk smaller than one 32-token prompt, and the burst was let
-    # in one prompt per step (4.4 s to the last first token instead of 2.1 s).
+    # in one prompt per step (4.1 s to the last first token instead of 2.2 s).
     pacer = _pacer()
     for seconds, rows, tokens in [
         (0.137, 0, 32),
@@ -87,7 +87,8 @@ def test_a_steady_batch_keeps_the_last_fit() -> None:
     _feed(pacer, cost, VARIED)
     limit = pacer.limit
     _feed(pacer, cost, [(32, 0)] * (PrefillPacer.WINDOW + 5))  # nothing to tell them apart
-    assert fit_step_cost(list(pacer.steps)) is None
+    assert len(pacer.steps) == PrefillPacer.WINDOW
+    assert fit_step_cost(pacer.steps) is None and pacer.equations.solve() is None
     assert pacer.limit == limit
 
 
@@ -108,3 +109,23 @@ def test_a_batch_that_barely_changes_keeps_the_last_fit() -> None:
         for i, (r, t) in enumerate(steady)
     ]
     assert fit_step_cost(noisy) is None
+
+
+def test_the_windowed_sums_equal_a_fit_of_the_window() -> None:
+    # The pacer adds and removes steps from its sums as the window slides; what it solves must
+    # be what a fresh fit of the steps still in the window gives.
+    pacer = _pacer()
+    shapes = [(i % 33, (i * 37) % 200) for i in range(300)]
+    noisy = [
+        (r, t, 0.05 + 0.004 * r + 0.002 * t + 0.003 * (i % 7)) for i, (r, t) in enumerate(shapes)
+    ]
+    for rows, tokens, seconds in noisy:
+        pacer.observe(seconds, num_decode=rows, num_prefill=tokens)
+    window = fit_step_cost(noisy[-PrefillPacer.WINDOW :])
+    assert window is not None and pacer.cost is not None
+    for got, want in zip(
+        (pacer.cost.base, pacer.cost.per_row, pacer.cost.per_token),
+        (window.base, window.per_row, window.per_token),
+        strict=True,
+    ):
+        assert got == pytest.approx(want, rel=1e-9)
