@@ -18,8 +18,8 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 lint: install
-	$(VENV)/bin/ruff check app tests bench scripts baselines
-	$(VENV)/bin/ruff format --check app tests bench scripts baselines
+	$(VENV)/bin/ruff check app tests benchmarks scripts baselines
+	$(VENV)/bin/ruff format --check app tests benchmarks scripts baselines
 	$(VENV)/bin/mypy
 
 unit: install
@@ -38,11 +38,11 @@ demo-model: install
 	$(PY) scripts/train_demo_model.py
 
 bench: install
-	$(PY) -m bench.engine_bench $(ARGS)
+	$(PY) -m benchmarks.engine_bench $(ARGS)
 
 # The HTTP promises (issue 6): sweep, seed baseline side by side, mixed load, ceiling. ~15 min.
 serve-bench: install
-	$(PY) -m bench.serve_bench $(ARGS)
+	$(PY) -m benchmarks.serve_bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -107,7 +107,7 @@ class DrainingServer(uvicorn.Server):
 def generate(args: argparse.Namespace) -> None:
     from app.config import to_engine_config
     from app.engine import SamplingParams
-    from app.engine.llm import LLM
+    from app.engine.worker.llm import LLM
 
     llm = LLM(to_engine_config(_settings_from(args)))
     params = SamplingParams(

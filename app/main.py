@@ -23,7 +23,7 @@ from app.api.schemas.common import TOKEN_ID_MARKER
 from app.api.streams import ClientDisconnected
 from app.api.telemetry import Telemetry, TelemetryMiddleware
 from app.config import BUNDLED_MODEL, Settings, to_engine_config
-from app.engine.client import EngineClient
+from app.engine.client.engine_client import EngineClient
 
 logger = logging.getLogger(__name__)
 

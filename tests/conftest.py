@@ -7,7 +7,7 @@ import pytest
 from transformers import GPT2LMHeadModel
 
 from app.engine import EngineConfig
-from app.engine.llm import LLM
+from app.engine.worker.llm import LLM
 from tests.checkpoints import make_checkpoint
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from app.api.logprobs import TokenLogprobs
 from app.api.request_context import note_prompt, track_engine_request
 from app.api.streams import ChoiceStreams, StreamFactory
-from app.engine.client import EngineClient
+from app.engine.client.engine_client import EngineClient
 from app.engine.params import SamplingParams
 from app.engine.protocol import GenerationDelta, RequestTimings
 

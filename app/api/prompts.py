@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from app.api.errors import APIError
 from app.api.schemas.openai import ChatMessage, Prompt
 from app.config import Settings
-from app.engine.client import EngineClient
+from app.engine.client.engine_client import EngineClient
 
 
 def check_model(requested: str | None, settings: Settings) -> None:

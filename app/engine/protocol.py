@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.engine.core.sequence import TokenLogprobs
 from app.engine.params import SamplingParams
-from app.engine.sequence import TokenLogprobs
 
 
 @dataclass(frozen=True)

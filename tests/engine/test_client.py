@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import pytest
 
 from app.engine import EngineConfig, SamplingParams
-from app.engine.client import EngineClient
+from app.engine.client.engine_client import EngineClient
 from app.engine.errors import (
     EngineDeadError,
     EngineNotReadyError,
@@ -67,7 +67,7 @@ GREEDY = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
 def test_api_process_does_not_import_torch_for_the_client() -> None:
     import subprocess
 
-    code = "import sys, app.engine.client; print('torch' in sys.modules)"
+    code = "import sys, app.engine.client.engine_client; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

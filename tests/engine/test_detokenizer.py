@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from app.engine.detokenizer import IncrementalDetokenizer
-from app.engine.tokenizer import GPT2Tokenizer
+from app.engine.client.detokenizer import IncrementalDetokenizer
+from app.engine.client.tokenizer import GPT2Tokenizer
 from tests.checkpoints import write_tokenizer
 
 TEXTS = [

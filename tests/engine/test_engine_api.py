@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from app.engine import EngineConfig, EngineDeadError, InvalidRequestError, SamplingParams
-from app.engine.llm import LLM, AsyncLLM
+from app.engine.worker.llm import LLM, AsyncLLM
 
 
 def test_prompt_plus_max_tokens_beyond_context_is_rejected_before_any_work(make_llm: Any) -> None:

@@ -10,7 +10,7 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from app.engine import SamplingParams
-from app.engine.llm import LLM
+from app.engine.worker.llm import LLM
 from tests.checkpoints import hf_greedy
 
 NUM_PROMPTS = 16
@@ -87,7 +87,7 @@ def test_repetition_penalty_matches_transformers(make_llm: Any, hf_model: GPT2LM
 def test_static_padded_decode_path_matches_eager(make_llm: Any) -> None:
     """The CUDA-graph decode path (static buffers, padding to captured sizes), run eagerly on
     CPU, yields the same greedy tokens as the plain path."""
-    from app.engine.cuda_graphs import StaticDecode
+    from app.engine.worker.cuda_graphs import StaticDecode
 
     prompts = [ids for ids, _ in PROMPTS[:6]]
     params = _greedy(12)

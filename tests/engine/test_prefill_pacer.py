@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.engine.prefill_pacer import PrefillPacer, StepCost, fit_step_cost
+from app.engine.core.prefill_pacer import PrefillPacer, StepCost, fit_step_cost
 
 
 def _pacer() -> PrefillPacer:

@@ -9,7 +9,7 @@ from typing import Any
 from transformers import GPT2LMHeadModel
 
 from app.engine import SamplingParams
-from app.engine.llm import LLM
+from app.engine.worker.llm import LLM
 from tests.checkpoints import hf_greedy
 
 

@@ -11,9 +11,9 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from app.engine import SamplingParams
+from app.engine.core.sequence import TokenLogprobs
 from app.engine.errors import InvalidRequestError
-from app.engine.llm import LLM
-from app.engine.sequence import TokenLogprobs
+from app.engine.worker.llm import LLM
 
 
 def _reference(hf: GPT2LMHeadModel, ids: list[int]) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from app.engine import SamplingParams
-from app.engine.llm import LLM
+from app.engine.worker.llm import LLM
 
 PROMPT = "The meaning of life is"
 
@@ -159,7 +159,7 @@ def test_draws_follow_the_distribution(method: str) -> None:
 def test_row_argmax_is_torch_argmax(rows: int) -> None:
     """Greedy picks through numpy on CPU: the same index as torch.argmax, the first on ties,
     masked (-inf) entries never, and a non-contiguous view takes torch's own path."""
-    from app.engine.sampler import row_argmax
+    from app.engine.worker.sampler import row_argmax
 
     logits = torch.randn(rows, 50257, generator=torch.Generator().manual_seed(rows))
     logits[0, 7] = logits[0, 9] = logits[0].max() + 1  # a tie: the first one wins

@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from app.engine.kv_cache import SlotAllocator, SlotMove
+from app.engine.core.kv_cache import SlotAllocator, SlotMove
+from app.engine.core.scheduler import MIN_SHARED_PREFIX, ScheduledBatch, Scheduler
+from app.engine.core.sequence import FinishReason, Sequence, Status
 from app.engine.params import SamplingParams
-from app.engine.scheduler import MIN_SHARED_PREFIX, ScheduledBatch, Scheduler
-from app.engine.sequence import FinishReason, Sequence, Status
 
 EOS = 50256
 

@@ -15,7 +15,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from app.config import BUNDLED_MODEL
 from app.engine import EngineConfig, SamplingParams
-from app.engine.llm import LLM
+from app.engine.worker.llm import LLM
 from tests.checkpoints import DEMO_PROMPTS as PROMPTS
 from tests.checkpoints import TOKENIZER_DIR, hf_greedy
 

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 import app.model.int8 as int8
 from app.config import BUNDLED_MODEL
 from app.engine import EngineConfig, SamplingParams
-from app.engine.llm import LLM
-from app.engine.tokenizer import load_tokenizer
+from app.engine.client.tokenizer import load_tokenizer
+from app.engine.worker.llm import LLM
 from app.model.weights import load_gpt2
 from tests.checkpoints import DEMO_PROMPTS as PROMPTS
 from tests.checkpoints import prefix_match, sequence_logits

@@ -27,7 +27,7 @@ from app.api.sse import EventStreamResponse, sse_openapi
 from app.api.streams import collect_unless_disconnected
 from app.api.timing import timings_ms
 from app.config import Settings
-from app.engine.client import EngineClient
+from app.engine.client.engine_client import EngineClient
 from app.engine.protocol import GenerationDelta
 
 router = APIRouter(tags=["OpenAI"])

@@ -36,7 +36,7 @@ from app.api.sse import KEEP_ALIVE, EventStreamResponse, event, sse_openapi
 from app.api.streams import ChoiceStreams, collect_unless_disconnected
 from app.api.timing import server_timing, timings_ms
 from app.config import Settings
-from app.engine.client import EngineClient
+from app.engine.client.engine_client import EngineClient
 from app.engine.protocol import GenerationDelta
 
 logger = logging.getLogger(__name__)

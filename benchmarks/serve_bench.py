@@ -11,9 +11,9 @@ GPT-2 124M shape, random weights, the real GPT-2 tokenizer. In order:
 Then it prints each promise of issue 6 with the measured figure and writes everything (JSON,
 the bench reports, PNG plots) under --out.
 
-    python -m bench.serve_bench                       # about 12 minutes on 2 CPU cores
-    python -m bench.serve_bench --compare llama=http://127.0.0.1:8081   # plus another server
-    python -m bench.serve_bench --quantization int8   # gpt2-serve with its int8 GEMMs
+    python -m benchmarks.serve_bench                       # about 12 minutes on 2 CPU cores
+    python -m benchmarks.serve_bench --compare llama=http://127.0.0.1:8081   # plus another server
+    python -m benchmarks.serve_bench --quantization int8   # gpt2-serve with its int8 GEMMs
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def ceiling(batch: int, model: Path, quantization: str) -> float:
     import torch
     from transformers import GPT2Config
 
-    from bench.engine_bench import matmul_ceiling
+    from benchmarks.engine_bench import matmul_ceiling
 
     cfg = GPT2Config.from_pretrained(model)
     backend = "int8" if quantization == "int8" else "onednn"
@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--quantization", choices=["none", "int8"], default="none")
     args = parser.parse_args()
     command = shlex.join(
-        [sys.executable.rsplit("/", 1)[-1], "-m", "bench.serve_bench", *sys.argv[1:]]
+        [sys.executable.rsplit("/", 1)[-1], "-m", "benchmarks.serve_bench", *sys.argv[1:]]
     )
     args.out.mkdir(parents=True, exist_ok=True)
     if not (args.model / "config.json").exists():

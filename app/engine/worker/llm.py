@@ -17,14 +17,14 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.engine.client.tokenizer import GPT2Tokenizer, load_tokenizer
+from app.engine.client.validation import validate_request
 from app.engine.config import EngineConfig
-from app.engine.core import EngineCore
+from app.engine.core.sequence import TokenLogprobs
 from app.engine.errors import EngineDeadError
 from app.engine.params import SamplingParams
 from app.engine.protocol import RequestOutput
-from app.engine.sequence import TokenLogprobs
-from app.engine.tokenizer import GPT2Tokenizer, load_tokenizer
-from app.engine.validation import validate_request
+from app.engine.worker.engine_core import EngineCore
 
 log = logging.getLogger(__name__)
 _ids = itertools.count()

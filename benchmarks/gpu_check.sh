@@ -11,4 +11,4 @@ export PYTHONUNBUFFERED=1
 python3 -m pip install -q -e '.[dev]' 2>&1 | tail -2
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu_check.log"
 python3 -m pytest -q -m gpu tests 2>&1 | tee -a "$out/gpu_check.log"
-python3 -m bench.gpu_bench --json "$out/gpu_bench.json" 2>&1 | tee -a "$out/gpu_check.log"
+python3 -m benchmarks.gpu_bench --json "$out/gpu_bench.json" 2>&1 | tee -a "$out/gpu_check.log"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from app.engine.client import EngineClient
+    from app.engine.client.engine_client import EngineClient
 
 
 def describe(client: EngineClient) -> dict[str, object]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.engine.sequence import Sequence
+from app.engine.core.sequence import Sequence
 
 
 @dataclass(frozen=True)

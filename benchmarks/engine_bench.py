@@ -6,9 +6,9 @@ GPT-2 124M shape with random weights, in-process, no HTTP. For each batch size B
 and bf16. The ceiling is one decode step's matrix products alone (an nn.Linear stack with GPT-2
 124M's shapes, vocabulary projection included) at batch B: no attention, no Python.
 
-    python -m bench.engine_bench                      # batch 1, 8, 32, 128
-    python -m bench.engine_bench --batch 1 32 --repeats 5  # interleaved pairs, medians
-    python -m bench.engine_bench --batch 1 32 --quantization int8   # the opt-in int8 GEMMs
+    python -m benchmarks.engine_bench                      # batch 1, 8, 32, 128
+    python -m benchmarks.engine_bench --batch 1 32 --repeats 5  # interleaved pairs, medians
+    python -m benchmarks.engine_bench --batch 1 32 --quantization int8   # the opt-in int8 GEMMs
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from app.engine import EngineConfig, SamplingParams
-from app.engine.llm import LLM
-from app.engine.model_runner import DEFAULT_THREADS
+from app.engine.worker.llm import LLM
+from app.engine.worker.model_runner import DEFAULT_THREADS
 from app.model.gpt2 import GPT2
 from app.model.gpt2 import GPT2Config as GPT2ModelConfig
 from app.model.matmul import Conv1D
@@ -187,7 +187,7 @@ def bench_batch(
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
-    command = "python -m bench.engine_bench " + shlex.join(sys.argv[1:])
+    command = "python -m benchmarks.engine_bench " + shlex.join(sys.argv[1:])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp)

@@ -37,7 +37,7 @@ def run_worker(config: EngineConfig, model_id: str, inbox: Queue[Any], outbox: Q
         os.environ.get("GPT2_LOG_FORMAT", "json"), os.environ.get("GPT2_LOG_LEVEL", "INFO")
     )
     try:
-        from app.engine.core import EngineCore
+        from app.engine.worker.engine_core import EngineCore
 
         core = EngineCore(config)
         _warm_up(core)

@@ -25,8 +25,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from app.engine.kv_cache import SlotAllocator, SlotMove
-from app.engine.sequence import FinishReason, Sequence, Status
+from app.engine.core.kv_cache import SlotAllocator, SlotMove
+from app.engine.core.sequence import FinishReason, Sequence, Status
 
 # Below this, a copy saves too little prefill to be worth the search and the wait.
 MIN_SHARED_PREFIX = 16

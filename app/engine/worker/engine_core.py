@@ -5,16 +5,16 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence as Seq
 
+from app.engine.client.validation import ModelLimits, validate_request
 from app.engine.config import EngineConfig
+from app.engine.core.kv_cache import SlotAllocator
+from app.engine.core.prefill_pacer import PrefillPacer
+from app.engine.core.scheduler import Scheduler
+from app.engine.core.sequence import Sequence
 from app.engine.errors import InvalidRequestError
-from app.engine.kv_cache import SlotAllocator
-from app.engine.model_runner import ModelRunner, PromptScores
 from app.engine.params import SamplingParams
-from app.engine.prefill_pacer import PrefillPacer
 from app.engine.protocol import RequestOutput, StepResult, StepStats
-from app.engine.scheduler import Scheduler
-from app.engine.sequence import Sequence
-from app.engine.validation import ModelLimits, validate_request
+from app.engine.worker.model_runner import ModelRunner, PromptScores
 
 
 class EngineCore:

@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 import torch
 
 from app.engine.config import EngineConfig
-from app.engine.cuda_graphs import StaticDecode
-from app.engine.device import resolve_device, resolve_dtype
-from app.engine.host_to_device import to_device
-from app.engine.sampler import Sampler, SamplingRow, token_logprobs
-from app.engine.scheduler import ScheduledBatch
-from app.engine.sequence import Sequence, TokenLogprobs
+from app.engine.core.scheduler import ScheduledBatch
+from app.engine.core.sequence import Sequence, TokenLogprobs
+from app.engine.worker.cuda_graphs import StaticDecode
+from app.engine.worker.device import resolve_device, resolve_dtype
+from app.engine.worker.host_to_device import to_device
+from app.engine.worker.sampler import Sampler, SamplingRow, token_logprobs
 from app.model.attention import AttnBatch, DecodeRows, KVCache, PrefillChunk
 from app.model.gpt2 import GPT2
 from app.model.matmul import pick_gemm_backend

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from app.engine.detokenizer import IncrementalDetokenizer
+from app.engine.client.detokenizer import IncrementalDetokenizer
+from app.engine.core.sequence import TokenLogprobs
 from app.engine.protocol import GenerationDelta, RequestRecord, RequestTimings
-from app.engine.sequence import TokenLogprobs
 
 
 @dataclass

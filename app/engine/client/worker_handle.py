@@ -31,7 +31,7 @@ class WorkerProcess:
         ctx = mp.get_context("spawn")
         self._inbox: Any = ctx.Queue()
         self._outbox: Any = ctx.Queue()
-        from app.engine.worker import run_worker
+        from app.engine.worker.main import run_worker
 
         self._process = ctx.Process(
             target=run_worker,

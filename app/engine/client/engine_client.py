@@ -15,9 +15,13 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from app.engine.admission import AdmissionControl
+from app.engine.client.admission import AdmissionControl
+from app.engine.client.detokenizer import IncrementalDetokenizer
+from app.engine.client.request_state import RequestState
+from app.engine.client.tokenizer import GPT2Tokenizer, load_tokenizer
+from app.engine.client.validation import ModelLimits, validate_request
+from app.engine.client.worker_handle import WorkerProcess
 from app.engine.config import EngineConfig
-from app.engine.detokenizer import IncrementalDetokenizer
 from app.engine.errors import (
     EngineDeadError,
     EngineNotReadyError,
@@ -36,10 +40,6 @@ from app.engine.protocol import (
     StepStats,
     WorkerReady,
 )
-from app.engine.request_state import RequestState
-from app.engine.tokenizer import GPT2Tokenizer, load_tokenizer
-from app.engine.validation import ModelLimits, validate_request
-from app.engine.worker_process import WorkerProcess
 from app.hub import resolve_model_dir
 
 log = logging.getLogger(__name__)
@@ -356,6 +356,6 @@ class EngineClient:
 
     def stats(self) -> dict[str, object]:
         """A live view of the scheduler and the worker, for operators."""
-        from app.engine.stats_view import describe
+        from app.engine.client.stats_view import describe
 
         return describe(self)

@@ -10,8 +10,8 @@ reference. Reported:
   (prefix-wise, as above). Quantization rounds each row on its own, but attention's float order
   depends on the batch's padded length, and a rounding can flip. The same for fp32, last.
 
-    python -m bench.quant_bench                    # bundled gpt2-demo and a random 124M shape
-    python -m bench.quant_bench --model DIR        # any GPT-2 checkpoint directory
+    python -m benchmarks.quant_bench                    # bundled gpt2-demo and a random 124M shape
+    python -m benchmarks.quant_bench --model DIR        # any GPT-2 checkpoint directory
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import torch.nn.functional as F
 
 from app.config import BUNDLED_MODEL
 from app.engine import EngineConfig, SamplingParams
-from app.engine.llm import LLM
+from app.engine.worker.llm import LLM
 from app.model.weights import load_gpt2, resolve_model_dir
-from bench.engine_bench import make_gpt2_124m
+from benchmarks.engine_bench import make_gpt2_124m
 from tests.checkpoints import prefix_match, sequence_logits, write_tokenizer
 
 GEN_LEN = 128
@@ -108,7 +108,7 @@ def main() -> None:
         for name, model_dir in targets:
             vocab = load_gpt2(model_dir, torch.float32, torch.device("cpu")).config.vocab_size
             rows.append(measure(name, model_dir, vocab))
-    command = "python -m bench.quant_bench " + shlex.join(sys.argv[1:])
+    command = "python -m benchmarks.quant_bench " + shlex.join(sys.argv[1:])
     print("command:", command)
     if args.json:
         args.json.write_text(json.dumps({"command": command, "rows": rows}, indent=2))

@@ -1,7 +1,7 @@
 """GPU figures for the README: greedy match rate in half precision, decode step times with and
 without CUDA graphs, and tokens/s at 256 concurrent sequences. Needs CUDA.
 
-    python -m bench.gpu_bench --json gpu_bench.json
+    python -m benchmarks.gpu_bench --json gpu_bench.json
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from app.engine import EngineConfig, SamplingParams
-from app.engine.llm import LLM
-from bench.engine_bench import make_gpt2_124m
+from app.engine.worker.llm import LLM
+from benchmarks.engine_bench import make_gpt2_124m
 from tests.checkpoints import prefix_match, write_tokenizer
 
 
@@ -89,7 +89,7 @@ def main() -> None:
                 key = f"batch{batch}_{'graphs' if graphs else 'eager'}"
                 results[key] = {"step_ms": ms, "tokens_per_s": tps}
                 print(key, f"step {ms:.2f} ms, {tps:.0f} tok/s", flush=True)
-    print("command: python -m bench.gpu_bench")
+    print("command: python -m benchmarks.gpu_bench")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

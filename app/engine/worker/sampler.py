@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from app.engine.host_to_device import to_device
+from app.engine.core.sequence import TokenLogprobs
 from app.engine.params import SamplingParams
-from app.engine.sequence import TokenLogprobs
+from app.engine.worker.host_to_device import to_device
 
 
 def row_argmax(x: torch.Tensor) -> torch.Tensor:
