@@ -80,7 +80,11 @@ def serve(settings: Settings) -> None:
 class DrainingServer(uvicorn.Server):
     """Drains on the first SIGTERM/SIGINT: readiness turns false and new generation requests get
     503 while the server keeps answering (so load balancers see it), in-flight streams run to
-    the end (up to grace_seconds), then it exits. A second signal exits at once."""
+    the end (up to grace_seconds), then it exits. A second signal exits at once.
+
+    The drain itself (one deadline for the whole shutdown) is the engine client's: this only
+    starts it, and asks uvicorn to exit once it is over; the lifespan's shutdown then ends what
+    is left without waiting again."""
 
     def __init__(self, config: uvicorn.Config, app: Any, grace_seconds: float) -> None:
         super().__init__(config)
@@ -93,14 +97,11 @@ class DrainingServer(uvicorn.Server):
             return
         self.draining = True
         log.info("signal %s: draining for up to %.0fs", sig, self.grace_seconds)
-        engine.begin_drain()
-        asyncio.get_event_loop().create_task(self._exit_when_idle(engine))
+        engine.begin_drain(self.grace_seconds)
+        asyncio.get_event_loop().create_task(self._exit_when_drained(engine))
 
-    async def _exit_when_idle(self, engine: Any) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.grace_seconds
-        while engine.num_in_flight and loop.time() < deadline:
-            await asyncio.sleep(0.1)
+    async def _exit_when_drained(self, engine: Any) -> None:
+        await engine.wait_drained()
         self.should_exit = True
 
 
@@ -114,7 +115,7 @@ def generate(args: argparse.Namespace) -> None:
         max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed_sample
     )
     for out in llm.stream(args.prompt, params):
-        sys.stdout.write(llm.tokenizer.decode(out.new_token_ids))
+        sys.stdout.write(out.text)
         sys.stdout.flush()
     sys.stdout.write("\n")
 

@@ -47,14 +47,14 @@ class Settings(BaseSettings):
     device: str = "auto"
     dtype: str = "auto"
     # int8: int8 weights and per-token int8 activations on CPU, faster and no longer equal to
-    # the fp32 model (app/model/int8.py; agreement measured by bench/quant_bench.py).
+    # the fp32 model (app/model/int8.py; agreement measured by benchmarks/quant_bench.py).
     quantization: Literal["none", "int8"] = "none"
     max_num_seqs: int = Field(default=32, ge=1)
     max_model_len: int | None = Field(default=None, ge=2)
     kv_cache_tokens: int | None = Field(default=None, ge=1)
     max_num_batched_tokens: int = Field(default=512, ge=1)
     # While streams decode, long prompts add at most this many tokens to a step (see the
-    # scheduler). None: paced from measured step times (app/engine/prefill_pacer.py).
+    # scheduler). None: paced from measured step times (app/engine/core/prefill_pacer.py).
     max_prefill_tokens_while_decoding: int | None = Field(default=None, ge=1)
     seed: int = 0
     cuda_graphs: bool = True

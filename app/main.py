@@ -23,7 +23,8 @@ from app.api.schemas.common import TOKEN_ID_MARKER
 from app.api.streams import ClientDisconnected
 from app.api.telemetry import Telemetry, TelemetryMiddleware
 from app.config import BUNDLED_MODEL, Settings, to_engine_config
-from app.engine.client.engine_client import EngineClient
+from app.engine.client.async_engine import AsyncEngine
+from app.engine.protocol import EngineClient
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def create_app(
     engine: EngineClient | None = None,
     telemetry: Telemetry | None = None,
 ) -> FastAPI:
-    """Build the app. Without `engine`, the lifespan creates an EngineClient from the settings,
+    """Build the app. Without `engine`, the lifespan creates an AsyncEngine from the settings,
     starts it (the worker loads and warms up the model) and drains it on shutdown. An engine
     passed in belongs to the caller, who starts and stops it (tests pass fakes this way) and
     who feeds app.state.telemetry's on_step / on_record if it wants metrics from it.
@@ -49,7 +50,7 @@ def create_app(
             finally:
                 app.state.telemetry.close()
             return
-        client = EngineClient(
+        client = AsyncEngine(
             to_engine_config(settings),
             model_id=settings.model_name,
             max_queued_requests=settings.max_queued_requests,
@@ -77,7 +78,7 @@ def create_app(
         try:
             yield
         finally:
-            logger.info("draining (up to %.0f s)", settings.drain_timeout_seconds)
+            # The one drain: from the signal that began it (cli.py), or from now.
             await client.shutdown(settings.drain_timeout_seconds)
             app.state.telemetry.close()
 

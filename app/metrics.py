@@ -28,7 +28,6 @@ What is counted, and when (the unit is one engine request: one prompt, one choic
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -42,28 +41,13 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from app.engine.protocol import RequestRecord, StepStats
-
-# Engine finish reasons that count as a success.
-SUCCESS_REASONS = ("stop", "length", "abort")
-# Why a request failed. validation: bad input (422, 413; also a request the worker refused);
-# overloaded: 429; unavailable: 503 while starting, restarting or draining; disconnected: the
-# caller left before the answer ended; timeout: the request's deadline ran out; worker_lost: the
-# worker died under it; shutdown: still running when the drain grace ran out; internal: a 500.
-FAILURE_REASONS = (
-    "validation",
-    "overloaded",
-    "unavailable",
-    "disconnected",
-    "timeout",
-    "worker_lost",
-    "shutdown",
-    "internal",
+from app.engine.protocol import (
+    ENGINE_FINISHED,
+    EngineClient,
+    Outcome,
+    RequestRecord,
+    StepStats,
 )
-# Record outcomes the engine reports as failures (the rest of FAILURE_REASONS come from HTTP).
-ENGINE_FAILURES = frozenset({"validation", "timeout", "worker_lost", "shutdown", "disconnected"})
-# Outcomes after which the engine had finished the request (end-to-end latency is meaningful).
-ENGINE_FINISHED = frozenset({*SUCCESS_REASONS, "timeout"})
 
 # Token counts: powers of two up to GPT-2's context window (1024), and beyond for other models.
 TOKEN_BUCKETS = tuple(float(2**k) for k in range(15))  # 1 .. 16384
@@ -75,7 +59,7 @@ class Metrics:
         self,
         latency_buckets: Sequence[float],
         *,
-        engine: Callable[[], Any] = lambda: None,
+        engine: Callable[[], EngineClient | None] = lambda: None,
         max_queued_requests: int | None = None,
         registry: CollectorRegistry | None = None,
         process_metrics: bool = True,
@@ -160,10 +144,8 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        for reason in SUCCESS_REASONS:  # every series exists from the start: rate() works at once
-            self.success.labels(reason)
-        for reason in FAILURE_REASONS:
-            self.failure.labels(reason)
+        for outcome in Outcome:  # every series exists from the start: rate() works at once
+            (self.success if outcome.is_success else self.failure).labels(outcome)
 
     # fed by the engine client --------------------------------------------------------------
 
@@ -178,7 +160,7 @@ class Metrics:
     def record_work(self, record: RequestRecord) -> None:
         """Tokens and latencies of one finished request; its outcome is counted separately."""
         t = record.timings
-        if record.outcome != "validation":
+        if record.outcome is not Outcome.VALIDATION:
             self.prompt_tokens.inc(record.num_prompt_tokens)
         self.generation_tokens.inc(record.num_output_tokens)
         if record.num_output_tokens > 0:
@@ -194,21 +176,15 @@ class Metrics:
             self.prompt_len.observe(record.num_prompt_tokens)
             self.generation_len.observe(record.num_output_tokens)
 
-    def record_outcome(self, outcome: str) -> None:
+    def record_outcome(self, outcome: Outcome) -> None:
         """Count one request as a success (a finish reason) or a failure (any other outcome)."""
-        if outcome in SUCCESS_REASONS:
-            self.success.labels(outcome).inc()
-        else:
-            self.record_failure(outcome)
-
-    def record_failure(self, reason: str) -> None:
-        self.failure.labels(reason if reason in FAILURE_REASONS else "internal").inc()
+        (self.success if outcome.is_success else self.failure).labels(outcome).inc()
 
 
 class EngineStateCollector(Collector):
     """Gauges read at scrape time: the worker's last step, and the client's own state."""
 
-    def __init__(self, engine: Callable[[], Any]) -> None:
+    def __init__(self, engine: Callable[[], EngineClient | None]) -> None:
         self._engine = engine
         self.last_step: StepStats | None = None
 
@@ -218,8 +194,8 @@ class EngineStateCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         engine = self._engine()
         s = self.last_step
-        alive = _flag(engine, "is_worker_alive", default=engine is not None)
-        in_flight = getattr(engine, "num_in_flight", None)
+        alive = engine is not None and engine.is_worker_alive
+        in_flight = engine.num_in_flight if engine is not None else None
         idle = not alive or in_flight == 0
         running = 0 if idle or s is None else s.num_running
         waiting = 0 if idle or s is None else s.num_waiting
@@ -247,19 +223,13 @@ class EngineStateCollector(Collector):
         yield _gauge(
             "gpt2_ready",
             "1 while the engine takes requests (loaded, warmed up, not draining).",
-            _flag(engine, "is_ready", default=False),
+            engine is not None and engine.is_ready,
         )
         restarts = CounterMetricFamily(
             "gpt2_worker_restarts", "Times the engine worker was restarted after dying."
         )
-        restarts.add_metric([], float(getattr(engine, "worker_restarts", 0) or 0))
+        restarts.add_metric([], float(engine.worker_restarts if engine is not None else 0))
         yield restarts
-
-
-def _flag(engine: Any, name: str, default: bool) -> bool:
-    if engine is None:
-        return False
-    return bool(getattr(engine, name, default))
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

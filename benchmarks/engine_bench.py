@@ -243,7 +243,7 @@ def main() -> None:
         "--quantization",
         choices=["none", "int8"],
         default="none",
-        help="int8: the engine's int8 GEMMs (not equal to fp32; see bench/quant_bench.py)",
+        help="int8: the engine's int8 GEMMs (not equal to fp32; see benchmarks/quant_bench.py)",
     )
     parser.add_argument(
         "--hf-bf16-gen-len",

@@ -3,7 +3,7 @@
 #   1. parity tests on CUDA in fp32 (tests marked gpu, plus the model parity tests on cuda);
 #   2. greedy token match in bf16 and fp16 against transformers fp32 over 16 prompts x 128 tokens;
 #   3. decode step time with and without CUDA graphs at batch 1, 32, 256; tokens/s at 256.
-# Usage: bash bench/gpu_check.sh [OUT_DIR]     (writes gpu_check.log and gpu_bench.json there)
+# Usage: bash benchmarks/gpu_check.sh [OUT_DIR]     (writes gpu_check.log and gpu_bench.json there)
 set -uo pipefail
 out=${1:-${OUT:-.}}
 mkdir -p "$out"

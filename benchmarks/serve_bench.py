@@ -6,7 +6,7 @@ GPT-2 124M shape, random weights, the real GPT-2 tokenizer. In order:
 2. gpt2-serve and the seed-style baseline (baselines/seed_server.py: transformers' generate,
    one request at a time) side by side at 32 streams, one after the other;
 3. mixed load on gpt2-serve: 512-token prompts arriving while 32 streams decode;
-4. the machine's matrix-multiply ceiling at batch 1 and 32 (bench/engine_bench.py's), with
+4. the machine's matrix-multiply ceiling at batch 1 and 32 (benchmarks/engine_bench.py's), with
    no server running.
 Then it prints each promise of issue 6 with the measured figure and writes everything (JSON,
 the bench reports, PNG plots) under --out.

@@ -9,14 +9,11 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from app.api.logprobs import TokenLogprobs
 from app.api.request_context import note_prompt, track_engine_request
 from app.api.streams import ChoiceStreams, StreamFactory
-from app.engine.client.engine_client import EngineClient
-from app.engine.params import SamplingParams
-from app.engine.protocol import GenerationDelta, RequestTimings
+from app.engine.protocol import EngineClient, GenerationDelta, GenerationResult, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -29,45 +26,12 @@ class ChoicePlan:
     params: SamplingParams
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    stop: Sequence[str] = ()
-    include_stop_str_in_output: bool = False
-    timeout: float | None = None
-
-
-@dataclass
-class ChoiceResult:
-    """Everything one choice produced, folded from its deltas."""
-
-    text: str = ""
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[TokenLogprobs] = field(default_factory=list)
-    finish_reason: str | None = None
-    stop_reason: str | int | None = None
-    num_output_tokens: int = 0
-    timings: RequestTimings | None = None
-    prompt_logprobs: Sequence[TokenLogprobs | None] = ()  # when the params asked for them
-
-    def add(self, delta: GenerationDelta) -> None:
-        if delta.prompt_logprobs is not None:
-            self.prompt_logprobs = delta.prompt_logprobs
-        self.text += delta.text
-        self.token_ids.extend(delta.token_ids)
-        self.logprobs.extend(delta.logprobs)
-        self.num_output_tokens = delta.num_output_tokens
-        if delta.finish_reason is not None:
-            self.finish_reason = delta.finish_reason
-            self.stop_reason = delta.stop_reason
-            self.timings = delta.timings
-
-
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
 def open_streams(
-    engine: EngineClient, plans: Sequence[ChoicePlan], response_id: str, options: RunOptions
+    engine: EngineClient, plans: Sequence[ChoicePlan], response_id: str
 ) -> ChoiceStreams:
     """Engine request ids are "<response id>-<choice index>": unique, and traceable from the
     id the caller sees in the body."""
@@ -76,24 +40,17 @@ def open_streams(
         def start() -> AsyncIterator[GenerationDelta]:
             request_id = f"{response_id}-{plan.index}"
             track_engine_request(request_id)  # its RequestRecord belongs to this HTTP request
-            return engine.generate(
-                plan.prompt_ids,
-                plan.params,
-                request_id=request_id,
-                stop=options.stop,
-                include_stop_str_in_output=options.include_stop_str_in_output,
-                timeout=options.timeout,
-            )
+            return engine.generate(plan.prompt_ids, plan.params, request_id=request_id)
 
         return start
 
     return ChoiceStreams([factory(plan) for plan in plans])
 
 
-def fold(results: Sequence[Sequence[GenerationDelta]]) -> list[ChoiceResult]:
+def fold(results: Sequence[Sequence[GenerationDelta]]) -> list[GenerationResult]:
     folded = []
     for deltas in results:
-        result = ChoiceResult()
+        result = GenerationResult()
         for delta in deltas:
             result.add(delta)
         folded.append(result)

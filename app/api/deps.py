@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 
 from app.api.errors import APIError
 from app.config import Settings
-from app.engine.client.engine_client import EngineClient
+from app.engine.protocol import EngineClient
 
 
 def get_engine(request: Request) -> EngineClient:

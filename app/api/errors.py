@@ -35,22 +35,23 @@ from app.engine.errors import (
     InvalidRequestError,
     OverloadedError,
 )
+from app.engine.protocol import Outcome
 
 logger = logging.getLogger(__name__)
 
-# status -> (OpenAI "type", TGI "error_type")
+# status -> (OpenAI "type", TGI "error_type"): TGI's words are the outcome's where there is one.
 _KINDS: dict[int, tuple[str, str]] = {
-    400: ("invalid_request_error", "validation"),
+    400: ("invalid_request_error", Outcome.VALIDATION),
     401: ("authentication_error", "authentication"),
     403: ("permission_error", "authentication"),
     404: ("not_found_error", "not_found"),
-    405: ("invalid_request_error", "validation"),
-    413: ("invalid_request_error", "validation"),
-    415: ("invalid_request_error", "validation"),
-    422: ("invalid_request_error", "validation"),
-    429: ("rate_limit_error", "overloaded"),
-    500: ("server_error", "internal"),
-    503: ("service_unavailable_error", "unavailable"),
+    405: ("invalid_request_error", Outcome.VALIDATION),
+    413: ("invalid_request_error", Outcome.VALIDATION),
+    415: ("invalid_request_error", Outcome.VALIDATION),
+    422: ("invalid_request_error", Outcome.VALIDATION),
+    429: ("rate_limit_error", Outcome.OVERLOADED),
+    500: ("server_error", Outcome.INTERNAL),
+    503: ("service_unavailable_error", Outcome.UNAVAILABLE),
 }
 _MAX_LISTED_ERRORS = 5
 

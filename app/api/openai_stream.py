@@ -17,13 +17,13 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from app.api.choices import ChoicePlan, ChoiceResult, usage
+from app.api.choices import ChoicePlan, usage
 from app.api.errors import to_api_error
 from app.api.request_context import note_error
 from app.api.sse import DONE, KEEP_ALIVE, event
 from app.api.streams import ChoiceStreams
 from app.api.timing import combine, server_timing, timings_ms
-from app.engine.protocol import GenerationDelta
+from app.engine.protocol import GenerationDelta, GenerationResult
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def openai_response(
     head: dict[str, Any],
     choices: list[dict[str, Any]],
     plans: Sequence[ChoicePlan],
-    results: Sequence[ChoiceResult],
+    results: Sequence[GenerationResult],
 ) -> JSONResponse:
     """A non-streamed OpenAI answer: choices, usage, and the timing breakdown in the body and
     the Server-Timing header."""

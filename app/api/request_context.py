@@ -22,7 +22,7 @@ from app.engine.errors import (
     InvalidRequestError,
     OverloadedError,
 )
-from app.engine.protocol import RequestRecord
+from app.engine.protocol import Outcome, RequestRecord
 
 
 @dataclass
@@ -35,7 +35,7 @@ class RequestContext:
     started: float = field(default_factory=time.perf_counter)
     engine_ids: list[str] = field(default_factory=list)
     records: list[RequestRecord] = field(default_factory=list)
-    error: str | None = None  # a failure reason the HTTP layer saw (see app/metrics.py)
+    error: Outcome | None = None  # a failure the HTTP layer saw (see app/api/telemetry.py)
     prompt_tokens: list[int] | None = None  # per prompt, as tokenized
     prompt: object = None  # only when log_prompts is on
 
@@ -69,33 +69,34 @@ def note_prompt(prompt_tokens: Sequence[int], prompt: object | None) -> None:
         ctx.prompt = prompt
 
 
-def failure_reason(exc: BaseException) -> str | None:
-    """The metrics' failure reason for an exception (None: not a failure of the request)."""
+def failure_reason(exc: BaseException) -> Outcome | None:
+    """The failure an exception means for the request that raised it (None: not a failure of
+    the request, e.g. a 401)."""
     if isinstance(exc, InvalidRequestError | RequestValidationError):
-        return "validation"
+        return Outcome.VALIDATION
     if isinstance(exc, OverloadedError):
-        return "overloaded"
+        return Outcome.OVERLOADED
     if isinstance(exc, EngineNotReadyError):
-        return "unavailable"
+        return Outcome.UNAVAILABLE
     if isinstance(exc, EngineDeadError):
-        return "worker_lost"
+        return Outcome.WORKER_LOST
     status = getattr(exc, "status_code", None)
     if isinstance(status, int):
         return reason_for_status(status)
-    return "internal"
+    return Outcome.INTERNAL
 
 
-def reason_for_status(status: int) -> str | None:
+def reason_for_status(status: int) -> Outcome | None:
     """A failure reason from an HTTP status alone (499, the caller leaving, is not one: the
     engine reports those requests as disconnected)."""
     if status in (400, 404, 413, 415, 422):
-        return "validation"
+        return Outcome.VALIDATION
     if status == 429:
-        return "overloaded"
+        return Outcome.OVERLOADED
     if status == 503:
-        return "unavailable"
+        return Outcome.UNAVAILABLE
     if status >= 500:
-        return "internal"
+        return Outcome.INTERNAL
     return None
 
 

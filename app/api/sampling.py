@@ -1,16 +1,16 @@
-"""Request fields -> the engine's SamplingParams (which validates again on construction)."""
+"""Request fields -> the engine's SamplingParams, whose construction checks every range; token ids
+are checked against the vocabulary by the engine client (app/engine/client/validation.py)."""
 
 from __future__ import annotations
 
 from app.api.errors import APIError
-from app.api.prompts import check_token_ids
 from app.api.schemas.common import SEED_LIMIT
 from app.api.schemas.openai import SamplingFields
 from app.api.schemas.tgi import GenerateParameters
-from app.engine.params import SamplingParams
+from app.engine.protocol import SamplingParams
 
 
-def parse_logit_bias(bias: dict[str, float] | None, vocab_size: int) -> dict[int, float]:
+def parse_logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
     """OpenAI sends token ids as JSON object keys, i.e. strings."""
     if not bias:
         return {}
@@ -23,7 +23,6 @@ def parse_logit_bias(bias: dict[str, float] | None, vocab_size: int) -> dict[int
                 422, f"logit_bias: key {key!r} is not a token id", param="logit_bias"
             ) from None
         parsed[token_id] = float(value)
-    check_token_ids(list(parsed), vocab_size, "logit_bias")
     return parsed
 
 
@@ -38,11 +37,8 @@ def openai_params(
     max_tokens: int,
     logprobs: int | None,
     choice: int,
-    vocab_size: int,
     prompt_logprobs: int | None = None,
 ) -> SamplingParams:
-    stop_ids = tuple(body.stop_token_ids or ())
-    check_token_ids(stop_ids, vocab_size, "stop_token_ids")
     return SamplingParams(
         max_tokens=max_tokens,
         min_tokens=body.min_tokens,
@@ -54,11 +50,14 @@ def openai_params(
         presence_penalty=_or(body.presence_penalty, 0.0),
         frequency_penalty=_or(body.frequency_penalty, 0.0),
         seed=choice_seed(body.seed, choice),
-        stop_token_ids=stop_ids,
+        stop_token_ids=tuple(body.stop_token_ids or ()),
         ignore_eos=body.ignore_eos,
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
-        logit_bias=parse_logit_bias(body.logit_bias, vocab_size),
+        logit_bias=parse_logit_bias(body.logit_bias),
+        stop=tuple(body.stop_strings),
+        include_stop_str_in_output=body.include_stop_str_in_output,
+        timeout=body.timeout,
     )
 
 
@@ -69,6 +68,7 @@ def tgi_params(
     logprobs: int | None,
     prompt_logprobs: int | None = None,
 ) -> SamplingParams:
+    stop = tuple(p.stop or ())  # TGI keeps a stop sequence in the generated text
     if not p.sampling:  # TGI: greedy unless sampling was asked for
         return SamplingParams(
             max_tokens=max_tokens,
@@ -78,6 +78,8 @@ def tgi_params(
             seed=p.seed,
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
+            stop=stop,
+            include_stop_str_in_output=True,
         )
     return SamplingParams(
         max_tokens=max_tokens,
@@ -89,6 +91,8 @@ def tgi_params(
         seed=p.seed,
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
+        stop=stop,
+        include_stop_str_in_output=True,
     )
 
 

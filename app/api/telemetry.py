@@ -29,8 +29,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.request_context import RequestContext, bind, reason_for_status, unbind
 from app.config import Settings
-from app.engine.protocol import RequestRecord, StepStats
-from app.metrics import ENGINE_FAILURES, SUCCESS_REASONS, Metrics
+from app.engine.protocol import (
+    ENGINE_FAILURES,
+    ENGINE_FINISHED,
+    EngineClient,
+    Outcome,
+    RequestRecord,
+    StepStats,
+)
+from app.metrics import Metrics
 from app.request_log import log_finished
 from app.tracing import Tracing
 
@@ -45,7 +52,7 @@ class Telemetry:
     def __init__(
         self,
         settings: Settings,
-        engine: Callable[[], Any] = lambda: None,
+        engine: Callable[[], EngineClient | None] = lambda: None,
         tracing: Tracing | None = None,
     ) -> None:
         self.metrics = Metrics(
@@ -110,7 +117,9 @@ class Telemetry:
             failures[0] if failures and (status >= 500 or status < 400) else None,
         )
 
-    def _log_fields(self, ctx: RequestContext, status: int, failures: list[str]) -> dict[str, Any]:
+    def _log_fields(
+        self, ctx: RequestContext, status: int, failures: list[Outcome]
+    ) -> dict[str, Any]:
         records = [r for r in ctx.records if r.num_output_tokens]  # those with a first token
         prompt_tokens = (
             sum(ctx.prompt_tokens)
@@ -139,11 +148,14 @@ class Telemetry:
             fields["prompt"] = ctx.prompt
         return fields
 
-    def _count(self, ctx: RequestContext, status: int) -> list[str]:
+    def _count(self, ctx: RequestContext, status: int) -> list[Outcome]:
         """Count each engine request, or the HTTP request, once. Returns the failure reasons."""
-        successes = [r.outcome for r in ctx.records if r.outcome in SUCCESS_REASONS]
-        engine_failures = [
-            r.outcome for r in ctx.records if r.outcome in ENGINE_FAILURES - {"disconnected"}
+        successes = [r.outcome for r in ctx.records if r.outcome.is_success]
+        failures: list[Outcome]
+        engine_failures: list[Outcome] = [
+            r.outcome
+            for r in ctx.records
+            if r.outcome in ENGINE_FAILURES and r.outcome is not Outcome.DISCONNECTED
         ]
         http_failure = ctx.error or reason_for_status(status)
         if engine_failures:
@@ -151,11 +163,9 @@ class Telemetry:
         elif http_failure is not None:  # the caller got an error: that is the one count
             successes, failures = [], [http_failure]
         else:
-            failures = [r.outcome for r in ctx.records if r.outcome == "disconnected"]
-        for reason in successes:
-            self.metrics.record_outcome(reason)
-        for reason in failures:
-            self.metrics.record_failure(reason)
+            failures = [r.outcome for r in ctx.records if r.outcome is Outcome.DISCONNECTED]
+        for outcome in (*successes, *failures):
+            self.metrics.record_outcome(outcome)
         return failures
 
     def close(self) -> None:
@@ -191,7 +201,7 @@ class TelemetryMiddleware:
             await self.app(scope, receive, send_status)
         except Exception:
             if ctx.error is None:
-                ctx.error = "internal"
+                ctx.error = Outcome.INTERNAL
             status = status or 500
             raise
         finally:
@@ -202,11 +212,11 @@ class TelemetryMiddleware:
                 logger.exception("telemetry failed for request %s", ctx.request_id)
 
 
-def _finish_reasons(ctx: RequestContext) -> list[str]:
-    return [r.outcome for r in ctx.records if r.outcome in (*SUCCESS_REASONS, "timeout")]
+def _finish_reasons(ctx: RequestContext) -> list[Outcome]:
+    return [r.outcome for r in ctx.records if r.outcome in ENGINE_FINISHED]
 
 
-def _one_or_list(values: list[str]) -> str | list[str] | None:
+def _one_or_list(values: list[Outcome]) -> str | list[Outcome] | None:
     if not values:
         return None
     return values[0] if len(values) == 1 else values

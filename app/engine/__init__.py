@@ -1,20 +1,25 @@
-"""The engine: scheduler, KV bookkeeping, model runner, sampler and the in-process API.
+"""The engine. The contract both processes share lives at this level (protocol.py, errors.py,
+config.py); the folders say which process the rest runs in:
 
-Never imports fastapi, starlette, pydantic_settings or prometheus_client.
+- client/  the HTTP process: AsyncEngine (the EngineClient the routes use), worker handle,
+           admission, output processing, tokenizer. No torch, no numpy.
+- core/    the worker process, pure Python: sequences, scheduler, KV slots, prefill pacer.
+- worker/  the worker process, torch: step loop, EngineCore, model runner, sampler, CUDA graphs;
+           and llm.py, the same engine in the caller's own process.
+
+Nothing here imports fastapi, starlette, pydantic or prometheus_client.
 """
 
 from app.engine.config import EngineConfig
 from app.engine.errors import EngineDeadError, EngineError, InvalidRequestError
-from app.engine.params import SamplingParams
-from app.engine.protocol import RequestOutput, StepResult, StepStats
+from app.engine.protocol import GenerationDelta, GenerationResult, SamplingParams
 
 __all__ = [
     "EngineConfig",
     "EngineDeadError",
     "EngineError",
+    "GenerationDelta",
+    "GenerationResult",
     "InvalidRequestError",
-    "RequestOutput",
     "SamplingParams",
-    "StepResult",
-    "StepStats",
 ]

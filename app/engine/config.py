@@ -20,7 +20,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 512
     # Tokens long prompts may add to one step while sequences decode: bounds the inter-token gap
     # a long prompt's prefill causes for the running streams. None: paced from measured step
-    # times (app/engine/prefill_pacer.py); a number fixes it.
+    # times (app/engine/core/prefill_pacer.py); a number fixes it.
     max_prefill_tokens_while_decoding: int | None = None
     seed: int = 0  # engine RNG for requests that give no seed
     cpu_gemm: str = "auto"  # auto | torch | onednn (see app/model/matmul.py)

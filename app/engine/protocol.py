@@ -1,11 +1,225 @@
-"""Small frozen messages the engine hands its callers (and, later, sends across processes)."""
+"""The one contract between the HTTP process and the engine.
+
+Everything that crosses the process boundary is declared here, and nothing else does:
+
+- what a request asks for (`SamplingParams`, stop strings and deadline included) and how it is
+  sent (`AddRequest`, `AbortRequest`, `Shutdown`);
+- what the worker reports back (`StepResult` of `RequestOutput`s and `StepStats`, `WorkerReady`,
+  `WorkerFailed`);
+- what the API process hands the routes (`GenerationDelta`) and the observers (`RequestRecord`);
+- the words for how things end (`FinishReason`, `Outcome`) that metrics, logs, tracing and error
+  mapping all use;
+- `EngineClient`, the typed interface the HTTP layer depends on.
+
+Token ids and small frozen dataclasses only (they are pickled through multiprocessing queues);
+stdlib only, so both processes import it.
+
+A request is validated once, in the API process: `SamplingParams.__post_init__` checks each
+parameter's range, and the engine client's `validate_request` checks the prompt against the
+model's limits. The worker trusts what arrives (unpickling does not run `__post_init__`) and
+keeps only the assertions that guard its own memory.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import enum
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
-from app.engine.core.sequence import TokenLogprobs
-from app.engine.params import SamplingParams
+from app.engine.errors import InvalidRequestError
+
+MAX_LOGPROBS = 20
+
+
+class FinishReason(enum.StrEnum):
+    """Why a generation ended, as callers see it (OpenAI's and TGI's finish_reason)."""
+
+    STOP = "stop"  # EOS, a stop token id or a stop string
+    LENGTH = "length"  # max_tokens or the context window
+    ABORT = "abort"  # cancelled
+    TIMEOUT = "timeout"  # the request's deadline ran out (set by the engine client)
+
+
+class Outcome(enum.StrEnum):
+    """How one request ended, for metrics, the request log, tracing and error mapping.
+
+    A finish reason, or one of the failures. Each request has exactly one outcome."""
+
+    STOP = "stop"
+    LENGTH = "length"
+    ABORT = "abort"
+    TIMEOUT = "timeout"  # finished, but the caller did not get what it asked for: a failure
+    VALIDATION = "validation"  # bad input (422, 413)
+    OVERLOADED = "overloaded"  # 429
+    UNAVAILABLE = "unavailable"  # 503 while starting, restarting or draining
+    DISCONNECTED = "disconnected"  # the caller left before the answer ended
+    WORKER_LOST = "worker_lost"  # the worker died under it
+    SHUTDOWN = "shutdown"  # still running when the drain time ran out
+    INTERNAL = "internal"  # a 500: a bug of ours
+
+    @property
+    def is_success(self) -> bool:
+        return self in SUCCESS_OUTCOMES
+
+    @classmethod
+    def of(cls, reason: FinishReason) -> Outcome:
+        return cls(reason.value)
+
+
+SUCCESS_OUTCOMES = frozenset({Outcome.STOP, Outcome.LENGTH, Outcome.ABORT})
+FAILURE_OUTCOMES = tuple(o for o in Outcome if o not in SUCCESS_OUTCOMES)
+# Outcomes the engine client reports; the other failures are seen only by the HTTP layer.
+ENGINE_FAILURES = frozenset(
+    {
+        Outcome.VALIDATION,
+        Outcome.TIMEOUT,
+        Outcome.WORKER_LOST,
+        Outcome.SHUTDOWN,
+        Outcome.DISCONNECTED,
+    }
+)
+# Outcomes after which the engine had finished the request (end-to-end latency is meaningful).
+ENGINE_FINISHED = frozenset({*SUCCESS_OUTCOMES, Outcome.TIMEOUT})
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """Log-probability of a chosen token and of the top alternatives at its position."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+    rank: int | None = None  # of token_id in the vocabulary by logprob, 1 = most likely
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """What one generation asks for. Constructing it checks every range (naming the field)."""
+
+    max_tokens: int = 16
+    min_tokens: int = 0
+    temperature: float = 1.0  # 0 means greedy
+    top_k: int = 0  # 0 means off
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0  # HF semantics, over prompt and output tokens
+    presence_penalty: float = 0.0  # OpenAI semantics, over output tokens
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    logprobs: int | None = None  # None: no logprobs; k: the chosen token and the top k
+    # None: none; k: each prompt token's logprob (the first has none) and the top k at its
+    # position, from the raw logits (what OpenAI's echo + logprobs and TGI's
+    # decoder_input_details report; vLLM's prompt_logprobs).
+    prompt_logprobs: int | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    # Applied by the engine client as it detokenizes (the worker ignores them): text that ends
+    # the generation, kept in the output or not, and whether special tokens show as text.
+    stop: tuple[str, ...] = ()
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    # Seconds from acceptance; the engine client aborts the request when they run out and
+    # ends it with finish_reason "timeout". None: no deadline.
+    timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        limits: list[tuple[str, bool, str]] = [
+            ("max_tokens", self.max_tokens >= 1, "must be >= 1"),
+            ("min_tokens", 0 <= self.min_tokens <= self.max_tokens, "must be in [0, max_tokens]"),
+            ("temperature", 0.0 <= self.temperature <= 100.0, "must be in [0, 100]"),
+            ("top_k", self.top_k >= 0, "must be >= 0 (0 disables)"),
+            ("top_p", 0.0 < self.top_p <= 1.0, "must be in (0, 1]"),
+            ("min_p", 0.0 <= self.min_p <= 1.0, "must be in [0, 1]"),
+            ("repetition_penalty", 0.0 < self.repetition_penalty <= 10.0, "must be in (0, 10]"),
+            ("presence_penalty", -2.0 <= self.presence_penalty <= 2.0, "must be in [-2, 2]"),
+            ("frequency_penalty", -2.0 <= self.frequency_penalty <= 2.0, "must be in [-2, 2]"),
+            (
+                "logprobs",
+                self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
+                f"must be in [0, {MAX_LOGPROBS}]",
+            ),
+            (
+                "prompt_logprobs",
+                self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= MAX_LOGPROBS,
+                f"must be in [0, {MAX_LOGPROBS}]",
+            ),
+            ("timeout", self.timeout is None or self.timeout > 0, "must be > 0 seconds"),
+        ]
+        for name, ok, rule in limits:
+            if not ok:
+                raise InvalidRequestError(name, f"{rule}, got {getattr(self, name)!r}")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise InvalidRequestError("seed", f"must be in [0, 2**63), got {self.seed}")
+        for token_id, bias in self.logit_bias.items():
+            if not -100.0 <= bias <= 100.0:
+                raise InvalidRequestError(
+                    "logit_bias", f"bias for {token_id} must be in [-100, 100]"
+                )
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def has_penalties(self) -> bool:
+        return (
+            self.repetition_penalty != 1.0
+            or self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+        )
+
+
+# ---- API process -> worker ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AddRequest:
+    """A validated request (see validate_request): the worker schedules it as it is."""
+
+    request_id: str
+    prompt_ids: tuple[int, ...]
+    params: SamplingParams
+
+
+@dataclass(frozen=True)
+class AbortRequest:
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    pass
+
+
+# ---- worker -> API process ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the worker reports once loaded; the API layer shows it in /info and /v1/models."""
+
+    model_id: str  # the name callers use in "model" fields
+    model_path: str
+    vocab_size: int
+    max_model_len: int
+    eos_token_id: int
+    dtype: str
+    device: str
+    max_num_seqs: int
+    kv_slots: int
+    quantization: str = "none"
+
+
+@dataclass(frozen=True)
+class WorkerReady:
+    info: ModelInfo
+
+
+@dataclass(frozen=True)
+class WorkerFailed:
+    error: str
 
 
 @dataclass(frozen=True)
@@ -15,7 +229,7 @@ class RequestOutput:
     request_id: str
     new_token_ids: tuple[int, ...]
     new_logprobs: tuple[TokenLogprobs, ...]
-    finish_reason: str | None
+    finish_reason: FinishReason | None
     num_prompt_tokens: int
     num_output_tokens: int
     first_scheduled_time: float | None = None  # time.monotonic() in the worker
@@ -44,24 +258,13 @@ class StepStats:
 
 @dataclass(frozen=True)
 class StepResult:
+    """The worker's one message per step: every request's new tokens, and the step's figures."""
+
     outputs: tuple[RequestOutput, ...]
     stats: StepStats | None  # None when nothing ran
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the worker reports once loaded; the API layer shows it in /info and /v1/models."""
-
-    model_id: str  # the name callers use in "model" fields
-    model_path: str
-    vocab_size: int
-    max_model_len: int
-    eos_token_id: int
-    dtype: str
-    device: str
-    max_num_seqs: int
-    kv_slots: int
-    quantization: str = "none"
+# ---- engine client -> routes and observers --------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -77,21 +280,6 @@ class RequestTimings:
 
 
 @dataclass(frozen=True)
-class RequestRecord:
-    """How one request ended, for metrics and the request log. Reported once per request."""
-
-    request_id: str
-    # A finish reason (stop, length, abort, timeout) or a failure: disconnected (the caller
-    # left), validation (the worker refused it), worker_lost, shutdown.
-    outcome: str
-    num_prompt_tokens: int
-    num_output_tokens: int
-    timings: RequestTimings
-    prefill_seconds: float | None  # first scheduled -> first token; None if never scheduled
-    inter_token_gaps: tuple[float, ...]
-
-
-@dataclass(frozen=True)
 class GenerationDelta:
     """One piece of a streamed generation: new text and tokens; the last one has finish_reason."""
 
@@ -99,7 +287,7 @@ class GenerationDelta:
     text: str
     token_ids: tuple[int, ...]
     logprobs: tuple[TokenLogprobs, ...]
-    finish_reason: str | None  # stop | length | abort | timeout
+    finish_reason: FinishReason | None
     num_prompt_tokens: int
     num_output_tokens: int
     stop_reason: str | int | None = None  # the stop string or stop token id that ended it
@@ -112,39 +300,101 @@ class GenerationDelta:
         return self.finish_reason is not None
 
 
-# Messages between the EngineClient (API process) and the worker process. Token ids and small
-# dataclasses only: they are pickled through multiprocessing queues.
+@dataclass
+class GenerationResult:
+    """Everything one generation produced, folded from its deltas (non-streamed answers, and
+    the in-process LLM's results)."""
+
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprobs] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+    stop_reason: str | int | None = None
+    num_output_tokens: int = 0
+    timings: RequestTimings | None = None
+    prompt_logprobs: Sequence[TokenLogprobs | None] | None = None  # when the params ask
+
+    def add(self, delta: GenerationDelta) -> None:
+        if delta.prompt_logprobs is not None:
+            self.prompt_logprobs = list(delta.prompt_logprobs)
+        self.text += delta.text
+        self.token_ids.extend(delta.token_ids)
+        self.logprobs.extend(delta.logprobs)
+        self.num_output_tokens = delta.num_output_tokens
+        if delta.finish_reason is not None:
+            self.finish_reason = delta.finish_reason
+            self.stop_reason = delta.stop_reason
+            self.timings = delta.timings
 
 
 @dataclass(frozen=True)
-class AddRequest:
+class RequestRecord:
+    """How one request ended, for metrics and the request log. Reported once per request."""
+
     request_id: str
-    prompt_ids: tuple[int, ...]
-    params: SamplingParams
+    outcome: Outcome
+    num_prompt_tokens: int
+    num_output_tokens: int
+    timings: RequestTimings
+    prefill_seconds: float | None  # first scheduled -> first token; None if never scheduled
+    inter_token_gaps: tuple[float, ...]
 
 
-@dataclass(frozen=True)
-class AbortRequest:
-    request_id: str
+class EngineClient(Protocol):
+    """What the HTTP layer needs of the engine (app/engine/client/async_engine.py implements it
+    over a worker process; the API tests' fake implements it over a scripted worker)."""
 
+    @property
+    def info(self) -> ModelInfo: ...
 
-@dataclass(frozen=True)
-class Shutdown:
-    pass
+    @property
+    def is_ready(self) -> bool: ...
 
+    @property
+    def is_draining(self) -> bool: ...
 
-@dataclass(frozen=True)
-class WorkerReady:
-    info: ModelInfo
+    @property
+    def is_worker_alive(self) -> bool: ...
 
+    @property
+    def worker_restarts(self) -> int: ...
 
-@dataclass(frozen=True)
-class WorkerFailed:
-    error: str
+    @property
+    def num_in_flight(self) -> int: ...
 
+    async def encode(self, text: str) -> list[int]: ...
 
-@dataclass(frozen=True)
-class RequestRejected:
-    request_id: str
-    field: str
-    message: str
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
+
+    def token_text(self, token_id: int) -> str:
+        """One token as text; bytes that are not valid UTF-8 alone become 'bytes:\\xNN'."""
+        ...
+
+    def generate(
+        self, prompt_ids: Sequence[int], params: SamplingParams, *, request_id: str
+    ) -> AsyncIterator[GenerationDelta]:
+        """Stream one request's deltas; the last has finish_reason and timings.
+
+        Raises before the first delta: InvalidRequestError, OverloadedError (with
+        retry_after), EngineNotReadyError. Mid-stream: EngineDeadError when the worker dies.
+        Leaving the iteration early (break, aclose, task cancellation) aborts the request.
+        """
+        ...
+
+    def stats(self) -> dict[str, object]:
+        """A live view of the scheduler and the worker, for operators (/v1/engine/stats)."""
+        ...
+
+    def begin_drain(self, grace_seconds: float) -> None:
+        """Refuse new requests from now on; in-flight ones have grace_seconds to finish (the
+        first call sets the deadline; later ones keep it)."""
+        ...
+
+    async def wait_drained(self) -> None:
+        """Return once nothing is in flight or the drain deadline has passed."""
+        ...
+
+    async def shutdown(self, grace_seconds: float) -> None:
+        """Drain (within the deadline of an earlier begin_drain, else grace_seconds from now),
+        end what is still running, stop the worker."""
+        ...

@@ -1,8 +1,8 @@
 """Int8 GEMMs for CPUs (W8A8): int8 weights per output channel, int8 activations per row.
 
 Opt-in (`quantization="int8"`): it changes the numbers, so outputs are no longer equal to
-transformers' fp32 model; what it costs in agreement is measured in bench/quant_bench.py.
-What it buys on a 2-core AVX2 EPYC (GPT-2 124M shapes, bench/engine_bench.py's ceiling: one
+transformers' fp32 model; what it costs in agreement is measured in benchmarks/quant_bench.py.
+What it buys on a 2-core AVX2 EPYC (GPT-2 124M shapes, benchmarks/engine_bench.py's ceiling: one
 decode step's GEMMs alone): through fbgemm (the kernels behind torch's dynamic quantization) the
 int8 path ran 1.8x the oneDNN fp32 one at 32 rows (507 against 289 tok/s) and 2x the OpenBLAS
 fp32 one at one row (52.6 against 26.4), where its weights are a quarter of the bytes: at one
@@ -15,7 +15,7 @@ Two choices keep it a serving kernel rather than a demo:
   parts around it, attention over a batch's padded length above all, are equal only up to float
   order, and int8 rounding can amplify such a difference into another code: greedy tokens of a
   sequence alone and inside a batch agreed on 95.6% of 16x128 tokens on the bundled model,
-  against 21% with per-tensor scales and 100% in fp32. bench/quant_bench.py measures it.)
+  against 21% with per-tensor scales and 100% in fp32. benchmarks/quant_bench.py measures it.)
 - Per-row scaling is done here, not by fbgemm: each row's [min, max] is mapped onto [0, 127]
   here, and the kernel is called with the fixed input scale 1 and zero point 0, so one kernel
   call serves rows with different scales. The offset comes back as min * (column sums of W).

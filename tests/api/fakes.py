@@ -1,67 +1,70 @@
-"""A deterministic stand-in for EngineClient, so the HTTP layer is tested without a model.
+"""A deterministic stand-in for the engine's worker, so the HTTP layer is tested without a model.
+
+FakeEngineClient implements the EngineClient protocol (app/engine/protocol.py) the way
+AsyncEngine does: requests are validated by the real validate_request, and the worker's output
+goes through the real OutputProcessor (incremental detokenization, stop strings, deadlines,
+timings, one RequestRecord per request). Only the worker is scripted.
 
 Tokenizer: one token per UTF-8 byte (ids 0..255) plus <|endoftext|> = 256. A multi-byte
 character therefore spans several tokens, which exercises the "hold back half a character" path.
 
-Generation: the continuation is a fixed script (`FakeEngineClient.script`), prefixed with
-"<seed>" when the request has a seed, one token per delta, then <|endoftext|> (finish "stop")
-unless max_tokens runs out first (finish "length"). Stop strings, stop token ids, ignore_eos,
-logprobs, prompt logprobs, timeouts and the engine's errors behave as the EngineClient contract
-says.
+Worker: the continuation is a fixed script (`FakeEngineClient.script`), prefixed with "<seed>"
+when the request has a seed, one token per step, then <|endoftext|> (finish "stop") unless
+max_tokens runs out first (finish "length"); stop token ids end it too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
-from app.engine.errors import (
-    EngineDeadError,
-    EngineNotReadyError,
-    InvalidRequestError,
-    OverloadedError,
+from app.engine.client.output_processor import OutputProcessor
+from app.engine.client.validation import ModelLimits, validate_request
+from app.engine.errors import EngineDeadError, EngineNotReadyError, OverloadedError
+from app.engine.protocol import (
+    ENGINE_FINISHED,
+    AddRequest,
+    FinishReason,
+    GenerationDelta,
+    ModelInfo,
+    Outcome,
+    RequestOutput,
+    RequestRecord,
+    SamplingParams,
+    TokenLogprobs,
 )
-from app.engine.params import SamplingParams
-from app.engine.protocol import GenerationDelta, ModelInfo, RequestTimings, TokenLogprobs
 
 EOS = 256
 VOCAB = 257
-TIMINGS = RequestTimings(
-    queue=0.001,
-    time_to_first_token=0.010,
-    decode=0.020,
-    total=0.030,
-    mean_inter_token=0.002,
-    max_inter_token=0.005,
-)
+TOKEN_BYTES = [bytes([i]) for i in range(256)] + [b"<|endoftext|>"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Call:
     prompt_ids: list[int]
     params: SamplingParams
     request_id: str
-    stop: tuple[str, ...]
-    include_stop_str_in_output: bool
-    timeout: float | None
 
 
 @dataclass
 class FakeEngineClient:
     script: str = " the quick brown fox"
     max_model_len: int = 128
-    token_delay: float = 0.0  # seconds before each delta
+    token_delay: float = 0.0  # seconds before each step
     ready: bool = True
     draining: bool = False
     overloaded: bool = False
-    die_after: int | None = None  # raise EngineDeadError after this many deltas
+    die_after: int | None = None  # the worker "dies" after this many tokens of a request
     calls: list[Call] = field(default_factory=list)
-    aborted: list[str] = field(default_factory=list)
-    finished: list[str] = field(default_factory=list)
+    aborted: list[str] = field(default_factory=list)  # ended without a finish reason
+    finished: list[str] = field(default_factory=list)  # ended with one
+    records: list[RequestRecord] = field(default_factory=list)
+    sink: Callable[[RequestRecord], None] | None = None  # e.g. Telemetry.on_record
     started: bool = False
     shutdown_grace: float | None = None
+    worker_restarts: int = 0
 
     def __post_init__(self) -> None:
         self.info = ModelInfo(
@@ -75,8 +78,12 @@ class FakeEngineClient:
             max_num_seqs=4,
             kv_slots=4,
         )
+        self.outputs = OutputProcessor(
+            TOKEN_BYTES, frozenset({EOS}), None, abort=self._abort, record_sink=self._record
+        )
+        self._workers: dict[str, asyncio.Task[None]] = {}
 
-    # ---- lifecycle ----------------------------------------------------------------------
+    # ---- state and lifecycle --------------------------------------------------------------
     @property
     def is_ready(self) -> bool:
         return self.ready and not self.draining
@@ -85,13 +92,24 @@ class FakeEngineClient:
     def is_draining(self) -> bool:
         return self.draining
 
+    @property
+    def is_worker_alive(self) -> bool:
+        return True
+
+    @property
+    def num_in_flight(self) -> int:
+        return len(self.outputs.requests)
+
     async def start(self) -> None:
         self.started = True
 
-    def begin_drain(self) -> None:
+    def begin_drain(self, grace_seconds: float) -> None:
         self.draining = True
 
-    async def shutdown(self, grace_seconds: float = 30.0) -> None:
+    async def wait_drained(self) -> None:
+        await self.outputs.idle.wait()
+
+    async def shutdown(self, grace_seconds: float) -> None:
         self.shutdown_grace = grace_seconds
 
     # ---- tokenizer ----------------------------------------------------------------------
@@ -99,14 +117,10 @@ class FakeEngineClient:
         return list(text.encode("utf-8"))
 
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        out = bytearray()
-        for token_id in token_ids:
-            if token_id == EOS:
-                if not skip_special_tokens:
-                    out += b"<|endoftext|>"
-            else:
-                out.append(token_id)
-        return out.decode("utf-8", errors="replace")
+        skip = {EOS} if skip_special_tokens else set()
+        return b"".join(TOKEN_BYTES[t] for t in token_ids if t not in skip).decode(
+            "utf-8", errors="replace"
+        )
 
     def token_text(self, token_id: int) -> str:
         if token_id == EOS:
@@ -119,139 +133,92 @@ class FakeEngineClient:
         return {"running": 0, "waiting": 0, "calls": len(self.calls)}
 
     # ---- generation -----------------------------------------------------------------------
-    def generate(
-        self,
-        prompt_ids: Sequence[int],
-        params: SamplingParams,
-        *,
-        request_id: str,
-        stop: Sequence[str] = (),
-        include_stop_str_in_output: bool = False,
-        timeout: float | None = None,
+    async def generate(
+        self, prompt_ids: Sequence[int], params: SamplingParams, *, request_id: str
     ) -> AsyncIterator[GenerationDelta]:
-        call = Call(
-            list(prompt_ids), params, request_id, tuple(stop), include_stop_str_in_output, timeout
+        self.calls.append(Call(list(prompt_ids), params, request_id))
+        if self.draining or not self.ready:
+            raise EngineNotReadyError("the engine is not ready")
+        if self.overloaded:
+            raise OverloadedError("the waiting queue is full (256 requests)", retry_after=3)
+        request = validate_request(
+            request_id, prompt_ids, params, ModelLimits(VOCAB, self.max_model_len)
         )
-        self.calls.append(call)
-        return self._run(call)
+        req = self.outputs.add(request_id, len(prompt_ids), params)
+        self._workers[request_id] = asyncio.create_task(self._work(request))
+        try:
+            async for delta in self.outputs.deltas(req):
+                yield delta
+        finally:
+            self.outputs.leave(req)
 
     def output_ids(self, params: SamplingParams) -> list[int]:
         text = (f"<{params.seed}>" if params.seed is not None else "") + self.script
         return list(text.encode("utf-8"))
 
-    async def _run(self, call: Call) -> AsyncIterator[GenerationDelta]:
-        params = call.params
-        if self.draining or not self.ready:
-            raise EngineNotReadyError("the engine is not ready")
-        if self.overloaded:
-            raise OverloadedError("the waiting queue is full (256 requests)", retry_after=3)
-        self._validate(call)
+    async def _work(self, request: AddRequest) -> None:
+        """The scripted worker: one token per step, reported as the real worker reports it."""
+        params, rid = request.params, request.request_id
         script = self.output_ids(params)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        text = ""  # decoded, not yet sent
-        sent = 0
-        done = False
-        try:
-            for step in range(params.max_tokens):
-                if self.token_delay:
-                    await asyncio.sleep(self.token_delay)
-                if self.die_after is not None and step >= self.die_after:
-                    raise EngineDeadError("the engine worker died")
-                if call.timeout is not None and loop.time() - started > call.timeout:
-                    done = True
-                    yield self._delta(call, "", (), (), "timeout", step)
-                    return
-                at_end = step >= len(script)
-                token = EOS if at_end and not params.ignore_eos else script[step % len(script)]
-                piece = "" if token == EOS else decoder.decode(bytes([token]))
-                text += piece
-                finish, reason = None, None
-                if token == EOS or token in params.stop_token_ids:
-                    finish, reason = "stop", token
-                elif step + 1 >= params.max_tokens:
-                    finish = "length"
-                hit = _find_stop(sent_text=text, stops=call.stop)
-                if hit is not None:
-                    position, matched = hit
-                    end = position + (len(matched) if call.include_stop_str_in_output else 0)
-                    text, finish, reason = text[:end], "stop", matched
-                emit = text if finish else _safe_prefix(text, call.stop)
-                text = text[len(emit) :]
-                sent += 1
-                logprobs = self._logprobs(token, params)
-                done = finish is not None
-                yield self._delta(call, emit, (token,), logprobs, finish, step + 1, reason)
-                if done:
-                    return
-        finally:
-            (self.finished if done else self.aborted).append(call.request_id)
-
-    def _validate(self, call: Call) -> None:
-        for token_id in call.prompt_ids:
-            if not 0 <= token_id < VOCAB:
-                raise InvalidRequestError("prompt", f"token id {token_id} outside [0, {VOCAB})")
-        total = len(call.prompt_ids) + call.params.max_tokens
-        if total > self.max_model_len:
-            raise InvalidRequestError(
-                "max_tokens",
-                f"prompt ({len(call.prompt_ids)} tokens) + max_tokens ({call.params.max_tokens})"
-                f" = {total} exceeds the context window of {self.max_model_len} tokens",
+        scheduled = time.monotonic()
+        for step in range(params.max_tokens):
+            await asyncio.sleep(self.token_delay)
+            if self.die_after is not None and step >= self.die_after:
+                self.outputs.fail(
+                    rid, EngineDeadError("the engine worker died"), Outcome.WORKER_LOST
+                )
+                return
+            at_end = step >= len(script)
+            token = EOS if at_end and not params.ignore_eos else script[step % len(script)]
+            finish = None
+            if token == EOS or token in params.stop_token_ids:
+                finish = FinishReason.STOP
+            elif step + 1 >= params.max_tokens:
+                finish = FinishReason.LENGTH
+            out = RequestOutput(
+                request_id=rid,
+                new_token_ids=(token,),
+                new_logprobs=self._logprobs(token, params),
+                finish_reason=finish,
+                num_prompt_tokens=len(request.prompt_ids),
+                num_output_tokens=step + 1,
+                first_scheduled_time=scheduled,
+                prompt_logprobs=self._prompt_logprobs(request) if step == 0 else None,
             )
+            self.outputs.process([out])
+            if finish is not None:
+                return
 
-    def _logprobs(self, token: int, params: SamplingParams) -> tuple[TokenLogprobs, ...]:
+    def _abort(self, request_id: str) -> None:
+        task = self._workers.pop(request_id, None)
+        if task is not None:
+            task.cancel()
+
+    def _record(self, record: RequestRecord) -> None:
+        self.records.append(record)
+        self._workers.pop(record.request_id, None)
+        (self.finished if record.outcome in ENGINE_FINISHED else self.aborted).append(
+            record.request_id
+        )
+        if self.sink is not None:
+            self.sink(record)
+
+    @staticmethod
+    def _logprobs(token: int, params: SamplingParams) -> tuple[TokenLogprobs, ...]:
         if params.logprobs is None:
             return ()
         top = tuple(((token + k) % VOCAB, -0.5 - k) for k in range(params.logprobs))
         return (TokenLogprobs(token_id=token, logprob=-0.5, top=top),)
 
-    def _delta(
-        self,
-        call: Call,
-        text: str,
-        token_ids: tuple[int, ...],
-        logprobs: tuple[TokenLogprobs, ...],
-        finish: str | None,
-        num_output: int,
-        stop_reason: str | int | None = None,
-    ) -> GenerationDelta:
-        return GenerationDelta(
-            request_id=call.request_id,
-            text=text,
-            token_ids=token_ids,
-            logprobs=logprobs,
-            finish_reason=finish,
-            num_prompt_tokens=len(call.prompt_ids),
-            num_output_tokens=num_output,
-            stop_reason=stop_reason if finish == "stop" else None,
-            timings=TIMINGS if finish else None,
-            prompt_logprobs=self._prompt_logprobs(call) if num_output == 1 and token_ids else None,
-        )
-
     @staticmethod
-    def _prompt_logprobs(call: Call) -> tuple[TokenLogprobs | None, ...] | None:
+    def _prompt_logprobs(request: AddRequest) -> tuple[TokenLogprobs | None, ...] | None:
         """As the engine: with the first token, each prompt token at -0.25 and rank 1 (none for
         the first), its top k the token itself and the k-1 ids after it."""
-        k = call.params.prompt_logprobs
+        k = request.params.prompt_logprobs
         if k is None:
             return None
         scored = (
             TokenLogprobs(t, -0.25, tuple(((t + j) % VOCAB, -0.25 - j) for j in range(k)), 1)
-            for t in call.prompt_ids[1:]
+            for t in request.prompt_ids[1:]
         )
         return (None, *scored)
-
-
-def _find_stop(sent_text: str, stops: Sequence[str]) -> tuple[int, str] | None:
-    hits = [(sent_text.find(s), s) for s in stops if s in sent_text]
-    return min(hits) if hits else None
-
-
-def _safe_prefix(text: str, stops: Sequence[str]) -> str:
-    """Hold back a tail that could still grow into a stop string."""
-    for cut in range(len(text)):
-        tail = text[cut:]
-        if any(s.startswith(tail) for s in stops):
-            return text[:cut]
-    return text

@@ -103,7 +103,7 @@ def test_lifespan_owns_the_engine_it_builds(monkeypatch: pytest.MonkeyPatch) -> 
         built.update(config=config, **kwargs)
         return fake
 
-    monkeypatch.setattr(app.main, "EngineClient", factory)
+    monkeypatch.setattr(app.main, "AsyncEngine", factory)
     settings = Settings(model="fake-gpt2", max_queued_requests=7, drain_timeout_seconds=4.0)
     with TestClient(app.main.create_app(settings)) as client:
         assert fake.started

@@ -106,7 +106,7 @@ def test_stop_sequence_stays_in_text_as_in_tgi(client: TestClient, fake: FakeEng
         "/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 50, "stop": ["quick"]}}
     )
     assert r.json()["generated_text"] == " the quick"
-    assert fake.calls[0].include_stop_str_in_output is True
+    assert fake.calls[0].params.include_stop_str_in_output is True
 
 
 def test_eos_token_is_special(client: TestClient) -> None:
@@ -196,7 +196,7 @@ def test_generate_stream_events(client: TestClient) -> None:
     assert details["finish_reason"] == "length"
     assert details["generated_tokens"] == 3
     assert details["input_length"] == 2
-    assert details["timings"]["total_ms"] == 30.0
+    assert 0 <= details["timings"]["ttft_ms"] <= details["timings"]["total_ms"]
 
 
 def test_stream_token_texts_add_up_across_utf8(client: TestClient, fake: FakeEngineClient) -> None:

@@ -25,7 +25,7 @@ def test_ready_follows_the_engine(client: TestClient, fake: FakeEngineClient) ->
     assert r.json()["error"]["code"] == 503
     assert "starting" in r.json()["error"]["message"]
     fake.ready = True
-    fake.begin_drain()
+    fake.begin_drain(5.0)
     r = client.get("/ready")
     assert r.status_code == 503
     assert "draining" in r.json()["error"]["message"]

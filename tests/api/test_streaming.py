@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from app.api.streams import ChoiceStreams, ClientDisconnected, collect_unless_disconnected
 from app.config import Settings
 from app.engine.errors import OverloadedError
-from app.engine.params import SamplingParams
+from app.engine.protocol import SamplingParams
 from app.main import create_app
 from tests.api.conftest import sse_events
 from tests.api.fakes import FakeEngineClient

@@ -21,7 +21,7 @@ from app.bench.metrics_check import (
     scrape,
 )
 from app.config import DEFAULT_LATENCY_BUCKETS
-from app.engine.protocol import RequestRecord, RequestTimings
+from app.engine.protocol import Outcome, RequestRecord, RequestTimings
 from app.metrics import Metrics
 
 # (TTFT, inter-token gaps, end-to-end) of three requests, as the server timed them.
@@ -48,7 +48,7 @@ def _serve(metrics: Metrics, served: list[tuple[float, list[float], float]]) -> 
         )
         record = RequestRecord(f"r{i}", "length", 8, len(gaps) + 1, timings, 0.001, tuple(gaps))
         metrics.record_work(record)
-        metrics.record_outcome("length")
+        metrics.record_outcome(Outcome.LENGTH)
 
 
 def _snapshot(metrics: Metrics) -> Snapshot:

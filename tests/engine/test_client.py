@@ -1,9 +1,10 @@
-"""EngineClient over a real worker process: streaming, stop strings, abort, backpressure,
+"""AsyncEngine over a real worker process: streaming, stop strings, abort, backpressure,
 deadlines, a killed worker, and drain."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any, TypeVar
 import pytest
 
 from app.engine import EngineConfig, SamplingParams
-from app.engine.client.engine_client import EngineClient
+from app.engine.client.async_engine import AsyncEngine
 from app.engine.errors import (
     EngineDeadError,
     EngineNotReadyError,
@@ -27,7 +28,7 @@ T = TypeVar("T")
 class Harness:
     """One event loop and one client (worker process) shared by a module's tests."""
 
-    def __init__(self, client: EngineClient) -> None:
+    def __init__(self, client: AsyncEngine) -> None:
         self.records: list[RequestRecord] = []
         self.loop = asyncio.new_event_loop()
         self.client = client
@@ -40,7 +41,8 @@ class Harness:
         self, prompt: str | list[int], params: SamplingParams, rid: str, **kw: Any
     ) -> list[GenerationDelta]:
         ids = await self.client.encode(prompt) if isinstance(prompt, str) else prompt
-        return [d async for d in self.client.generate(ids, params, request_id=rid, **kw)]
+        params = dataclasses.replace(params, **kw)  # stop strings, deadline
+        return [d async for d in self.client.generate(ids, params, request_id=rid)]
 
     async def until(self, predicate: Any, timeout: float = 30) -> None:
         """Wait for a condition the worker reports asynchronously (bounded, not a fixed sleep)."""
@@ -54,7 +56,7 @@ class Harness:
 def h(tiny_model_dir: Path) -> Iterator[Harness]:
     config = EngineConfig(model=str(tiny_model_dir), device="cpu", max_num_seqs=2)
     records: list[RequestRecord] = []
-    harness = Harness(EngineClient(config, max_queued_requests=1, request_sink=records.append))
+    harness = Harness(AsyncEngine(config, max_queued_requests=1, request_sink=records.append))
     harness.records = records
     yield harness
     harness.run(harness.client.shutdown(5))
@@ -67,7 +69,7 @@ GREEDY = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
 def test_api_process_does_not_import_torch_for_the_client() -> None:
     import subprocess
 
-    code = "import sys, app.engine.client.engine_client; print('torch' in sys.modules)"
+    code = "import sys, app.engine.client.async_engine; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -91,7 +93,7 @@ def test_stop_string_ends_the_request(h: Harness) -> None:
     full = "".join(d.text for d in h.run(h.collect("Once upon", GREEDY, "s2")))
     stop = full[10:14]
     first = full.index(stop)
-    deltas = h.run(h.collect("Once upon", GREEDY, "s3", stop=[stop]))
+    deltas = h.run(h.collect("Once upon", GREEDY, "s3", stop=(stop,)))
     assert "".join(d.text for d in deltas) == full[:first]
     assert deltas[-1].finish_reason == "stop" and deltas[-1].stop_reason == stop
     h.run(h.until(lambda: h.client.stats()["kv_slots_used"] == 0))
@@ -158,8 +160,7 @@ def test_killed_worker_fails_in_flight_then_recovers(h: Harness) -> None:
             [7], SamplingParams(max_tokens=1000, ignore_eos=True), request_id="k1"
         )
         await agen.__anext__()
-        assert h.client._worker is not None
-        h.client._worker.kill()
+        h.client.worker.kill()
         with pytest.raises(EngineDeadError):
             async for _ in agen:
                 pass
@@ -176,13 +177,13 @@ def test_killed_worker_fails_in_flight_then_recovers(h: Harness) -> None:
 
 
 def test_drain_refuses_new_work_and_lets_running_finish(tiny_model_dir: Path) -> None:
-    harness = Harness(EngineClient(EngineConfig(model=str(tiny_model_dir), device="cpu")))
+    harness = Harness(AsyncEngine(EngineConfig(model=str(tiny_model_dir), device="cpu")))
     client = harness.client
 
     async def scenario() -> list[GenerationDelta]:
         running = asyncio.ensure_future(harness.collect([1, 2, 3], GREEDY, "d1"))
         await asyncio.sleep(0)  # let it be admitted
-        client.begin_drain()
+        client.begin_drain(5)
         assert not client.is_ready
         with pytest.raises(EngineNotReadyError):
             await client.generate([1], GREEDY, request_id="d2").__anext__()

@@ -1,15 +1,14 @@
-"""The in-process API: validation before work, abort, async iteration, chunked prefill."""
+"""The in-process API: validation before work, abort, stop strings, chunked prefill."""
 
 from __future__ import annotations
 
-import asyncio
-from pathlib import Path
+import dataclasses
 from typing import Any
 
 import pytest
 
-from app.engine import EngineConfig, EngineDeadError, InvalidRequestError, SamplingParams
-from app.engine.worker.llm import LLM, AsyncLLM
+from app.engine import InvalidRequestError, SamplingParams
+from app.engine.worker.llm import LLM
 
 
 def test_prompt_plus_max_tokens_beyond_context_is_rejected_before_any_work(make_llm: Any) -> None:
@@ -88,42 +87,28 @@ def test_running_streams_keep_decoding_while_a_long_prompt_prefills(make_llm: An
 def test_sync_stream_yields_each_token(make_llm: Any) -> None:
     llm: LLM = make_llm()
     outs = list(llm.stream("Hello", SamplingParams(max_tokens=6, ignore_eos=True)))
-    assert [len(o.new_token_ids) for o in outs] == [1] * 6
+    assert [len(o.token_ids) for o in outs] == [1] * 6
     assert outs[-1].finish_reason == "length" and outs[-1].num_output_tokens == 6
 
 
-def test_async_generate_concurrent_and_early_exit_aborts(tiny_model_dir: Path) -> None:
-    engine = AsyncLLM(EngineConfig(model=str(tiny_model_dir), device="cpu", max_num_seqs=4))
+def test_in_process_stop_strings_go_through_the_output_processor(make_llm: Any) -> None:
+    """LLM detokenizes like the service: a stop string ends the request (cut before it) and
+    frees its slot, though the model itself would have gone on."""
+    llm: LLM = make_llm()
+    greedy = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    [free] = llm.generate(["Hello"], greedy)
+    assert free.finish_reason == "length" and len(free.text) > 4
+    stop = free.text[2:4]  # a piece of what greedy decoding writes, likely across tokens
+    [cut] = llm.generate(["Hello"], dataclasses.replace(greedy, stop=(stop,)))
+    assert cut.finish_reason == "stop" and cut.stop_reason == stop
+    assert cut.text == free.text[: free.text.index(stop)]
+    assert llm.core.requests == {} and llm.core.slots.num_used == 0
 
-    async def collect(prompt: list[int], n: int) -> list[int]:
-        tokens: list[int] = []
-        async for out in engine.generate(
-            prompt, SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
-        ):
-            tokens.extend(out.new_token_ids)
-        return tokens
 
-    async def leave_early() -> None:
-        agen = engine.generate([7, 8, 9], SamplingParams(max_tokens=500, ignore_eos=True))
-        async for _ in agen:
-            break
-        await agen.aclose()
-
-    async def main() -> list[list[int]]:
-        results = await asyncio.gather(collect([1, 2, 3], 8), collect([4, 5], 12), leave_early())
-        for _ in range(100):  # the abort is applied by the engine thread at its next step
-            if not engine.core.requests:
-                break
-            await asyncio.sleep(0.01)
-        return [results[0], results[1]]
-
-    try:
-        first, second = asyncio.run(main())
-        assert len(first) == 8 and len(second) == 12
-        assert engine.core.requests == {} and engine.core.slots.num_used == 0
-        with pytest.raises(InvalidRequestError):
-            asyncio.run(collect([1] * 1020, 10))
-    finally:
-        engine.shutdown()
-    with pytest.raises(EngineDeadError):
-        asyncio.run(collect([1], 1))
+def test_leaving_a_stream_early_aborts_in_the_core(make_llm: Any) -> None:
+    llm: LLM = make_llm()
+    stream = llm.stream([7, 8, 9], SamplingParams(max_tokens=500, ignore_eos=True))
+    next(stream)
+    stream.close()
+    llm.step()  # the abort is applied; its slot is free
+    assert llm.core.requests == {} and llm.core.slots.num_used == 0 and not llm.has_unfinished()

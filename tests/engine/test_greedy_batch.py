@@ -55,7 +55,7 @@ def test_concurrent_staggered_greedy_equals_transformers_and_solo(
             i, (ids, max_tokens) = pending.pop(0)
             ids_by_request[llm.submit(ids, _greedy(max_tokens))] = i
         for out in llm.step():
-            got[ids_by_request[out.request_id]].extend(out.new_token_ids)
+            got[ids_by_request[out.request_id]].extend(out.token_ids)
         step += 1
     for i in range(NUM_PROMPTS):
         assert got[i] == hf_reference[i], f"prompt {i} ({len(PROMPTS[i][0])} tokens) differs"

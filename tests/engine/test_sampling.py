@@ -140,7 +140,7 @@ def test_penalties_discourage_repetition(llm: LLM) -> None:
 def test_draws_follow_the_distribution(method: str) -> None:
     """Both samplers (CPU: inverse CDF; CUDA: exponential race) draw from probs exactly:
     frequencies within 4 standard errors, zero-probability tokens never drawn."""
-    from app.engine import sampler
+    from app.engine.worker import sampler
 
     probs = torch.tensor([[0.5, 0.0, 0.3, 0.15, 0.05, 0.0]]).repeat(4000, 1)
     g = torch.Generator().manual_seed(0)

@@ -9,7 +9,7 @@ import pytest
 from app.engine.core.kv_cache import SlotAllocator, SlotMove
 from app.engine.core.scheduler import MIN_SHARED_PREFIX, ScheduledBatch, Scheduler
 from app.engine.core.sequence import FinishReason, Sequence, Status
-from app.engine.params import SamplingParams
+from app.engine.protocol import SamplingParams
 
 EOS = 50256
 

@@ -5,102 +5,21 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
-from app.engine.errors import (
-    EngineDeadError,
-    EngineNotReadyError,
-    InvalidRequestError,
-    OverloadedError,
-)
-from app.engine.params import SamplingParams
-from app.engine.protocol import GenerationDelta, RequestRecord, RequestTimings
 from app.main import create_app
 from tests.api.fakes import FakeEngineClient
 
-REFUSED = (InvalidRequestError, OverloadedError, EngineNotReadyError)
 
-
-@dataclass
 class RecordingFake(FakeEngineClient):
-    """FakeEngineClient that, like EngineClient, reports one RequestRecord per request it
-    admitted (none for those it refused up front): outcome is the finish reason, or
-    disconnected / worker_lost."""
-
-    sink: Callable[[RequestRecord], None] | None = None
-
-    def generate(  # type: ignore[override]
-        self,
-        prompt_ids: Sequence[int],
-        params: SamplingParams,
-        *,
-        request_id: str,
-        **kwargs: Any,
-    ) -> AsyncIterator[GenerationDelta]:
-        inner = super().generate(prompt_ids, params, request_id=request_id, **kwargs)
-        return self._recorded(inner, request_id, len(prompt_ids))
-
-    async def _recorded(
-        self, inner: AsyncIterator[GenerationDelta], request_id: str, num_prompt: int
-    ) -> AsyncIterator[GenerationDelta]:
-        arrival = time.monotonic()
-        first: float | None = None
-        last: float | None = None
-        gaps: list[float] = []
-        outputs = 0
-        outcome: str | None = None
-        refused = False
-        try:
-            async for delta in inner:
-                now = time.monotonic()
-                if delta.token_ids:
-                    if first is None:
-                        first = now
-                    elif last is not None:
-                        gaps.append(now - last)
-                    last = now
-                outputs = delta.num_output_tokens
-                if delta.finish_reason is not None:
-                    outcome = delta.finish_reason
-                yield delta
-        except REFUSED:
-            refused = True
-            raise
-        except EngineDeadError:
-            outcome = "worker_lost"
-            raise
-        finally:
-            await inner.aclose()  # type: ignore[attr-defined]
-            if not refused and self.sink is not None:
-                now = time.monotonic()
-                f, lt = first or now, last or now
-                queue = (f - arrival) / 2  # half of the wait for the first token in the queue
-                timings = RequestTimings(
-                    queue=queue,
-                    time_to_first_token=f - arrival,
-                    decode=lt - f,
-                    total=now - arrival,
-                    mean_inter_token=sum(gaps) / len(gaps) if gaps else 0.0,
-                    max_inter_token=max(gaps, default=0.0),
-                )
-                self.sink(
-                    RequestRecord(
-                        request_id=request_id,
-                        outcome=outcome or "disconnected",
-                        num_prompt_tokens=num_prompt,
-                        num_output_tokens=outputs,
-                        timings=timings,
-                        prefill_seconds=(f - arrival - queue) if first is not None else None,
-                        inter_token_gaps=tuple(gaps),
-                    )
-                )
+    """The fake engine; its OutputProcessor reports one RequestRecord per admitted request to
+    `sink`, which the client fixture points at the app's telemetry (as main.py wires
+    AsyncEngine's request_sink)."""
 
 
 @pytest.fixture

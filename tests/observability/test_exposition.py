@@ -8,8 +8,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
+from app.engine.protocol import FAILURE_OUTCOMES as FAILURE_REASONS
+from app.engine.protocol import SUCCESS_OUTCOMES as SUCCESS_REASONS
 from app.main import create_app
-from app.metrics import FAILURE_REASONS, SUCCESS_REASONS
 from tests.observability.conftest import RecordingFake, promtool, scrape
 
 HISTOGRAMS = (

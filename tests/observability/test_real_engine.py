@@ -327,7 +327,7 @@ def test_killed_worker_counts_worker_lost_and_a_restart(live: Live) -> None:
     with live.http.stream("POST", "/v1/completions", json=body) as stream:
         lines = stream.iter_lines()
         next(line for line in lines if line.startswith("data: "))
-        os.kill(engine.worker_pid, signal.SIGKILL)
+        os.kill(engine.worker.pid, signal.SIGKILL)
         rest = "\n".join(lines)
     assert '"error"' in rest  # the stream ends with an error event
     wait_until(lambda: live.scrape().value("gpt2_worker_restarts_total") >= 1, timeout=30)

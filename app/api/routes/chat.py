@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from app.api.choices import ChoicePlan, RunOptions, fold, log_request, new_id, open_streams, usage
+from app.api.choices import ChoicePlan, fold, log_request, new_id, open_streams, usage
 from app.api.deps import EngineDep, RequestIdDep, SettingsDep
 from app.api.logprobs import chat_logprobs
 from app.api.openai_stream import base_chunk, openai_events, openai_response
@@ -16,7 +16,6 @@ from app.api.prompts import (
     check_model,
     encode_text,
     render_chat,
-    resolve_max_tokens,
     truncate_prompt,
 )
 from app.api.sampling import openai_params
@@ -25,8 +24,8 @@ from app.api.schemas import ChatCompletionResponse as ChatResponse
 from app.api.sse import EventStreamResponse, sse_openapi
 from app.api.streams import collect_unless_disconnected
 from app.api.timing import timings_ms
-from app.engine.client.engine_client import EngineClient
-from app.engine.protocol import GenerationDelta
+from app.engine.client.validation import resolve_max_tokens
+from app.engine.protocol import EngineClient, GenerationDelta
 
 router = APIRouter(tags=["OpenAI"])
 
@@ -65,15 +64,13 @@ async def create_chat_completion(
                 max_tokens=max_tokens,
                 logprobs=top_n if body.logprobs else None,
                 choice=choice,
-                vocab_size=info.vocab_size,
             ),
         )
         for choice in range(body.n)
     ]
     response_id = new_id("chatcmpl")
     log_request(response_id, request_id, [ids], body.n, prompt, settings.log_prompts)
-    options = RunOptions(body.stop_strings, body.include_stop_str_in_output, body.timeout)
-    streams = open_streams(engine, plans, response_id, options)
+    streams = open_streams(engine, plans, response_id)
     created = int(time.time())
 
     if body.stream:

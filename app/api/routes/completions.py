@@ -10,7 +10,6 @@ from fastapi.responses import Response
 
 from app.api.choices import (
     ChoicePlan,
-    RunOptions,
     fold,
     log_request,
     new_id,
@@ -20,15 +19,15 @@ from app.api.choices import (
 from app.api.deps import EngineDep, RequestIdDep, SettingsDep
 from app.api.logprobs import completion_logprobs, vllm_prompt_logprobs
 from app.api.openai_stream import base_chunk, openai_events, openai_response
-from app.api.prompts import check_model, completion_prompts, resolve_max_tokens, truncate_prompt
+from app.api.prompts import check_model, completion_prompts, truncate_prompt
 from app.api.sampling import openai_params
 from app.api.schemas import ERROR_RESPONSES, CompletionRequest, CompletionResponse
 from app.api.sse import EventStreamResponse, sse_openapi
 from app.api.streams import collect_unless_disconnected
 from app.api.timing import timings_ms
 from app.config import Settings
-from app.engine.client.engine_client import EngineClient
-from app.engine.protocol import GenerationDelta
+from app.engine.client.validation import resolve_max_tokens
+from app.engine.protocol import EngineClient, GenerationDelta
 
 router = APIRouter(tags=["OpenAI"])
 
@@ -66,7 +65,6 @@ async def create_completion(
                 max_tokens=max_tokens,
                 logprobs=body.logprobs,
                 choice=choice,
-                vocab_size=info.vocab_size,
                 prompt_logprobs=prompt_logprobs,
             )
             plans.append(ChoicePlan(len(plans), prompt_index, ids, params))
@@ -74,8 +72,7 @@ async def create_completion(
     response_id = new_id("cmpl")
     log_request(response_id, request_id, prompts, body.n, body.prompt, settings.log_prompts)
     echo = [engine.decode(ids) for ids in prompts] if body.echo else []
-    options = RunOptions(body.stop_strings, body.include_stop_str_in_output, body.timeout)
-    streams = open_streams(engine, plans, response_id, options)
+    streams = open_streams(engine, plans, response_id)
     created = int(time.time())
 
     if body.stream:
@@ -102,7 +99,7 @@ async def create_completion(
                 result.logprobs,
                 text_offset=0,
                 echo_ids=plan.prompt_ids if body.echo else (),
-                echo_logprobs=result.prompt_logprobs,
+                echo_logprobs=result.prompt_logprobs or (),
                 echo_top_n=body.logprobs,
             )
         answer: dict[str, Any] = {
@@ -113,7 +110,7 @@ async def create_completion(
         }
         if body.prompt_logprobs is not None:
             answer["prompt_logprobs"] = vllm_prompt_logprobs(
-                engine, plan.prompt_ids, result.prompt_logprobs, body.prompt_logprobs
+                engine, plan.prompt_ids, result.prompt_logprobs or (), body.prompt_logprobs
             )
         choices.append(answer)
     head = base_chunk(response_id, OBJECT, created, settings.model_name)

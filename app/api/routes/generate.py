@@ -17,8 +17,6 @@ from fastapi.responses import JSONResponse, Response
 
 from app.api.choices import (
     ChoicePlan,
-    ChoiceResult,
-    RunOptions,
     fold,
     log_request,
     new_id,
@@ -36,8 +34,8 @@ from app.api.sse import KEEP_ALIVE, EventStreamResponse, event, sse_openapi
 from app.api.streams import ChoiceStreams, collect_unless_disconnected
 from app.api.timing import server_timing, timings_ms
 from app.config import Settings
-from app.engine.client.engine_client import EngineClient
-from app.engine.protocol import GenerationDelta
+from app.engine.client.validation import resolve_max_tokens
+from app.engine.protocol import EngineClient, FinishReason, GenerationDelta, GenerationResult
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["TGI"])
@@ -58,8 +56,8 @@ async def _prepare(body: GenerateRequest, engine: EngineClient, *, stream: bool)
     info = engine.info
     ids = truncate_prompt(await encode_text(engine, body.inputs), p.truncate)
     # TGI's default, cut to what fits so a long prompt without max_new_tokens still works.
-    max_tokens = p.max_new_tokens or max(
-        1, min(DEFAULT_MAX_NEW_TOKENS, info.max_model_len - len(ids))
+    max_tokens = resolve_max_tokens(
+        p.max_new_tokens, len(ids), info.max_model_len, cap=DEFAULT_MAX_NEW_TOKENS
     )
     # Streams always report each token's logprob, as TGI's do; JSON answers only with details.
     logprobs = (p.top_n_tokens or 0) if stream or p.details else None
@@ -72,17 +70,14 @@ async def _prepare(body: GenerateRequest, engine: EngineClient, *, stream: bool)
 
 
 def _open(engine: EngineClient, prepared: _Prepared, response_id: str) -> ChoiceStreams:
-    options = RunOptions(
-        stop=list(prepared.params.stop or []), include_stop_str_in_output=True, timeout=None
-    )
-    return open_streams(engine, [prepared.plan], response_id, options)
+    return open_streams(engine, [prepared.plan], response_id)
 
 
-def tgi_finish_reason(finish_reason: str | None, stop_reason: str | int | None) -> str:
+def tgi_finish_reason(finish_reason: FinishReason | None, stop_reason: str | int | None) -> str:
     """The engine's reasons in TGI's words: length | eos_token | stop_sequence."""
-    if finish_reason == "stop":
+    if finish_reason is FinishReason.STOP:
         return "stop_sequence" if isinstance(stop_reason, str) else "eos_token"
-    return finish_reason or "length"
+    return finish_reason or FinishReason.LENGTH
 
 
 @router.post(
@@ -165,7 +160,7 @@ async def _generate_json(
     return JSONResponse(content, headers=server_timing(result.timings))
 
 
-def _details(engine: EngineClient, prepared: _Prepared, result: ChoiceResult) -> dict[str, Any]:
+def _details(engine: EngineClient, prepared: _Prepared, result: GenerationResult) -> dict[str, Any]:
     p = prepared.params
     logprobs = list(result.logprobs)
     tokens = [
@@ -180,7 +175,7 @@ def _details(engine: EngineClient, prepared: _Prepared, result: ChoiceResult) ->
         # TGI's prefill: each prompt token with its logprob (null for the first).
         "prefill": (
             [
-                tgi_prefill_token(engine, token_id, result.prompt_logprobs, i)
+                tgi_prefill_token(engine, token_id, result.prompt_logprobs or (), i)
                 for i, token_id in enumerate(prepared.ids)
             ]
             if p.decoder_input_details

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import EngineDep, SettingsDep
-from app.api.prompts import check_model, check_token_ids
+from app.api.prompts import check_model
 from app.api.schemas import (
     ERROR_RESPONSES,
     DetokenizeRequest,
@@ -13,6 +13,7 @@ from app.api.schemas import (
     TokenizeRequest,
     TokenizeResponse,
 )
+from app.engine.client.validation import check_token_ids
 
 router = APIRouter(tags=["Tokenizer"])
 
@@ -33,5 +34,5 @@ async def detokenize(
     body: DetokenizeRequest, engine: EngineDep, settings: SettingsDep
 ) -> DetokenizeResponse:
     check_model(body.model, settings)
-    check_token_ids(body.tokens, engine.info.vocab_size, "tokens")
+    check_token_ids("tokens", body.tokens, engine.info.vocab_size)
     return DetokenizeResponse(prompt=engine.decode(body.tokens, skip_special_tokens=False))

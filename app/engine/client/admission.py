@@ -18,11 +18,33 @@ RATE_WINDOW_SECONDS = 30.0
 
 
 class AdmissionControl:
+    """Counts what is in flight (accepted, not yet finished) and the prompt tokens still waiting
+    to be scheduled, and refuses what would pass the limits."""
+
     def __init__(self, max_running: int, max_queued_requests: int, max_queued_tokens: int) -> None:
         self.max_in_flight = max_running + max_queued_requests
         self.max_queued_requests = max_queued_requests
         self.max_queued_tokens = max_queued_tokens
+        self.in_flight = 0
+        self.queued_tokens = 0  # prompt tokens of requests the worker has not scheduled yet
         self._finished_at: deque[float] = deque()
+
+    def admit(self, prompt_tokens: int) -> None:
+        """Count one more request of prompt_tokens, or raise OverloadedError if it won't fit."""
+        self.check(self.in_flight, self.queued_tokens, prompt_tokens)
+        self.in_flight += 1
+        self.queued_tokens += prompt_tokens
+
+    def scheduled(self, prompt_tokens: int) -> None:
+        """The worker started the request: its prompt no longer waits."""
+        self.queued_tokens -= prompt_tokens
+
+    def release(self, prompt_tokens: int, was_scheduled: bool, now: float | None = None) -> None:
+        """The request ended, whatever the way."""
+        self.in_flight -= 1
+        if not was_scheduled:
+            self.queued_tokens -= prompt_tokens
+        self.record_finished(now)
 
     def check(self, in_flight: int, queued_tokens: int, prompt_tokens: int) -> None:
         """Raise OverloadedError if one more request of prompt_tokens would not fit."""

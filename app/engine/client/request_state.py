@@ -6,8 +6,14 @@ import asyncio
 from dataclasses import dataclass, field
 
 from app.engine.client.detokenizer import IncrementalDetokenizer
-from app.engine.core.sequence import TokenLogprobs
-from app.engine.protocol import GenerationDelta, RequestRecord, RequestTimings
+from app.engine.protocol import (
+    FinishReason,
+    GenerationDelta,
+    Outcome,
+    RequestRecord,
+    RequestTimings,
+    TokenLogprobs,
+)
 
 
 @dataclass
@@ -51,7 +57,7 @@ class RequestState:
         self.last_token_at = now
         self._num_gaps += 1
 
-    def record(self, outcome: str, now: float) -> RequestRecord:
+    def record(self, outcome: Outcome, now: float) -> RequestRecord:
         prefill = None
         if self.scheduled_at is not None and self.first_token_at is not None:
             prefill = max(0.0, self.first_token_at - self.scheduled_at)
@@ -70,7 +76,7 @@ class RequestState:
         text: str,
         token_ids: tuple[int, ...],
         logprobs: tuple[TokenLogprobs, ...],
-        finish_reason: str | None,
+        finish_reason: FinishReason | None,
         stop_reason: str | int | None,
         now: float,
         prompt_logprobs: tuple[TokenLogprobs | None, ...] | None = None,

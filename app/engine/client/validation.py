@@ -1,4 +1,10 @@
-"""Request checks that need the model's limits. Run before anything is queued. Pure Python."""
+"""A request checked against the model's limits, once, in the API process. Pure Python.
+
+What comes out (`AddRequest`) is the one validated form of a request: the worker schedules it as
+it is. Parameter ranges are checked when SamplingParams is built (app/engine/protocol.py); this
+module adds what needs the model: token ids inside the vocabulary and prompt + max_tokens inside
+the context window.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from app.engine.errors import InvalidRequestError
-from app.engine.params import SamplingParams
+from app.engine.protocol import AddRequest, SamplingParams
 
 
 @dataclass(frozen=True)
@@ -16,13 +22,13 @@ class ModelLimits:
 
 
 def validate_request(
-    prompt_ids: Sequence[int], params: SamplingParams, limits: ModelLimits
-) -> None:
+    request_id: str, prompt_ids: Sequence[int], params: SamplingParams, limits: ModelLimits
+) -> AddRequest:
     if not prompt_ids:
         raise InvalidRequestError("prompt", "must contain at least one token")
-    _check_ids("prompt", prompt_ids, limits.vocab_size)
-    _check_ids("stop_token_ids", params.stop_token_ids, limits.vocab_size)
-    _check_ids("logit_bias", list(params.logit_bias), limits.vocab_size)
+    check_token_ids("prompt", prompt_ids, limits.vocab_size)
+    check_token_ids("stop_token_ids", params.stop_token_ids, limits.vocab_size)
+    check_token_ids("logit_bias", list(params.logit_bias), limits.vocab_size)
     total = len(prompt_ids) + params.max_tokens
     if total > limits.max_model_len:
         raise InvalidRequestError(
@@ -31,11 +37,24 @@ def validate_request(
             f"exceeds the context window of {limits.max_model_len} tokens; shorten the prompt "
             "or lower max_tokens",
         )
+    return AddRequest(request_id, tuple(prompt_ids), params)
 
 
-def _check_ids(field: str, ids: Sequence[int], vocab_size: int) -> None:
+def check_token_ids(field: str, ids: Sequence[int], vocab_size: int) -> None:
     for token_id in ids:
         if not 0 <= token_id < vocab_size:
             raise InvalidRequestError(
                 field, f"token id {token_id} is outside the vocabulary [0, {vocab_size})"
             )
+
+
+def resolve_max_tokens(
+    requested: int | None, prompt_len: int, max_model_len: int, cap: int | None = None
+) -> int:
+    """An unset max_tokens means the rest of the context window (at most `cap`, TGI's default).
+    Never below 1: when the prompt already fills the window, validate_request refuses the
+    request with a message naming both numbers."""
+    if requested is not None:
+        return requested
+    rest = max_model_len - prompt_len
+    return max(1, rest if cap is None else min(cap, rest))

@@ -1,7 +1,13 @@
-"""The worker as seen from the API process: a spawned process, two queues and a reader thread."""
+"""The worker as seen from the API process.
+
+WorkerProcess is one spawned process, two queues and a reader thread. WorkerHandle keeps a
+worker running: it spawns one, says when it is ready, and when it dies reports the loss and
+starts a new one after a backoff.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing as mp
 import queue
@@ -10,10 +16,11 @@ from collections.abc import Callable
 from typing import Any
 
 from app.engine.config import EngineConfig
-from app.engine.protocol import Shutdown, WorkerFailed
+from app.engine.protocol import ModelInfo, Shutdown, WorkerFailed, WorkerReady
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.2
+RESTART_BACKOFF_SECONDS = (1.0, 2.0, 5.0, 10.0)
 
 
 class WorkerProcess:
@@ -85,3 +92,104 @@ class WorkerProcess:
             self._on_message(msg)
         self._process.join(1)
         self._on_exit(self._process.exitcode, error)
+
+
+class WorkerHandle:
+    """Keeps one worker process running. Callbacks run on the event loop: on_message for every
+    message but the ready one, on_lost when a worker that was serving dies (a new one is
+    started after a backoff)."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        model_id: str,
+        on_message: Callable[[Any], None],
+        on_lost: Callable[[int | None, str | None], None],
+    ) -> None:
+        self._config = config
+        self._model_id = model_id
+        self._on_message = on_message
+        self._on_lost = on_lost
+        self._process: WorkerProcess | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = asyncio.Event()
+        self._start_error: str | None = None
+        self._closing = False
+        self.info: ModelInfo | None = None
+        self.restarts = 0
+
+    @property
+    def is_ready(self) -> bool:
+        return self._ready.is_set()
+
+    @property
+    def is_alive(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    async def start(self) -> ModelInfo:
+        """Spawn the worker and wait until it has loaded and warmed up the model."""
+        self._loop = asyncio.get_running_loop()
+        self._spawn()
+        while not self._ready.is_set():
+            if self._start_error is not None:
+                raise RuntimeError(f"engine worker failed to start: {self._start_error}")
+            await asyncio.sleep(0.05)
+        assert self.info is not None
+        return self.info
+
+    def send(self, msg: Any) -> None:
+        if self._process is not None:
+            self._process.send(msg)
+
+    def kill(self) -> None:
+        """Kill the worker outright (tests of the restart path)."""
+        if self._process is not None:
+            self._process.kill()
+
+    async def stop(self) -> None:
+        self._closing = True
+        if self._process is not None:
+            await asyncio.to_thread(self._process.stop)
+
+    def _spawn(self) -> None:
+        assert self._loop is not None
+        loop = self._loop
+        self._start_error = None
+        self._process = WorkerProcess(
+            self._config,
+            self._model_id,
+            on_message=lambda m: loop.call_soon_threadsafe(self._dispatch, m),
+            on_exit=lambda code, err: loop.call_soon_threadsafe(self._on_exit, code, err),
+        )
+
+    def _dispatch(self, msg: Any) -> None:
+        if isinstance(msg, WorkerReady):
+            self.info = msg.info
+            self._ready.set()
+            log.info(
+                "engine ready: %s on %s (%s)", msg.info.model_id, msg.info.device, msg.info.dtype
+            )
+        else:
+            self._on_message(msg)
+
+    def _on_exit(self, exitcode: int | None, error: str | None) -> None:
+        was_ready = self._ready.is_set()
+        self._ready.clear()
+        if self._closing:
+            return
+        if not was_ready and self.restarts == 0:
+            self._start_error = error or f"worker exited with code {exitcode}"
+            return
+        self._on_lost(exitcode, error)
+        delay = RESTART_BACKOFF_SECONDS[min(self.restarts, len(RESTART_BACKOFF_SECONDS) - 1)]
+        self.restarts += 1
+        assert self._loop is not None
+        self._loop.call_later(delay, self._restart)
+
+    def _restart(self) -> None:
+        if not self._closing:
+            self._spawn()

@@ -26,7 +26,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from app.engine.core.kv_cache import SlotAllocator, SlotMove
-from app.engine.core.sequence import FinishReason, Sequence, Status
+from app.engine.core.sequence import Sequence, Status
+from app.engine.protocol import FinishReason
 
 # Below this, a copy saves too little prefill to be worth the search and the wait.
 MIN_SHARED_PREFIX = 16

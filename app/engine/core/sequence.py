@@ -5,19 +5,13 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from app.engine.params import SamplingParams
+from app.engine.protocol import FinishReason, SamplingParams, TokenLogprobs
 
 
 class Status(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"  # holds a KV slot: prefilling or decoding
     FINISHED = "finished"
-
-
-class FinishReason(enum.StrEnum):
-    STOP = "stop"  # EOS or a stop token id
-    LENGTH = "length"  # max_tokens or the context window
-    ABORT = "abort"  # cancelled by the caller
 
 
 @dataclass(eq=False)
@@ -57,13 +51,3 @@ class Sequence:
     @property
     def is_finished(self) -> bool:
         return self.status is Status.FINISHED
-
-
-@dataclass(frozen=True)
-class TokenLogprobs:
-    """Log-probability of a chosen token and of the top alternatives at its position."""
-
-    token_id: int
-    logprob: float
-    top: tuple[tuple[int, float], ...] = ()
-    rank: int | None = None  # of token_id in the vocabulary by logprob, 1 = most likely

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence as Seq
 
-from app.engine.client.validation import ModelLimits, validate_request
+from app.engine.client.validation import ModelLimits
 from app.engine.config import EngineConfig
 from app.engine.core.kv_cache import SlotAllocator
 from app.engine.core.prefill_pacer import PrefillPacer
 from app.engine.core.scheduler import Scheduler
 from app.engine.core.sequence import Sequence
-from app.engine.errors import InvalidRequestError
-from app.engine.params import SamplingParams
-from app.engine.protocol import RequestOutput, StepResult, StepStats
+from app.engine.protocol import (
+    AbortRequest,
+    AddRequest,
+    RequestOutput,
+    StepResult,
+    StepStats,
+)
 from app.engine.worker.model_runner import ModelRunner, PromptScores
 
 
@@ -44,14 +47,22 @@ class EngineCore:
         self.requests: dict[str, Sequence] = {}
         self._aborted: list[RequestOutput] = []
 
-    def add_request(self, request_id: str, prompt_ids: Seq[int], params: SamplingParams) -> None:
-        validate_request(prompt_ids, params, self.limits)
-        if request_id in self.requests:
-            raise InvalidRequestError("request_id", f"{request_id!r} is already in use")
-        seq = Sequence(request_id, list(prompt_ids), len(prompt_ids), params, time.monotonic())
+    def add_request(self, request: AddRequest) -> None:
+        """Schedule a request validated by the engine client (validate_request). Only what
+        guards the worker's own memory is checked again: ids index the embedding table, and a
+        sequence must fit its KV slot."""
+        prompt_ids, params = request.prompt_ids, request.params
+        assert request.request_id not in self.requests, request.request_id
+        assert (
+            len(prompt_ids) > 0 and len(prompt_ids) + params.max_tokens <= self.limits.max_model_len
+        )
+        assert all(0 <= t < self.limits.vocab_size for t in prompt_ids)
+        seq = Sequence(
+            request.request_id, list(prompt_ids), len(prompt_ids), params, time.monotonic()
+        )
         if params.prompt_logprobs is not None:  # filled chunk by chunk; nothing predicts [0]
             seq.prompt_logprobs = [None] * len(prompt_ids)
-        self.requests[request_id] = seq
+        self.requests[request.request_id] = seq
         self.scheduler.add(seq)
 
     def abort_request(self, request_id: str) -> bool:
@@ -62,6 +73,13 @@ class EngineCore:
         self.scheduler.abort(seq)
         self._aborted.append(_output(seq, 0))
         return True
+
+    def apply(self, msg: AddRequest | AbortRequest) -> None:
+        """One command from the engine client (the worker loop and the in-process LLM)."""
+        if isinstance(msg, AddRequest):
+            self.add_request(msg)
+        else:
+            self.abort_request(msg.request_id)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.num_unfinished > 0 or bool(self._aborted)
@@ -121,7 +139,7 @@ def _output(seq: Sequence, num_new: int) -> RequestOutput:
         request_id=seq.request_id,
         new_token_ids=tuple(new_ids),
         new_logprobs=tuple(seq.logprobs[-num_new:]) if want_logprobs else (),
-        finish_reason=seq.finish_reason.value if seq.finish_reason else None,
+        finish_reason=seq.finish_reason,
         num_prompt_tokens=seq.num_prompt_tokens,
         num_output_tokens=seq.num_output_tokens,
         first_scheduled_time=seq.first_scheduled_time,

@@ -1,189 +1,103 @@
-"""In-process Python API over EngineCore: synchronous (LLM) and asyncio (AsyncLLM) iteration.
+"""LLM: the engine in the caller's own process (tests, benchmarks, `gpt2-serve generate`).
 
-Tests, the benchmark and the HTTP layer all go through these. AsyncLLM runs the step loop in a
-background thread: the event loop only enqueues commands and receives outputs, so a step never
-blocks it.
+The same contract as the service: requests are validated into AddRequest by the engine client's
+validate_request, applied to an EngineCore as the worker applies them, and the outputs go through
+the same OutputProcessor (detokenization, stop strings), so callers get GenerationDeltas and
+GenerationResults, as the HTTP layer does.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import logging
-import queue
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass, field
-from typing import Any
 
+from app.engine.client.output_processor import OutputProcessor
+from app.engine.client.request_state import RequestState
 from app.engine.client.tokenizer import GPT2Tokenizer, load_tokenizer
 from app.engine.client.validation import validate_request
 from app.engine.config import EngineConfig
-from app.engine.core.sequence import TokenLogprobs
-from app.engine.errors import EngineDeadError
-from app.engine.params import SamplingParams
-from app.engine.protocol import RequestOutput
+from app.engine.errors import InvalidRequestError
+from app.engine.protocol import GenerationDelta, GenerationResult, SamplingParams
 from app.engine.worker.engine_core import EngineCore
 
-log = logging.getLogger(__name__)
 _ids = itertools.count()
 
 Prompt = str | Seq[int]
 
 
-@dataclass
-class Completion:
-    request_id: str
-    prompt_token_ids: list[int]
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[TokenLogprobs] = field(default_factory=list)
-    finish_reason: str | None = None
-    text: str = ""
-    prompt_logprobs: list[TokenLogprobs | None] | None = None  # with params.prompt_logprobs
-
-
 class LLM:
-    """Synchronous in-process engine."""
+    """Synchronous in-process engine: submit, then step; or generate a batch to the end."""
 
     def __init__(self, config: EngineConfig, core: EngineCore | None = None) -> None:
         self.core = core or EngineCore(config)
         self.tokenizer: GPT2Tokenizer = load_tokenizer(self.core.runner.model_dir)
+        self.outputs = OutputProcessor(
+            self.tokenizer.token_bytes,
+            self.tokenizer.special_ids,
+            admission=None,
+            abort=self.core.abort_request,
+        )
+        self._live: dict[str, RequestState] = {}
 
     def encode(self, prompt: Prompt) -> list[int]:
         return self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
 
     def submit(self, prompt: Prompt, params: SamplingParams, request_id: str | None = None) -> str:
+        if params.timeout is not None:  # deadlines run on an event loop (AsyncEngine)
+            raise InvalidRequestError("timeout", "is not supported by the in-process LLM")
         request_id = request_id or f"req-{next(_ids)}"
-        self.core.add_request(request_id, self.encode(prompt), params)
+        request = validate_request(request_id, self.encode(prompt), params, self.core.limits)
+        self._live[request_id] = self.outputs.add(request_id, len(request.prompt_ids), params)
+        self.core.apply(request)
         return request_id
 
     def abort(self, request_id: str) -> bool:
-        return self.core.abort_request(request_id)
+        """Cancel a request: its slot is free before the next step, which reports its last
+        delta (finish_reason "abort"). False if it is unknown or already finished."""
+        return request_id in self._live and self.core.abort_request(request_id)
 
-    def step(self) -> tuple[RequestOutput, ...]:
-        return self.core.step().outputs
+    def has_unfinished(self) -> bool:
+        return bool(self._live)
 
-    def stream(self, prompt: Prompt, params: SamplingParams) -> Iterator[RequestOutput]:
-        """Yield this request's outputs as they come; other live requests advance alongside."""
+    def step(self) -> tuple[GenerationDelta, ...]:
+        """One engine step; the deltas it produced, one per request that moved."""
+        result = self.core.step()
+        self.outputs.process(result.outputs)
+        deltas: list[GenerationDelta] = []
+        for out in result.outputs:
+            req = self._live.get(out.request_id)
+            while req is not None and not req.queue.empty():
+                delta = req.queue.get_nowait()
+                assert isinstance(delta, GenerationDelta)  # failures need an event loop
+                deltas.append(delta)
+                if delta.finished:
+                    del self._live[out.request_id]
+                    req = None
+        return tuple(deltas)
+
+    def stream(self, prompt: Prompt, params: SamplingParams) -> Iterator[GenerationDelta]:
+        """Yield this request's deltas as they come; other live requests advance alongside."""
         request_id = self.submit(prompt, params)
         try:
-            while True:
-                for out in self.step():
-                    if out.request_id == request_id:
-                        yield out
-                        if out.finished:
-                            return
+            while request_id in self._live:
+                for delta in self.step():
+                    if delta.request_id == request_id:
+                        yield delta
         finally:
-            if request_id in self.core.requests:
+            if self._live.pop(request_id, None) is not None:  # left early
                 self.core.abort_request(request_id)
 
     def generate(
         self, prompts: Seq[Prompt], params: SamplingParams | Seq[SamplingParams]
-    ) -> list[Completion]:
+    ) -> list[GenerationResult]:
         """Run every prompt to completion, all in one continuous batch."""
         plist = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
-        results: dict[str, Completion] = {}
+        results: dict[str, GenerationResult] = {}
         for prompt, p in zip(prompts, plist, strict=True):
-            ids = self.encode(prompt)
-            results[self.submit(ids, p)] = Completion("", ids)
-        while self.core.has_unfinished():
-            for out in self.step():
-                c = results.get(out.request_id)
-                if c is not None:
-                    c.request_id = out.request_id
-                    c.token_ids.extend(out.new_token_ids)
-                    c.logprobs.extend(out.new_logprobs)
-                    if out.prompt_logprobs is not None:
-                        c.prompt_logprobs = list(out.prompt_logprobs)
-                    c.finish_reason = out.finish_reason
-        for c in results.values():
-            c.text = self.tokenizer.decode(c.token_ids, skip_special_tokens=True)
+            results[self.submit(prompt, p)] = GenerationResult()
+        while self.has_unfinished():
+            for delta in self.step():
+                if delta.request_id in results:
+                    results[delta.request_id].add(delta)
         return list(results.values())
-
-
-class AsyncLLM:
-    """asyncio front of an EngineCore stepped by a background thread."""
-
-    def __init__(self, config: EngineConfig, core: EngineCore | None = None) -> None:
-        self.core = core or EngineCore(config)
-        self.tokenizer: GPT2Tokenizer = load_tokenizer(self.core.runner.model_dir)
-        self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Any]]] = {}
-        self._lock = threading.Lock()
-        self.dead: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="engine-core", daemon=True)
-        self._thread.start()
-
-    async def generate(
-        self, prompt_ids: Seq[int], params: SamplingParams, request_id: str | None = None
-    ) -> AsyncIterator[RequestOutput]:
-        """Yield outputs for one request; leaving the iteration early aborts it."""
-        if self.dead is not None:
-            raise EngineDeadError(f"engine stopped: {self.dead}")
-        validate_request(prompt_ids, params, self.core.limits)  # fail before queueing
-        request_id = request_id or f"req-{next(_ids)}"
-        stream: asyncio.Queue[Any] = asyncio.Queue()
-        with self._lock:
-            self._streams[request_id] = (asyncio.get_running_loop(), stream)
-        self._inbox.put(("add", (request_id, list(prompt_ids), params)))
-        finished = False
-        try:
-            while not finished:
-                item = await stream.get()
-                if isinstance(item, BaseException):
-                    raise item
-                finished = item.finished
-                yield item
-        finally:
-            with self._lock:
-                self._streams.pop(request_id, None)
-            if not finished:
-                self.abort(request_id)
-
-    def abort(self, request_id: str) -> None:
-        self._inbox.put(("abort", request_id))
-
-    def shutdown(self) -> None:
-        self._inbox.put(("stop", None))
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        try:
-            while self._drain_inbox(block=not self.core.has_unfinished()):
-                for out in self.core.step().outputs:
-                    self._publish(out.request_id, out)
-            error: BaseException = EngineDeadError("engine shut down")
-        except Exception as exc:  # a crashed step must not leave callers waiting forever
-            log.exception("engine step failed")
-            error = EngineDeadError(f"engine step failed: {exc!r}")
-        self.dead = error
-        with self._lock:
-            pending = list(self._streams)
-        for request_id in pending:
-            self._publish(request_id, error)
-
-    def _drain_inbox(self, block: bool) -> bool:
-        """Apply queued commands; False once asked to stop."""
-        while True:
-            try:
-                kind, arg = self._inbox.get(block=block)
-            except queue.Empty:
-                return True
-            block = False
-            if kind == "stop":
-                return False
-            if kind == "abort":
-                self.core.abort_request(arg)
-            else:
-                try:
-                    self.core.add_request(*arg)
-                except Exception as exc:
-                    self._publish(arg[0], exc)
-
-    def _publish(self, request_id: str, item: Any) -> None:
-        with self._lock:
-            target = self._streams.get(request_id)
-        if target is not None:
-            loop, stream = target
-            loop.call_soon_threadsafe(stream.put_nowait, item)

@@ -1,7 +1,9 @@
 """The worker process: owns the model, the KV cache and the scheduler; steps as long as there is
 work, and sleeps on its inbox when there is none.
 
-Only this module's `run_worker` (started with the spawn method) imports torch, through the core.
+Started with the spawn method (app/engine/client/worker_handle.py): torch is imported here, in a
+fresh interpreter, never in the API process. Requests arrive validated (AddRequest); the worker
+applies them as they are.
 """
 
 from __future__ import annotations
@@ -13,13 +15,11 @@ from multiprocessing.queues import Queue
 from typing import Any
 
 from app.engine.config import EngineConfig
-from app.engine.errors import InvalidRequestError
-from app.engine.params import SamplingParams
 from app.engine.protocol import (
     AbortRequest,
     AddRequest,
     ModelInfo,
-    RequestRejected,
+    SamplingParams,
     Shutdown,
     StepResult,
     WorkerFailed,
@@ -49,7 +49,7 @@ def run_worker(config: EngineConfig, model_id: str, inbox: Queue[Any], outbox: Q
     parent = os.getppid()
     while True:
         try:
-            if not _apply_inbox(core, inbox, outbox, block=not core.has_unfinished()):
+            if not _apply_inbox(core, inbox, block=not core.has_unfinished()):
                 return
         except queue.Empty:  # idle and nothing came: is the parent still there?
             if os.getppid() != parent:
@@ -60,20 +60,15 @@ def run_worker(config: EngineConfig, model_id: str, inbox: Queue[Any], outbox: Q
             outbox.put(result)
 
 
-def _apply_inbox(core: Any, inbox: Queue[Any], outbox: Queue[Any], block: bool) -> bool:
+def _apply_inbox(core: Any, inbox: Queue[Any], block: bool) -> bool:
     """Apply every queued command; returns False on Shutdown. Raises queue.Empty on an idle
     timeout so the caller can check on its parent."""
     msg = inbox.get(timeout=PARENT_CHECK_SECONDS) if block else _get_nowait(inbox)
     while msg is not None:
         if isinstance(msg, Shutdown):
             return False
-        if isinstance(msg, AbortRequest):
-            core.abort_request(msg.request_id)
-        elif isinstance(msg, AddRequest):
-            try:
-                core.add_request(msg.request_id, msg.prompt_ids, msg.params)
-            except InvalidRequestError as exc:
-                outbox.put(RequestRejected(msg.request_id, exc.field, exc.message))
+        if isinstance(msg, AddRequest | AbortRequest):
+            core.apply(msg)
         msg = _get_nowait(inbox)
     return True
 
@@ -87,7 +82,9 @@ def _get_nowait(inbox: Queue[Any]) -> Any:
 
 def _warm_up(core: Any) -> None:
     """One short request end to end: first-call allocations happen here, not in a user's TTFT."""
-    core.add_request("warm-up", [core.eos_token_id], SamplingParams(max_tokens=2, temperature=0))
+    core.add_request(
+        AddRequest("warm-up", (core.eos_token_id,), SamplingParams(max_tokens=2, temperature=0))
+    )
     while core.has_unfinished():
         core.step()
 

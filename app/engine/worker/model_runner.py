@@ -9,7 +9,8 @@ import torch
 
 from app.engine.config import EngineConfig
 from app.engine.core.scheduler import ScheduledBatch
-from app.engine.core.sequence import Sequence, TokenLogprobs
+from app.engine.core.sequence import Sequence
+from app.engine.protocol import TokenLogprobs
 from app.engine.worker.cuda_graphs import StaticDecode
 from app.engine.worker.device import resolve_device, resolve_dtype
 from app.engine.worker.host_to_device import to_device

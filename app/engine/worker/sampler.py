@@ -17,8 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from app.engine.core.sequence import TokenLogprobs
-from app.engine.params import SamplingParams
+from app.engine.protocol import SamplingParams, TokenLogprobs
 from app.engine.worker.host_to_device import to_device
 
 

@@ -1,0 +1,222 @@
+"""AsyncEngine: the EngineClient the HTTP layer uses, over an engine in a worker process.
+
+It only composes the three jobs of the API process's side, each in its own class:
+- WorkerHandle (worker_handle.py): spawn the worker, restart it when it dies;
+- AdmissionControl (admission.py): bound what is in flight, with Retry-After;
+- OutputProcessor (output_processor.py): per-step token ids -> per-request text deltas.
+Plus the tokenizer, the drain, and the operator's view (stats). No torch here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from app.engine.client.admission import AdmissionControl
+from app.engine.client.output_processor import OutputProcessor
+from app.engine.client.tokenizer import GPT2Tokenizer, load_tokenizer
+from app.engine.client.validation import ModelLimits, validate_request
+from app.engine.client.worker_handle import WorkerHandle
+from app.engine.config import EngineConfig
+from app.engine.errors import EngineDeadError, EngineNotReadyError
+from app.engine.protocol import (
+    AbortRequest,
+    GenerationDelta,
+    ModelInfo,
+    Outcome,
+    RequestRecord,
+    SamplingParams,
+    StepResult,
+    StepStats,
+)
+from app.hub import resolve_model_dir
+
+log = logging.getLogger(__name__)
+
+
+class AsyncEngine:
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        model_id: str | None = None,
+        max_queued_requests: int = 256,
+        max_queued_tokens: int = 262144,
+        stats_sink: Callable[[StepStats], None] | None = None,
+        request_sink: Callable[[RequestRecord], None] | None = None,
+    ) -> None:
+        self.tokenizer: GPT2Tokenizer = load_tokenizer(resolve_model_dir(config.model))
+        self.admission = AdmissionControl(
+            config.max_num_seqs, max_queued_requests, max_queued_tokens
+        )
+        self.outputs = OutputProcessor(
+            self.tokenizer.token_bytes,
+            self.tokenizer.special_ids,
+            self.admission,
+            abort=self._abort,
+            record_sink=request_sink,
+        )
+        self.worker = WorkerHandle(
+            config, model_id or config.model, self._on_message, self._on_worker_lost
+        )
+        self._stats_sink = stats_sink
+        self._drain_deadline: float | None = None  # loop time; set once, by begin_drain
+        self.last_stats: StepStats | None = None
+        self.recent_step_seconds: deque[float] = deque(maxlen=50)
+
+    # ---- state ------------------------------------------------------------------------------
+
+    @property
+    def info(self) -> ModelInfo:
+        if self.worker.info is None:
+            raise EngineNotReadyError("the engine is starting; retry shortly")
+        return self.worker.info
+
+    @property
+    def is_ready(self) -> bool:
+        return self.worker.is_ready and not self.is_draining
+
+    @property
+    def is_draining(self) -> bool:
+        return self._drain_deadline is not None
+
+    @property
+    def is_worker_alive(self) -> bool:
+        return self.worker.is_alive
+
+    @property
+    def worker_restarts(self) -> int:
+        return self.worker.restarts
+
+    @property
+    def num_in_flight(self) -> int:
+        return len(self.outputs.requests)
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.worker.start()
+
+    def begin_drain(self, grace_seconds: float) -> None:
+        if self._drain_deadline is None:
+            self._drain_deadline = asyncio.get_running_loop().time() + grace_seconds
+
+    async def wait_drained(self) -> None:
+        """Until nothing is in flight or the drain deadline passes."""
+        assert self._drain_deadline is not None, "begin_drain first"
+        remaining = self._drain_deadline - asyncio.get_running_loop().time()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.outputs.idle.wait(), timeout=max(0.0, remaining))
+
+    async def shutdown(self, grace_seconds: float = 30.0) -> None:
+        """Drain (within the deadline of an earlier begin_drain, else grace_seconds from now),
+        end what is still running, stop the worker."""
+        self.begin_drain(grace_seconds)
+        await self.wait_drained()
+        if self.outputs.requests:
+            log.warning("drain: %d requests still running; ending them", self.num_in_flight)
+        self.outputs.fail_all(EngineDeadError("server is shutting down"), Outcome.SHUTDOWN)
+        await self.worker.stop()
+
+    # ---- tokenizer ----------------------------------------------------------------------
+
+    async def encode(self, text: str) -> list[int]:
+        return await asyncio.to_thread(self.tokenizer.encode, text)
+
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens)
+
+    def token_text(self, token_id: int) -> str:
+        return self.tokenizer.token_text(token_id)
+
+    # ---- requests -------------------------------------------------------------------------
+
+    async def generate(
+        self, prompt_ids: Sequence[int], params: SamplingParams, *, request_id: str
+    ) -> AsyncIterator[GenerationDelta]:
+        """See EngineClient.generate (app/engine/protocol.py)."""
+        if not self.is_ready or self.worker.info is None:
+            reason = "draining for shutdown" if self.is_draining else "starting or restarting"
+            raise EngineNotReadyError(f"engine not ready ({reason}); retry shortly")
+        info = self.worker.info
+        request = validate_request(
+            request_id, prompt_ids, params, ModelLimits(info.vocab_size, info.max_model_len)
+        )
+        self.admission.admit(len(prompt_ids))
+        try:
+            req = self.outputs.add(request_id, len(prompt_ids), params)
+        except BaseException:
+            self.admission.release(len(prompt_ids), was_scheduled=False)
+            raise
+        self.worker.send(request)
+        try:
+            async for delta in self.outputs.deltas(req):
+                yield delta
+        finally:
+            self.outputs.leave(req)
+
+    def _abort(self, request_id: str) -> None:
+        self.worker.send(AbortRequest(request_id))
+
+    # ---- worker events, on the event loop ---------------------------------------------------
+
+    def _on_message(self, msg: Any) -> None:
+        if isinstance(msg, StepResult):
+            self.outputs.process(msg.outputs)
+            if msg.stats is not None:
+                self.last_stats = msg.stats
+                self.recent_step_seconds.append(msg.stats.step_seconds)
+                if self._stats_sink is not None:
+                    self._stats_sink(msg.stats)
+
+    def _on_worker_lost(self, exitcode: int | None, error: str | None) -> None:
+        log.error(
+            "engine worker exited (code %s, %s); failing %d requests and restarting",
+            exitcode,
+            error,
+            self.num_in_flight,
+        )
+        self.outputs.fail_all(
+            EngineDeadError(
+                f"engine worker died (exit code {exitcode}); the request was lost, retry it"
+            ),
+            Outcome.WORKER_LOST,
+        )
+
+    # ---- operators ------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, object]:
+        s = self.last_stats
+        steps = sorted(self.recent_step_seconds)
+        return {
+            "ready": self.is_ready,
+            "draining": self.is_draining,
+            "worker_alive": self.is_worker_alive,
+            "worker_pid": self.worker.pid,
+            "worker_restarts": self.worker_restarts,
+            "requests_in_flight": self.num_in_flight,
+            "queued_prompt_tokens": self.admission.queued_tokens,
+            "num_running": s.num_running if s else 0,
+            "num_waiting": s.num_waiting if s else 0,
+            "kv_slots_used": s.kv_slots_used if s else 0,
+            "kv_slots_total": s.kv_slots_total if s else None,
+            "kv_cache_usage": s.kv_slots_used / s.kv_slots_total if s and s.kv_slots_total else 0.0,
+            "last_batch": {
+                "sequences": s.batch_size,
+                "decode_tokens": s.num_decode_tokens,
+                "prefill_tokens": s.num_prefill_tokens,
+            }
+            if s
+            else None,
+            "recent_step_seconds": {
+                "count": len(steps),
+                "p50": steps[len(steps) // 2] if steps else None,
+                "max": steps[-1] if steps else None,
+            },
+            "recent_step_ms": [round(x * 1000.0, 3) for x in self.recent_step_seconds],
+            "drain_rate_requests_per_second": self.admission.drain_rate(),
+        }

@@ -1,0 +1,154 @@
+"""Output processing: the worker's per-step token ids -> each request's text deltas.
+
+One instance holds every request from acceptance to its last delta: it detokenizes
+incrementally (stop strings held back and applied), keeps the timing marks, ends a request whose
+deadline ran out, and reports each request's RequestRecord exactly once, whatever the way it
+ends. It never talks to the worker itself: it asks for aborts through the `abort` callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+
+from app.engine.client.admission import AdmissionControl
+from app.engine.client.detokenizer import IncrementalDetokenizer
+from app.engine.client.request_state import RequestState
+from app.engine.errors import InvalidRequestError
+from app.engine.protocol import (
+    FinishReason,
+    GenerationDelta,
+    Outcome,
+    RequestOutput,
+    RequestRecord,
+    SamplingParams,
+)
+
+
+class OutputProcessor:
+    def __init__(
+        self,
+        token_bytes: Sequence[bytes],
+        special_ids: frozenset[int],
+        admission: AdmissionControl | None,
+        abort: Callable[[str], object],
+        record_sink: Callable[[RequestRecord], None] | None = None,
+    ) -> None:
+        self._token_bytes = token_bytes
+        self._special_ids = special_ids
+        self._admission = admission
+        self._abort = abort
+        self._record_sink = record_sink
+        self.requests: dict[str, RequestState] = {}
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def add(self, request_id: str, num_prompt_tokens: int, params: SamplingParams) -> RequestState:
+        """Register an admitted request (AdmissionControl.admit has counted it). A deadline
+        (params.timeout) needs a running event loop."""
+        if request_id in self.requests:
+            raise InvalidRequestError("request_id", f"{request_id!r} is already in use")
+        detok = IncrementalDetokenizer(
+            self._token_bytes,
+            self._special_ids,
+            params.stop,
+            params.include_stop_str_in_output,
+            params.skip_special_tokens,
+        )
+        req = RequestState(request_id, num_prompt_tokens, detok, time.monotonic())
+        if params.timeout is not None:
+            loop = asyncio.get_running_loop()
+            req.deadline = loop.call_later(params.timeout, self.expire, request_id)
+        self.requests[request_id] = req
+        self.idle.clear()
+        return req
+
+    async def deltas(self, req: RequestState) -> AsyncIterator[GenerationDelta]:
+        """The request's deltas as they come; raises the error that ended it, if one did."""
+        while True:
+            item = await req.queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if item.finished:
+                return
+
+    def leave(self, req: RequestState) -> None:
+        """The caller stopped reading: if the request is still running, it is abandoned."""
+        if self.requests.get(req.request_id) is req:
+            self.finish(req, Outcome.DISCONNECTED)
+            self._abort(req.request_id)
+
+    def process(self, outputs: Sequence[RequestOutput]) -> None:
+        """One worker step's outputs."""
+        now = time.monotonic()
+        for out in outputs:
+            req = self.requests.get(out.request_id)
+            if req is not None:
+                self._process_one(req, out, now)
+
+    def _process_one(self, req: RequestState, out: RequestOutput, now: float) -> None:
+        if req.scheduled_at is None and out.first_scheduled_time is not None:
+            req.scheduled_at = out.first_scheduled_time
+            if self._admission is not None:
+                self._admission.scheduled(req.num_prompt_tokens)
+        if out.new_token_ids:
+            req.on_tokens(now)
+        req.num_output_tokens = out.num_output_tokens
+        delta = req.detok.add(out.new_token_ids, final=out.finished)
+        finish = out.finish_reason
+        stop_reason: str | int | None = None
+        if delta.stop_string is not None:
+            finish, stop_reason = FinishReason.STOP, delta.stop_string
+            if not out.finished:
+                self._abort(req.request_id)
+        elif finish is FinishReason.STOP and out.new_token_ids:
+            stop_reason = out.new_token_ids[-1]
+        if finish is not None:
+            self.finish(req, Outcome.of(finish))
+        req.queue.put_nowait(
+            req.delta(
+                delta.text,
+                out.new_token_ids,
+                out.new_logprobs,
+                finish,
+                stop_reason,
+                now,
+                prompt_logprobs=out.prompt_logprobs,
+            )
+        )
+
+    def expire(self, request_id: str) -> None:
+        """The request's deadline ran out: abort it and end its stream with "timeout"."""
+        req = self.requests.get(request_id)
+        if req is None:
+            return
+        self._abort(request_id)
+        tail = req.detok.add([], final=True)
+        self.finish(req, Outcome.TIMEOUT)
+        now = time.monotonic()
+        req.queue.put_nowait(req.delta(tail.text, (), (), FinishReason.TIMEOUT, None, now))
+
+    def fail(self, request_id: str, error: BaseException, outcome: Outcome) -> None:
+        req = self.requests.get(request_id)
+        if req is not None:
+            self.finish(req, outcome)
+            req.queue.put_nowait(error)
+
+    def fail_all(self, error: BaseException, outcome: Outcome) -> None:
+        for request_id in list(self.requests):
+            self.fail(request_id, error, outcome)
+
+    def finish(self, req: RequestState, outcome: Outcome) -> None:
+        """Forget the request and report how it ended (exactly once)."""
+        if self.requests.pop(req.request_id, None) is None:
+            return
+        if req.deadline is not None:
+            req.deadline.cancel()
+        if self._admission is not None:
+            self._admission.release(req.num_prompt_tokens, req.scheduled_at is not None)
+        if self._record_sink is not None:
+            self._record_sink(req.record(outcome, time.monotonic()))
+        if not self.requests:
+            self.idle.set()
