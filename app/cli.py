@@ -29,19 +29,28 @@ COMMANDS = ("serve", "generate", "bench")
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per Settings field (engine options included), its help from the field's
+    description, then its environment variable and default."""
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         kinds = [a for a in get_args(field.annotation) if a is not type(None)] or [field.annotation]
         kind = kinds[0]
-        help_text = (
-            f"env GPT2_{name.upper()} (default: {field.get_default(call_default_factory=True)!r})"
+        origin = get_origin(field.annotation)
+        listed = origin in (list, tuple)  # comma-separated or a JSON list, parsed by Settings
+        default = field.get_default(call_default_factory=True)
+        if listed:
+            default = ",".join(str(item) for item in default)
+        what = (field.description or name.replace("_", " ")) + (
+            ", comma-separated or a JSON list" if listed else ""
         )
-        if get_origin(field.annotation) is Literal:
+        # argparse %-formats help strings.
+        help_text = f"{what} (env GPT2_{name.upper()}; default: {default!r})".replace("%", "%%")
+        if origin is Literal:
             parser.add_argument(
                 flag, dest=name, choices=get_args(field.annotation), default=None, help=help_text
             )
-        elif get_origin(field.annotation) is list:  # comma-separated, parsed by Settings
-            parser.add_argument(flag, dest=name, default=None, help=help_text + ", comma-separated")
+        elif listed:
+            parser.add_argument(flag, dest=name, default=None, help=help_text)
         elif kind is bool:
             parser.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text

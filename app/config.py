@@ -1,16 +1,20 @@
 """Server settings, read once at the edge from environment variables prefixed GPT2_.
 
-The engine never reads the environment: `to_engine_config` turns these settings into the frozen
-EngineConfig it takes. Nothing here imports torch.
+The engine never reads the environment: `Settings.engine_config()` turns these settings into the
+frozen EngineConfig it takes. The engine options are not declared here: they are EngineConfig's
+fields (with their help text and bounds), made into Settings fields by `_engine_settings_fields`.
+Nothing here imports torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_origin, get_type_hints
 
-from pydantic import Field, field_validator
+from pydantic import Field, create_model, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.engine.config import EngineConfig
@@ -34,64 +38,135 @@ DEFAULT_LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
-class Settings(BaseSettings):
-    """Every server option. Environment: GPT2_<NAME>, e.g. GPT2_MAX_NUM_SEQS=64."""
+def _split_list(value: Any) -> Any:
+    """A list setting from the environment or a flag: a JSON list or comma-separated."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+# Settings-only changes to an engine field: the engine needs a model named, the server serves the
+# bundled one unless told otherwise (the "gpt2-demo" alias is resolved by Settings._bundled_alias).
+_ENGINE_OVERRIDES: dict[str, dict[str, Any]] = {
+    "model": {
+        "default": BUNDLED_MODEL.name,
+        "help": "; gpt2-demo: the small GPT-2 bundled with the package, served offline",
+    },
+}
+
+
+def _engine_settings_fields() -> dict[str, Any]:
+    """EngineConfig's fields as pydantic field definitions: same names, types, defaults, help
+    (description) and bounds (ge), so each is a setting without being declared twice."""
+    hints = get_type_hints(EngineConfig)
+    definitions: dict[str, Any] = {}
+    for f in dataclasses.fields(EngineConfig):
+        override = _ENGINE_OVERRIDES.get(f.name, {})
+        default = override.get("default", f.default)
+        if default is dataclasses.MISSING:
+            raise TypeError(f"EngineConfig.{f.name} needs a default in _ENGINE_OVERRIDES")
+        annotation = hints[f.name]
+        if get_origin(annotation) in (tuple, list):
+            annotation = Annotated[annotation, NoDecode]  # comma-separated: see _split_lists
+        bounds = {"ge": f.metadata["ge"]} if "ge" in f.metadata else {}
+        description = f.metadata.get("help", "") + override.get("help", "")
+        definitions[f.name] = (
+            annotation,
+            Field(default=default, description=description, **bounds),
+        )
+    return definitions
+
+
+_ENGINE_FIELDS = _engine_settings_fields()
+_ENGINE_LIST_FIELDS = tuple(
+    name for name, hint in get_type_hints(EngineConfig).items() if get_origin(hint) in (tuple, list)
+)
+
+if TYPE_CHECKING:
+    # mypy sees plain BaseSettings: read engine fields through Settings.engine_config(), typed.
+    _EngineSettings = BaseSettings
+else:
+    _EngineSettings = create_model("_EngineSettings", __base__=BaseSettings, **_ENGINE_FIELDS)
+
+
+class Settings(_EngineSettings):
+    """Every server option. Environment: GPT2_<NAME>, e.g. GPT2_MAX_NUM_SEQS=64.
+
+    The engine options are EngineConfig's fields (app/engine/config.py), added to this class
+    from there; the rest are declared below."""
 
     model_config = SettingsConfigDict(env_prefix="GPT2_", extra="ignore", validate_default=True)
 
-    # --- model and engine -------------------------------------------------------------------
-    # Hub id or local directory in Hugging Face format. Unset (or "gpt2-demo"): the small GPT-2
-    # bundled with the package (app/models/gpt2-demo, see its README), served offline.
-    model: str = str(BUNDLED_MODEL)
-    served_model_name: str | None = None  # the name in "model" fields; None: derived from model
-    device: str = "auto"
-    dtype: str = "auto"
-    # int8: int8 weights and per-token int8 activations on CPU, faster and no longer equal to
-    # the fp32 model (app/model/int8.py; agreement measured by benchmarks/quant_bench.py).
-    quantization: Literal["none", "int8"] = "none"
-    max_num_seqs: int = Field(default=32, ge=1)
-    max_model_len: int | None = Field(default=None, ge=2)
-    kv_cache_tokens: int | None = Field(default=None, ge=1)
-    max_num_batched_tokens: int = Field(default=512, ge=1)
-    # While streams decode, long prompts add at most this many tokens to a step (see the
-    # scheduler). None: paced from measured step times (app/engine/core/prefill_pacer.py).
-    max_prefill_tokens_while_decoding: int | None = Field(default=None, ge=1)
-    seed: int = 0
-    cuda_graphs: bool = True
-    # Prompts that start like a running sequence's (n choices, a shared system prompt) copy its
-    # cached keys/values instead of recomputing them (see the scheduler).
-    share_prefixes: bool = True
+    # --- model name -----------------------------------------------------------------------------
+    served_model_name: str | None = Field(
+        default=None,
+        description='the name in "model" fields and /v1/models; unset: derived from --model',
+    )
 
     # --- admission (reject early with 429 rather than queue forever) -------------------------
-    max_queued_requests: int = Field(default=256, ge=1)
-    max_queued_tokens: int = Field(default=262144, ge=1)
+    max_queued_requests: int = Field(
+        default=256,
+        ge=1,
+        description="requests waiting beyond max_num_seqs before new ones get 429",
+    )
+    max_queued_tokens: int = Field(
+        default=262144, ge=1, description="prompt tokens waiting before new requests get 429"
+    )
 
     # --- HTTP ---------------------------------------------------------------------------------
-    host: str = "0.0.0.0"
-    port: int = Field(default=8000, ge=1, le=65535)
-    api_key: str | None = None
-    api_key_file: Path | None = None  # one key per line; blank lines and "#" comments ignored
-    # Empty list: no CORS headers at all. From the environment: a JSON list or comma-separated.
-    cors_allow_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    max_request_body_bytes: int = Field(default=1024 * 1024, ge=1)
-    log_prompts: bool = False  # prompts can hold personal data: off unless asked for
-    drain_timeout_seconds: float = Field(default=30.0, ge=0)
+    host: str = Field(default="0.0.0.0", description="address to listen on")
+    port: int = Field(default=8000, ge=1, le=65535, description="port to listen on")
+    api_key: str | None = Field(
+        default=None, description="bearer key clients must send; unset (and no file): no auth"
+    )
+    api_key_file: Path | None = Field(
+        default=None,
+        description='file of accepted keys, one per line; blank lines and "#" comments ignored',
+    )
+    cors_allow_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="origins allowed by CORS (none: no CORS headers at all)",
+    )
+    max_request_body_bytes: int = Field(
+        default=1024 * 1024, ge=1, description="larger request bodies get 413"
+    )
+    log_prompts: bool = Field(
+        default=False,
+        description="put prompts in the request log (they can hold personal data: off unless "
+        "asked for)",
+    )
+    drain_timeout_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="on SIGTERM/SIGINT, how long in-flight requests may run before exit",
+    )
     keep_alive_seconds: float = Field(
-        default=15.0, gt=0
-    )  # SSE comment lines while a stream is idle
+        default=15.0, gt=0, description="SSE comment lines this often while a stream is idle"
+    )
 
     # --- observability ------------------------------------------------------------------------
-    log_format: Literal["json", "text"] = "json"  # json: one object per line; text: for humans
-    log_level: str = "INFO"
-    # Buckets (seconds) of every latency histogram: TTFT, inter-token, end-to-end, queue,
-    # prefill, decode and engine step. From the environment: a JSON list or comma-separated.
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="json: one object per line; text: for humans"
+    )
+    log_level: str = Field(default="INFO", description="DEBUG | INFO | WARNING | ERROR | CRITICAL")
     latency_buckets: Annotated[list[float], NoDecode] = Field(
-        default_factory=lambda: list(DEFAULT_LATENCY_BUCKETS)
+        default_factory=lambda: list(DEFAULT_LATENCY_BUCKETS),
+        description="buckets (seconds) of every latency histogram (TTFT, inter-token, "
+        "end-to-end, queue, prefill, decode, engine step)",
     )
 
     # --- chat -----------------------------------------------------------------------------------
-    chat_template: str = DEFAULT_CHAT_TEMPLATE  # applied to each message: {role}, {content}
-    chat_generation_prompt: str = DEFAULT_CHAT_GENERATION_PROMPT  # appended after the messages
+    chat_template: str = Field(
+        default=DEFAULT_CHAT_TEMPLATE,
+        description="applied to each chat message; placeholders {role} and {content}",
+    )
+    chat_generation_prompt: str = Field(
+        default=DEFAULT_CHAT_GENERATION_PROMPT,
+        description="appended after the rendered chat messages",
+    )
 
     @field_validator("model")
     @classmethod
@@ -99,29 +174,10 @@ class Settings(BaseSettings):
         # "gpt2-demo" names the bundled model wherever the package is installed (an image, say).
         return str(BUNDLED_MODEL) if value == BUNDLED_MODEL.name else value
 
-    @field_validator("cors_allow_origins", mode="before")
+    @field_validator("cors_allow_origins", "latency_buckets", *_ENGINE_LIST_FIELDS, mode="before")
     @classmethod
-    def _split_origins(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                import json
-
-                return json.loads(text)
-            return [origin.strip() for origin in text.split(",") if origin.strip()]
-        return value
-
-    @field_validator("latency_buckets", mode="before")
-    @classmethod
-    def _split_buckets(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                import json
-
-                return json.loads(text)
-            return [float(part) for part in text.split(",") if part.strip()]
-        return value
+    def _split_lists(cls, value: Any) -> Any:
+        return _split_list(value)
 
     @field_validator("latency_buckets")
     @classmethod
@@ -158,7 +214,20 @@ class Settings(BaseSettings):
         """The name clients put in "model" fields and see in /v1/models."""
         if self.served_model_name:
             return self.served_model_name
-        return derive_model_name(self.model)
+        return derive_model_name(self.engine_config().model)
+
+    def engine_config(self) -> EngineConfig:
+        """The engine's options, from the fields of the same names."""
+        return EngineConfig(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(EngineConfig)}
+        )
+
+    @model_validator(mode="after")
+    def _check_engine_config(self) -> Settings:
+        # EngineConfig's cross-field rules (max_num_batched_tokens >= max_num_seqs, ...) fail
+        # here, at start-up, naming the field, rather than when the engine starts.
+        self.engine_config()
+        return self
 
     def api_keys(self) -> list[str]:
         """Every accepted key: api_key plus the lines of api_key_file. Empty: no auth."""
@@ -180,17 +249,4 @@ def derive_model_name(model: str) -> str:
 
 
 def to_engine_config(settings: Settings) -> EngineConfig:
-    return EngineConfig(
-        model=settings.model,
-        device=settings.device,
-        dtype=settings.dtype,
-        quantization=settings.quantization,
-        max_num_seqs=settings.max_num_seqs,
-        max_model_len=settings.max_model_len,
-        kv_cache_tokens=settings.kv_cache_tokens,
-        max_num_batched_tokens=settings.max_num_batched_tokens,
-        max_prefill_tokens_while_decoding=settings.max_prefill_tokens_while_decoding,
-        seed=settings.seed,
-        cuda_graphs=settings.cuda_graphs,
-        share_prefixes=settings.share_prefixes,
-    )
+    return settings.engine_config()

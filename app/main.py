@@ -50,15 +50,16 @@ def create_app(
             finally:
                 app.state.telemetry.close()
             return
+        config = to_engine_config(settings)
         client = AsyncEngine(
-            to_engine_config(settings),
+            config,
             model_id=settings.model_name,
             max_queued_requests=settings.max_queued_requests,
             max_queued_tokens=settings.max_queued_tokens,
             stats_sink=app.state.telemetry.on_step,
             request_sink=app.state.telemetry.on_record,
         )
-        logger.info("starting the engine for %s", settings.model)
+        logger.info("starting the engine for %s", config.model)
         await client.start()
         info = client.info
         logger.info(
@@ -66,7 +67,7 @@ def create_app(
             info.model_id,
             info.model_path,
             " (the bundled demo model; name one with --model or GPT2_MODEL)"
-            if settings.model == str(BUNDLED_MODEL)
+            if config.model == str(BUNDLED_MODEL)
             else "",
             info.dtype,
             "" if info.quantization == "none" else f" with {info.quantization} GEMMs",

@@ -1,56 +1,145 @@
-"""Engine configuration: a frozen, validated dataclass. The engine never reads the environment."""
+"""Engine configuration: a frozen, validated dataclass. The engine never reads the environment.
+
+Every engine option is declared here once. Each field's metadata carries its help text and its
+bounds (`_option`); app/config.py turns the fields into Settings fields (GPT2_<NAME> in the
+environment) and app/cli.py turns those into flags (--<name>), so a field added here is a setting,
+an environment variable and a flag with no other edit. `Literal` types are the choices. Stdlib
+only: the worker process imports this, and nothing here may pull in pydantic.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+CpuGemm = Literal["auto", "torch", "onednn"]  # see app/model/matmul.py
+Quantization = Literal["none", "int8"]
+
+
+def _option(help: str, *, ge: int | None = None) -> dict[str, Any]:
+    """A field's metadata: what it does (the flag's help) and its lower bound, if any."""
+    return {"help": help} if ge is None else {"help": help, "ge": ge}
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    model: str
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    # Running-batch cap; also the number of KV slots unless kv_cache_tokens says fewer.
-    max_num_seqs: int = 32
-    # Context length of one slot; None means the model's n_positions (1024 for GPT-2).
-    max_model_len: int | None = None
-    # Optional KV budget in tokens: slots = min(max_num_seqs, kv_cache_tokens // max_model_len).
-    kv_cache_tokens: int | None = None
-    # Tokens one step may process (decode tokens + prefill chunks): bounds a step's latency.
-    max_num_batched_tokens: int = 512
-    # Tokens long prompts may add to one step while sequences decode: bounds the inter-token gap
-    # a long prompt's prefill causes for the running streams. None: paced from measured step
-    # times (app/engine/core/prefill_pacer.py); a number fixes it.
-    max_prefill_tokens_while_decoding: int | None = None
-    seed: int = 0  # engine RNG for requests that give no seed
-    cpu_gemm: str = "auto"  # auto | torch | onednn (see app/model/matmul.py)
-    # none | int8: int8 weights and per-token int8 activations on CPU (app/model/int8.py).
-    # Faster, but no longer equal to the fp32 model; opt-in, like vLLM's --quantization.
-    quantization: str = "none"
-    cuda_graphs: bool = True
-    # Copy a running sequence's cached prompt prefix instead of recomputing it (scheduler.py).
-    share_prefixes: bool = True
-    cuda_graph_batch_sizes: tuple[int, ...] = field(default=(1, 2, 4, 8, 16, 24, 32, 48, 64))
+    model: str = field(
+        metadata=_option("Hugging Face hub id or local directory of a GPT-2 checkpoint")
+    )
+    device: str = field(
+        default="auto",
+        metadata=_option("auto (CUDA when available, else CPU) | cpu | cuda | cuda:N"),
+    )
+    dtype: Dtype = field(
+        default="auto",
+        metadata=_option(
+            "weights and activations; auto: bfloat16 (float16 without bf16) on CUDA, "
+            "bfloat16 on CPUs with native bf16, float32 on other CPUs"
+        ),
+    )
+    max_num_seqs: int = field(
+        default=32,
+        metadata=_option(
+            "running-batch cap; also the number of KV slots unless kv_cache_tokens says fewer",
+            ge=1,
+        ),
+    )
+    max_model_len: int | None = field(
+        default=None,
+        metadata=_option(
+            "context length of one KV slot; unset: the model's n_positions (1024 for GPT-2)", ge=2
+        ),
+    )
+    kv_cache_tokens: int | None = field(
+        default=None,
+        metadata=_option(
+            "KV budget in tokens: slots = min(max_num_seqs, kv_cache_tokens // max_model_len); "
+            "unset: max_num_seqs slots",
+            ge=1,
+        ),
+    )
+    max_num_batched_tokens: int = field(
+        default=512,
+        metadata=_option(
+            "tokens one step may process (decode tokens + prefill chunks), bounding a step's "
+            "latency; at least max_num_seqs",
+            ge=1,
+        ),
+    )
+    max_prefill_tokens_while_decoding: int | None = field(
+        default=None,
+        metadata=_option(
+            "tokens long prompts may add to one step while sequences decode, bounding the "
+            "inter-token gap a prefill causes; unset: paced from measured step times "
+            "(app/engine/core/prefill_pacer.py)",
+            ge=1,
+        ),
+    )
+    seed: int = field(default=0, metadata=_option("engine RNG seed for requests that give none"))
+    cpu_gemm: CpuGemm = field(
+        default="auto",
+        metadata=_option(
+            "CPU matrix multiplies; auto: oneDNN for float32 when torch has it, torch otherwise "
+            "(app/model/matmul.py)"
+        ),
+    )
+    quantization: Quantization = field(
+        default="none",
+        metadata=_option(
+            "int8: int8 weights and per-token int8 activations on CPU (app/model/int8.py); "
+            "faster, but no longer equal to the fp32 model"
+        ),
+    )
+    cuda_graphs: bool = field(
+        default=True, metadata=_option("capture decode steps as CUDA graphs (CUDA only)")
+    )
+    share_prefixes: bool = field(
+        default=True,
+        metadata=_option(
+            "copy a running sequence's cached prompt prefix (n choices, a shared system prompt) "
+            "instead of recomputing it"
+        ),
+    )
+    cuda_graph_batch_sizes: tuple[int, ...] = field(
+        default=(1, 2, 4, 8, 16, 24, 32, 48, 64),
+        metadata=_option(
+            "decode batch sizes captured as CUDA graphs (sizes above the KV slots are skipped)"
+        ),
+    )
 
     def __post_init__(self) -> None:
-        checks = {
-            "max_num_seqs": self.max_num_seqs >= 1,
-            "max_num_batched_tokens": self.max_num_batched_tokens >= self.max_num_seqs,
-            "max_model_len": self.max_model_len is None or self.max_model_len >= 2,
-            "kv_cache_tokens": self.kv_cache_tokens is None or self.kv_cache_tokens >= 1,
-            "max_prefill_tokens_while_decoding": self.max_prefill_tokens_while_decoding is None
-            or self.max_prefill_tokens_while_decoding >= 1,
-        }
-        for name, ok in checks.items():
-            if not ok:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            bound = f.metadata.get("ge")
+            if bound is not None and value is not None and value < bound:
+                raise ValueError(f"invalid {f.name}={value!r}: must be >= {bound}")
+            allowed = _choices().get(f.name)
+            if allowed is not None and value not in allowed:
+                names = [str(a) for a in allowed]
                 raise ValueError(
-                    f"invalid {name}={getattr(self, name)!r} (max_num_seqs={self.max_num_seqs}; "
-                    "max_num_batched_tokens must be >= max_num_seqs so every running sequence "
-                    "can decode each step)"
+                    f"{f.name} must be {', '.join(names[:-1])} or {names[-1]}, not {value!r}"
                 )
-        if self.quantization not in ("none", "int8"):
-            raise ValueError(f"quantization must be none or int8, not {self.quantization!r}")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        if self.max_num_batched_tokens < self.max_num_seqs:
             raise ValueError(
-                f"dtype must be auto, float32, bfloat16 or float16, not {self.dtype!r}"
+                f"invalid max_num_batched_tokens={self.max_num_batched_tokens!r}: must be >= "
+                f"max_num_seqs={self.max_num_seqs} so every running sequence can decode each step"
             )
+        if any(size < 1 for size in self.cuda_graph_batch_sizes):
+            raise ValueError(
+                f"invalid cuda_graph_batch_sizes={self.cuda_graph_batch_sizes!r}: "
+                "sizes must be >= 1"
+            )
+
+
+@functools.cache
+def _choices() -> dict[str, tuple[object, ...]]:
+    """The allowed values of each field typed with a Literal."""
+    hints = typing.get_type_hints(EngineConfig)
+    return {
+        f.name: typing.get_args(hints[f.name])
+        for f in fields(EngineConfig)
+        if typing.get_origin(hints[f.name]) is Literal
+    }

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import pytest
 from fastapi.testclient import TestClient
@@ -8,6 +10,7 @@ from pydantic import ValidationError
 
 import app.main
 from app.config import BUNDLED_MODEL, Settings, derive_model_name, to_engine_config
+from app.engine.config import EngineConfig
 from tests.api.fakes import FakeEngineClient
 
 
@@ -119,3 +122,130 @@ def test_an_engine_passed_in_belongs_to_the_caller(fake: FakeEngineClient) -> No
         pass
     assert not fake.started
     assert fake.shutdown_grace is None
+
+
+# --- engine options: declared once, in EngineConfig ------------------------------------------
+# These iterate over dataclasses.fields(EngineConfig), so a field added there is covered here.
+
+
+def _env_sample(name: str, hint: Any, default: Any, bound: int | None) -> tuple[str, Any]:
+    """A valid value other than the default for an engine field: (text for GPT2_<NAME>, value)."""
+    if get_origin(hint) is Literal:
+        choice = next(c for c in get_args(hint) if c != default)
+        return choice, choice
+    if get_origin(hint) is tuple:
+        return "3, 5", (3, 5)
+    kinds = [a for a in get_args(hint) if a is not type(None)] or [hint]
+    if kinds[0] is bool:
+        return str(not default).lower(), not default
+    if kinds[0] is int:
+        value = (bound or 0) + 40  # >= max_num_seqs (32) and <= max_num_batched_tokens (512)
+        return str(value), value
+    assert kinds[0] is str, f"no sample value for EngineConfig.{name}: {hint}"
+    return f"{name}-from-env", f"{name}-from-env"
+
+
+def _engine_fields() -> list[tuple[dataclasses.Field[Any], Any]]:
+    hints = get_type_hints(EngineConfig)
+    return [(f, hints[f.name]) for f in dataclasses.fields(EngineConfig)]
+
+
+def test_every_engine_field_is_a_setting() -> None:
+    for f, _ in _engine_fields():
+        assert f.name in Settings.model_fields, f.name
+        description = Settings.model_fields[f.name].description or ""
+        assert description.startswith(f.metadata["help"]), f.name
+    defaults = Settings(model="x").engine_config()
+    for f, _ in _engine_fields():
+        if f.default is not dataclasses.MISSING:
+            assert getattr(defaults, f.name) == f.default, f.name
+
+
+@pytest.mark.parametrize("command", ["serve", "generate"])
+def test_every_engine_field_is_a_flag_with_help(
+    command: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.cli import main
+
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per flag: nothing wrapped
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for f, hint in _engine_fields():
+        flag = "--" + f.name.replace("_", "-")
+        assert flag + " " in text, flag
+        assert f.metadata["help"] in text, flag
+        assert f"(env GPT2_{f.name.upper()}; default: " in text, flag
+        if get_origin(hint) is Literal:
+            assert f"{flag} {{{','.join(get_args(hint))}}}" in text, flag
+
+
+def test_every_engine_field_comes_from_its_flag_and_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import argparse
+
+    from app.cli import _add_settings_flags, _settings_from
+
+    parser = argparse.ArgumentParser()
+    _add_settings_flags(parser)
+    for f, hint in _engine_fields():
+        text, value = _env_sample(f.name, hint, f.default, f.metadata.get("ge"))
+        monkeypatch.setenv(f"GPT2_{f.name.upper()}", text)
+        assert getattr(Settings().engine_config(), f.name) == value, f.name
+        monkeypatch.delenv(f"GPT2_{f.name.upper()}")
+        flag = "--" + f.name.replace("_", "-")
+        argv = [flag] if value is True else ["--no-" + flag[2:]] if value is False else [flag, text]
+        config = _settings_from(parser.parse_args(argv)).engine_config()
+        assert getattr(config, f.name) == value, flag
+
+
+def test_cpu_gemm_and_cuda_graph_batch_sizes_reach_the_engine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import argparse
+
+    from app.cli import _add_settings_flags, _settings_from
+
+    parser = argparse.ArgumentParser()
+    _add_settings_flags(parser)
+    args = parser.parse_args(["--cpu-gemm", "torch", "--cuda-graph-batch-sizes", "1,2"])
+    config = to_engine_config(_settings_from(args))
+    assert (config.cpu_gemm, config.cuda_graph_batch_sizes) == ("torch", (1, 2))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--cpu-gemm", "mkl"])
+
+    monkeypatch.setenv("GPT2_CPU_GEMM", "onednn")
+    monkeypatch.setenv("GPT2_CUDA_GRAPH_BATCH_SIZES", "1,2,4")
+    config = to_engine_config(Settings())
+    assert (config.cpu_gemm, config.cuda_graph_batch_sizes) == ("onednn", (1, 2, 4))
+    monkeypatch.setenv("GPT2_CUDA_GRAPH_BATCH_SIZES", "[8, 16]")
+    assert to_engine_config(Settings()).cuda_graph_batch_sizes == (8, 16)
+    monkeypatch.setenv("GPT2_CPU_GEMM", "mkl")
+    with pytest.raises(ValidationError, match="cpu_gemm"):
+        Settings()
+
+
+def test_out_of_bounds_engine_values_fail_naming_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPT2_MAX_NUM_SEQS", "0")
+    with pytest.raises(ValidationError, match="max_num_seqs"):
+        Settings()
+    monkeypatch.delenv("GPT2_MAX_NUM_SEQS")
+    bounded = [(f.name, f.metadata["ge"]) for f, _ in _engine_fields() if "ge" in f.metadata]
+    assert ("max_num_seqs", 1) in bounded
+    for name, bound in bounded:  # the same bounds in Settings and in EngineConfig
+        monkeypatch.setenv(f"GPT2_{name.upper()}", str(bound - 1))
+        with pytest.raises(ValidationError, match=name):
+            Settings()
+        monkeypatch.delenv(f"GPT2_{name.upper()}")
+        with pytest.raises(ValueError, match=name):
+            EngineConfig(model="x", **{name: bound - 1})
+    # EngineConfig's cross-field rule, at start-up rather than when the engine starts
+    monkeypatch.setenv("GPT2_MAX_NUM_BATCHED_TOKENS", "8")
+    with pytest.raises(ValidationError, match="max_num_batched_tokens"):
+        Settings()
+    monkeypatch.setenv("GPT2_MAX_NUM_BATCHED_TOKENS", "512")
+    monkeypatch.setenv("GPT2_CUDA_GRAPH_BATCH_SIZES", "0,4")
+    with pytest.raises(ValidationError, match="cuda_graph_batch_sizes"):
+        Settings()

@@ -28,7 +28,7 @@ async def list_models(request: Request, engine: EngineDep, settings: SettingsDep
                 {
                     "id": settings.model_name,
                     "created": request.app.state.started_at,
-                    "root": settings.model,
+                    "root": settings.engine_config().model,
                     "max_model_len": engine.info.max_model_len,
                 }
             ]
