@@ -132,6 +132,12 @@ class Metrics:
             "Prompt tokens copied from a running sequence's KV cache instead of computed.",
             registry=r,
         )
+        self.host_seconds = Counter(
+            "gpt2_engine_host_seconds",
+            "Worker CPU seconds outside the model forward and sampling (scheduling, outputs, "
+            "messages): the host cost per token is its rate over gpt2_generation_tokens_total.",
+            registry=r,
+        )
         self.success = Counter(
             "gpt2_request_success",
             "Requests the engine finished, by finish reason.",
@@ -155,6 +161,7 @@ class Metrics:
         if stats.batch_size:
             self.step_batch.observe(stats.batch_size)
         self.shared_prefix_tokens.inc(stats.num_shared_prefix_tokens)
+        self.host_seconds.inc(stats.host_seconds)
         self.state.last_step = stats
 
     def record_work(self, record: RequestRecord) -> None:

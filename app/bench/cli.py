@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -226,12 +227,17 @@ def main(argv: list[str]) -> int:
         tolerance=Tolerance(absolute=args.metrics_tolerance[0], relative=args.metrics_tolerance[1]),
         progress=not args.no_progress and sys.stderr.isatty(),
     )
+    cpu, wall = time.process_time(), time.monotonic()
     results = asyncio.run(_run_all(targets, points_from(args), workload, settings))
+    cpu, wall = time.process_time() - cpu, time.monotonic() - wall
     print(render(command, workload.describe(), results), flush=True)
+    # A figure is only the server's if the client had CPU to spare: one core is its ceiling.
+    print(f"client CPU: {cpu:.1f} s over {wall:.1f} s ({cpu / wall:.0%} of one core)")
     if args.json is not None:
         run = {k: v for k, v in vars(settings).items() if k != "tolerance"}
         run["tolerance"] = vars(settings.tolerance)
-        write_json(args.json, to_json(command, workload.describe(), run, results))
+        doc = to_json(command, workload.describe(), run, results)
+        write_json(args.json, {**doc, "client_cpu_seconds": cpu, "client_wall_seconds": wall})
         print(f"wrote {args.json}")
     if args.plot_dir is not None:
         from app.bench.plots import write_plots

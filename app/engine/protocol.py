@@ -254,6 +254,9 @@ class StepStats:
     kv_slots_used: int
     kv_slots_total: int
     num_shared_prefix_tokens: int = 0  # prompt tokens copied from another sequence's cache
+    # CPU seconds of the worker's step loop outside the model forward and sampling since the
+    # last reported step: commands, scheduling, outputs, encoding (the host cost per token).
+    host_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

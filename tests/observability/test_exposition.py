@@ -29,6 +29,7 @@ COUNTERS = (
     "gpt2_prompt_tokens",
     "gpt2_generation_tokens",
     "gpt2_prefix_shared_tokens",
+    "gpt2_engine_host_seconds",
     "gpt2_request_success",
     "gpt2_request_failure",
     "gpt2_worker_restarts",

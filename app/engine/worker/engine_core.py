@@ -46,6 +46,9 @@ class EngineCore:
         )
         self.requests: dict[str, Sequence] = {}
         self._aborted: list[RequestOutput] = []
+        # This thread's CPU time at the end of the last reported step: what the loop spends
+        # outside the model (commands, scheduling, outputs, encoding) is measured from it.
+        self._cpu_mark = time.thread_time()
 
     def add_request(self, request: AddRequest) -> None:
         """Schedule a request validated by the engine client (validate_request). Only what
@@ -105,8 +108,12 @@ class EngineCore:
                 if seq.is_finished:
                     del self.requests[seq.request_id]
         elif not outputs:
+            self._cpu_mark = time.thread_time()  # an idle turn of the loop is not host work
             return StepResult((), None)
         seconds = time.perf_counter() - start
+        cpu = time.thread_time()
+        host = cpu - self._cpu_mark - self.runner.take_model_cpu_seconds()
+        self._cpu_mark = cpu
         if self.pacer is not None:
             self.pacer.observe(seconds, num_decode, batch.num_tokens - num_decode)
         stats = StepStats(
@@ -119,6 +126,7 @@ class EngineCore:
             kv_slots_used=self.slots.num_used,
             kv_slots_total=self.slots.num_slots,
             num_shared_prefix_tokens=self.scheduler.num_shared_tokens - shared_before,
+            host_seconds=max(0.0, host),
         )
         return StepResult(tuple(outputs), stats)
 

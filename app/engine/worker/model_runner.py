@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -68,6 +69,7 @@ class StepOutput:
 
 class ModelRunner:
     def __init__(self, config: EngineConfig) -> None:
+        self._model_cpu = 0.0  # see take_model_cpu_seconds
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.model_dir = resolve_model_dir(config.model)
@@ -116,12 +118,19 @@ class ModelRunner:
             self.kv.move(move.src, move.dst, move.length)
         inputs = self.prepare(batch)
         self._use_threads(self._threads_for(len(inputs.input_ids)))
+        cpu = time.thread_time()
         logits, prompt_scores = self.forward(inputs)
         chosen, logprobs = self.sampler(logits, inputs.sampling)
+        self._model_cpu += time.thread_time() - cpu
         # Hand results back in batch.items order, which is what the scheduler walks.
         order = sorted(range(len(inputs.sample_items)), key=inputs.sample_items.__getitem__)
         tokens = chosen.tolist()
         return StepOutput([tokens[i] for i in order], [logprobs[i] for i in order], prompt_scores)
+
+    def take_model_cpu_seconds(self) -> float:
+        """This thread's CPU seconds in the forward pass and sampling since the last call."""
+        spent, self._model_cpu = self._model_cpu, 0.0
+        return spent
 
     def forward(self, inputs: StepInputs) -> tuple[torch.Tensor, list[PromptScores]]:
         """Logits of the rows to sample, and the step's prompt scores: a captured graph for
