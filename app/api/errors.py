@@ -25,33 +25,34 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.request_context import note_error
+from app.api.responses import json_response
+from app.api.schemas.common import ErrorKind, ErrorObject, ErrorResponse, ErrorType
 from app.engine.errors import (
     EngineDeadError,
     EngineNotReadyError,
     InvalidRequestError,
     OverloadedError,
 )
-from app.engine.protocol import Outcome
 
 logger = logging.getLogger(__name__)
 
-# status -> (OpenAI "type", TGI "error_type"): TGI's words are the outcome's where there is one.
-_KINDS: dict[int, tuple[str, str]] = {
-    400: ("invalid_request_error", Outcome.VALIDATION),
+# status -> (OpenAI "type", TGI "error_type"): the wire vocabularies of the two APIs.
+_KINDS: dict[int, tuple[ErrorKind, ErrorType]] = {
+    400: ("invalid_request_error", "validation"),
     401: ("authentication_error", "authentication"),
     403: ("permission_error", "authentication"),
     404: ("not_found_error", "not_found"),
-    405: ("invalid_request_error", Outcome.VALIDATION),
-    413: ("invalid_request_error", Outcome.VALIDATION),
-    415: ("invalid_request_error", Outcome.VALIDATION),
-    422: ("invalid_request_error", Outcome.VALIDATION),
-    429: ("rate_limit_error", Outcome.OVERLOADED),
-    500: ("server_error", Outcome.INTERNAL),
-    503: ("service_unavailable_error", Outcome.UNAVAILABLE),
+    405: ("invalid_request_error", "validation"),
+    413: ("invalid_request_error", "validation"),
+    415: ("invalid_request_error", "validation"),
+    422: ("invalid_request_error", "validation"),
+    429: ("rate_limit_error", "overloaded"),
+    500: ("server_error", "internal"),
+    503: ("service_unavailable_error", "unavailable"),
 }
 _MAX_LISTED_ERRORS = 5
 
@@ -73,23 +74,21 @@ class APIError(Exception):
         self.param = param
         self.headers = dict(headers or {})
 
-    def body(self) -> dict[str, Any]:
-        kind, error_type = _KINDS.get(
+    def body(self, error_type: ErrorType | None = None) -> ErrorResponse:
+        """The envelope; `error_type` overrides the status's (a TGI stream's "generation")."""
+        kind, default_type = _KINDS.get(
             self.status_code, _KINDS[500] if self.status_code >= 500 else _KINDS[400]
         )
-        return {
-            "error": {
-                "message": self.message,
-                "type": kind,
-                "param": self.param,
-                "code": self.status_code,
-            },
-            "error_type": error_type,
-        }
+        return ErrorResponse(
+            error=ErrorObject(
+                message=self.message, type=kind, param=self.param, code=self.status_code
+            ),
+            error_type=error_type or default_type,
+        )
 
-    def response(self) -> JSONResponse:
+    def response(self) -> Response:
         headers = {"X-Error-Message": _header_safe(self.message), **self.headers}
-        return JSONResponse(self.body(), status_code=self.status_code, headers=headers)
+        return json_response(self.body(), status_code=self.status_code, headers=headers)
 
 
 def to_api_error(exc: BaseException) -> APIError:
@@ -188,7 +187,7 @@ def _header_safe(message: str) -> str:
     return text.encode("ascii", "replace").decode("ascii")
 
 
-async def _handle(request: Request, exc: Exception) -> JSONResponse:
+async def _handle(request: Request, exc: Exception) -> Response:
     note_error(exc)  # the failure reason metrics count this request under
     error = to_api_error(exc)
     if error.status_code >= 500 and not isinstance(

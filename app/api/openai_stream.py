@@ -7,6 +7,10 @@
 
 A failure after the headers went out ends the stream with `data: {"error": {...}}` and then
 `data: [DONE]`, so a client never mistakes a broken answer for a short one.
+
+Every event, and the non-streamed answer, is built into its response model (CompletionChunk or
+ChatCompletionChunk, ErrorResponse; CompletionResponse or ChatCompletionResponse) before it is
+written: see app/api/responses.py.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
+from pydantic import BaseModel
 
 from app.api.choices import ChoicePlan, usage
 from app.api.errors import to_api_error
 from app.api.request_context import note_error
+from app.api.responses import build, json_response
 from app.api.sse import DONE, KEEP_ALIVE, event
 from app.api.streams import ChoiceStreams
 from app.api.timing import combine, server_timing, timings_ms
@@ -27,7 +33,7 @@ from app.engine.protocol import GenerationDelta, GenerationResult
 
 logger = logging.getLogger(__name__)
 
-ChunkBuilder = Callable[[int, GenerationDelta], dict[str, Any] | None]
+ChunkBuilder = Callable[[int, GenerationDelta], BaseModel | None]
 
 
 async def openai_events(
@@ -35,8 +41,8 @@ async def openai_events(
     *,
     build_chunk: ChunkBuilder,
     keep_alive_seconds: float,
-    prelude: Sequence[dict[str, Any]] = (),
-    usage_chunk: Callable[[list[int]], dict[str, Any]] | None = None,
+    prelude: Sequence[BaseModel] = (),
+    usage_chunk: Callable[[list[int]], BaseModel] | None = None,
     num_choices: int,
     response_id: str,
 ) -> AsyncIterator[bytes]:
@@ -72,13 +78,14 @@ def base_chunk(response_id: str, kind: str, created: int, model: str) -> dict[st
 
 
 def openai_response(
+    model: type[BaseModel],
     head: dict[str, Any],
     choices: list[dict[str, Any]],
     plans: Sequence[ChoicePlan],
     results: Sequence[GenerationResult],
-) -> JSONResponse:
-    """A non-streamed OpenAI answer: choices, usage, and the timing breakdown in the body and
-    the Server-Timing header."""
+) -> Response:
+    """A non-streamed OpenAI answer (a `model`): choices, usage, and the timing breakdown in the
+    body and the Server-Timing header."""
     timings = combine([result.timings for result in results])
     content: dict[str, Any] = {
         **head,
@@ -87,4 +94,4 @@ def openai_response(
     }
     if timings is not None:
         content["timings"] = timings_ms(timings)
-    return JSONResponse(content, headers=server_timing(timings))
+    return json_response(build(model, content), headers=server_timing(timings))

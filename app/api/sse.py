@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
+from pydantic import BaseModel
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -22,13 +22,10 @@ SSE_HEADERS = {
 }
 
 
-def event(payload: Mapping[str, Any]) -> bytes:
-    """One `data:` event. Compact JSON on one line, UTF-8 as is (no \\u escapes)."""
-    return (
-        b"data: "
-        + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-        + b"\n\n"
-    )
+def event(payload: BaseModel) -> bytes:
+    """One `data:` event from a response model: compact JSON on one line, UTF-8 as is (no \\u
+    escapes; JSON escapes every line break inside strings)."""
+    return b"data: " + payload.__pydantic_serializer__.to_json(payload) + b"\n\n"
 
 
 class EventStreamResponse(StreamingResponse):

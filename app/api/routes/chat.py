@@ -11,15 +11,16 @@ from fastapi.responses import Response
 from app.api.choices import ChoicePlan, fold, log_request, new_id, open_streams, usage
 from app.api.deps import EngineDep, RequestIdDep, SettingsDep
 from app.api.logprobs import chat_logprobs
-from app.api.openai_stream import base_chunk, openai_events, openai_response
+from app.api.openai_stream import ChunkBuilder, base_chunk, openai_events, openai_response
 from app.api.prompts import (
     check_model,
     encode_text,
     render_chat,
     truncate_prompt,
 )
+from app.api.responses import build
 from app.api.sampling import openai_params
-from app.api.schemas import ERROR_RESPONSES, ChatCompletionRequest
+from app.api.schemas import ERROR_RESPONSES, ChatCompletionChunk, ChatCompletionRequest
 from app.api.schemas import ChatCompletionResponse as ChatResponse
 from app.api.sse import EventStreamResponse, sse_openapi
 from app.api.streams import collect_unless_disconnected
@@ -78,17 +79,20 @@ async def create_chat_completion(
         base = base_chunk(response_id, CHUNK_OBJECT, created, settings.model_name)
         # The role goes first, once per choice, before any text (as OpenAI streams it).
         prelude = [
-            {
-                **base,
-                "choices": [
-                    {
-                        "index": choice,
-                        "delta": {"role": "assistant", "content": ""},
-                        "logprobs": None,
-                        "finish_reason": None,
-                    }
-                ],
-            }
+            build(
+                ChatCompletionChunk,
+                {
+                    **base,
+                    "choices": [
+                        {
+                            "index": choice,
+                            "delta": {"role": "assistant", "content": ""},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ],
+                },
+            )
             for choice in range(body.n)
         ]
         events = openai_events(
@@ -97,7 +101,12 @@ async def create_chat_completion(
             keep_alive_seconds=settings.keep_alive_seconds,
             prelude=prelude,
             usage_chunk=(
-                (lambda outputs: {**base, "choices": [], "usage": usage(plans, outputs)})
+                (
+                    lambda outputs: build(
+                        ChatCompletionChunk,
+                        {**base, "choices": [], "usage": usage(plans, outputs)},
+                    )
+                )
                 if body.include_usage
                 else None
             ),
@@ -121,11 +130,13 @@ async def create_chat_completion(
         for plan, result in zip(plans, results, strict=True)
     ]
     head = base_chunk(response_id, OBJECT, created, settings.model_name)
-    return openai_response(head, choices, plans, results)
+    return openai_response(ChatResponse, head, choices, plans, results)
 
 
-def _chunk_builder(engine: EngineClient, base: dict[str, Any], logprobs: bool, top_n: int) -> Any:
-    def build(index: int, delta: GenerationDelta) -> dict[str, Any] | None:
+def _chunk_builder(
+    engine: EngineClient, base: dict[str, Any], logprobs: bool, top_n: int
+) -> ChunkBuilder:
+    def build_chunk(index: int, delta: GenerationDelta) -> ChatCompletionChunk | None:
         if not delta.text and not delta.logprobs and delta.finish_reason is None:
             return None  # text held back (a partial character or a possible stop string)
         chunk: dict[str, Any] = {
@@ -145,6 +156,6 @@ def _chunk_builder(engine: EngineClient, base: dict[str, Any], logprobs: bool, t
         }
         if delta.timings is not None:
             chunk["timings"] = timings_ms(delta.timings)
-        return chunk
+        return build(ChatCompletionChunk, chunk)
 
-    return build
+    return build_chunk

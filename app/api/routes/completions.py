@@ -20,8 +20,9 @@ from app.api.deps import EngineDep, RequestIdDep, SettingsDep
 from app.api.logprobs import completion_logprobs, vllm_prompt_logprobs
 from app.api.openai_stream import base_chunk, openai_events, openai_response
 from app.api.prompts import check_model, completion_prompts, truncate_prompt
+from app.api.responses import build
 from app.api.sampling import openai_params
-from app.api.schemas import ERROR_RESPONSES, CompletionRequest, CompletionResponse
+from app.api.schemas import ERROR_RESPONSES, CompletionChunk, CompletionRequest, CompletionResponse
 from app.api.sse import EventStreamResponse, sse_openapi
 from app.api.streams import collect_unless_disconnected
 from app.api.timing import timings_ms
@@ -114,7 +115,7 @@ async def create_completion(
             )
         choices.append(answer)
     head = base_chunk(response_id, OBJECT, created, settings.model_name)
-    return openai_response(head, choices, plans, results)
+    return openai_response(CompletionResponse, head, choices, plans, results)
 
 
 class _ChunkBuilder:
@@ -138,7 +139,7 @@ class _ChunkBuilder:
         self.started = [False] * len(plans)
         self.offsets = [0] * len(plans)
 
-    def __call__(self, index: int, delta: GenerationDelta) -> dict[str, Any] | None:
+    def __call__(self, index: int, delta: GenerationDelta) -> CompletionChunk | None:
         plan = self.plans[index]
         text = delta.text
         echo_ids: list[int] = []
@@ -172,10 +173,11 @@ class _ChunkBuilder:
         }
         if delta.timings is not None:
             chunk["timings"] = timings_ms(delta.timings)
-        return chunk
+        return build(CompletionChunk, chunk)
 
-    def usage_chunk(self, outputs: list[int]) -> dict[str, Any]:
-        return {**self.base, "choices": [], "usage": usage(self.plans, outputs)}
+    def usage_chunk(self, outputs: list[int]) -> CompletionChunk:
+        chunk = {**self.base, "choices": [], "usage": usage(self.plans, outputs)}
+        return build(CompletionChunk, chunk)
 
 
 def _prompt_scoring(body: CompletionRequest) -> int | None:

@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
+from pydantic import TypeAdapter
 
 from app.api.choices import (
     ChoicePlan,
@@ -27,9 +28,10 @@ from app.api.errors import to_api_error
 from app.api.logprobs import tgi_prefill_token, tgi_token, tgi_top_tokens
 from app.api.prompts import encode_text, truncate_prompt
 from app.api.request_context import note_error
+from app.api.responses import build, json_response
 from app.api.sampling import tgi_params
-from app.api.schemas import ERROR_RESPONSES, GenerateRequest, GenerateResponse
-from app.api.schemas.tgi import DEFAULT_MAX_NEW_TOKENS, StreamResponse
+from app.api.schemas import ERROR_RESPONSES, GenerateRequest, GenerateResponse, StreamResponse
+from app.api.schemas.tgi import DEFAULT_MAX_NEW_TOKENS
 from app.api.sse import KEEP_ALIVE, EventStreamResponse, event, sse_openapi
 from app.api.streams import ChoiceStreams, collect_unless_disconnected
 from app.api.timing import server_timing, timings_ms
@@ -39,6 +41,8 @@ from app.engine.protocol import EngineClient, FinishReason, GenerationDelta, Gen
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["TGI"])
+
+_COMPAT_ANSWER = TypeAdapter(list[GenerateResponse])  # POST /: TGI wraps the answer in a list
 
 
 class _Prepared:
@@ -156,8 +160,11 @@ async def _generate_json(
     answer: dict[str, Any] = {"generated_text": _full_text_prefix(body, compat) + result.text}
     if body.params.details:
         answer["details"] = _details(engine, prepared, result)
-    content: Any = [answer] if compat else answer  # TGI wraps POST /'s answer in a list
-    return JSONResponse(content, headers=server_timing(result.timings))
+    built = build(GenerateResponse, answer)
+    headers = server_timing(result.timings)
+    if compat:
+        return json_response(_COMPAT_ANSWER.dump_json([built]), headers=headers)
+    return json_response(built, headers=headers)
 
 
 def _details(engine: EngineClient, prepared: _Prepared, result: GenerationResult) -> dict[str, Any]:
@@ -234,15 +241,14 @@ async def _tgi_events(
                 if k == len(payloads) - 1 and delta.finish_reason is not None:
                     payload["generated_text"] = prefix + text
                     payload["details"] = _stream_details(prepared, delta)
-                yield event(payload)
+                yield event(build(StreamResponse, payload))
     except Exception as exc:
         note_error(exc)
         error = to_api_error(exc)
         if error.status_code >= 500:
             logger.warning("generate_stream failed mid-way: %s", exc, exc_info=exc)
-        body = error.body()
         # TGI's clients look at error_type; the mid-stream kind in TGI's words is "generation".
-        yield event({**body, "error_type": "generation"})
+        yield event(error.body(error_type="generation"))
     finally:
         await streams.aclose()
 

@@ -7,7 +7,7 @@ from importlib import metadata
 from fastapi import APIRouter, Request
 
 from app.api.deps import EngineDep, SettingsDep
-from app.api.schemas import Info, ModelList
+from app.api.schemas import Info, ModelCard, ModelList
 from app.api.schemas.common import MAX_STOP_SEQUENCES
 
 router = APIRouter()
@@ -22,18 +22,13 @@ def server_version() -> str:
 
 @router.get("/v1/models", tags=["OpenAI"], response_model=ModelList)
 async def list_models(request: Request, engine: EngineDep, settings: SettingsDep) -> ModelList:
-    return ModelList.model_validate(
-        {
-            "data": [
-                {
-                    "id": settings.model_name,
-                    "created": request.app.state.started_at,
-                    "root": settings.engine_config().model,
-                    "max_model_len": engine.info.max_model_len,
-                }
-            ]
-        }
+    card = ModelCard(
+        id=settings.model_name,
+        created=request.app.state.started_at,
+        root=settings.engine_config().model,
+        max_model_len=engine.info.max_model_len,
     )
+    return ModelList(data=[card])
 
 
 @router.get("/info", tags=["TGI"], response_model=Info)

@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from prometheus_client.exposition import choose_encoder
 
 from app.api.deps import EngineDep
-from app.api.schemas import ERROR_RESPONSES
+from app.api.schemas import ERROR_RESPONSES, EngineStats
 
 router = APIRouter()
-
-_STATS_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "description": (
-        "ready, draining, worker_alive, worker_pid, worker_restarts, requests_in_flight, "
-        "queued_prompt_tokens, num_running, num_waiting, kv_slots_used, kv_slots_total, "
-        "kv_cache_usage (0..1), last_batch {sequences, decode_tokens, prefill_tokens}, "
-        "recent_step_seconds {count, p50, max}, recent_step_ms (oldest first), "
-        "drain_rate_requests_per_second"
-    ),
-    "additionalProperties": True,
-}
 
 
 @router.get("/metrics", include_in_schema=False)
@@ -37,22 +23,14 @@ async def metrics(request: Request) -> Response:
 @router.get(
     "/v1/engine/stats",
     tags=["Operations"],
-    response_model=None,
+    response_model=EngineStats,
     responses={
-        200: {
-            "description": "Scheduler counts, KV cache use, recent step times, last batch",
-            "content": {"application/json": {"schema": _STATS_SCHEMA}},
-        },
+        200: {"description": "Scheduler counts, KV cache use, recent step times, last batch"},
         401: ERROR_RESPONSES[401],
         503: ERROR_RESPONSES[503],
     },
 )
-async def engine_stats(engine: EngineDep) -> JSONResponse:
-    stats: dict[str, Any] = dict(engine.stats())
-    used, total = stats.get("kv_slots_used"), stats.get("kv_slots_total")
-    if isinstance(used, int) and isinstance(total, int) and total > 0:
-        stats["kv_cache_usage"] = used / total
-    recent = getattr(engine, "recent_step_seconds", None)
-    if recent is not None:
-        stats["recent_step_ms"] = [round(s * 1000.0, 3) for s in recent]
-    return JSONResponse(stats)
+async def engine_stats(engine: EngineDep) -> EngineStats:
+    """The engine's own view (EngineClient.stats()): KV cache use as a fraction, the recent
+    step times in milliseconds."""
+    return EngineStats.model_validate(engine.stats())

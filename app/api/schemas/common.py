@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -100,7 +100,29 @@ Bias = Annotated[float, Field(ge=-100, le=100)]
 BiasKey = Annotated[str, Field(pattern=r"^[0-9]+$", description="A token id")]
 
 
-class Timings(BaseModel):
+class ResponseModel(BaseModel):
+    """What the server sends: every JSON answer and stream event is built from one of these.
+
+    Lax like any pydantic model (a tuple is a list, an int a float): only our own values go in.
+    Unknown fields are an error, so an answer cannot carry a key its model does not declare.
+    Fields are sent in declaration order; a field made with `omitted_if_none()` is left out of
+    the JSON while it is None, every other field is always sent (None as null).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _is_none(value: object) -> bool:
+    return value is None
+
+
+def omitted_if_none(description: str | None = None) -> Any:
+    """A field that is absent from the JSON when None (non-standard extras such as "timings",
+    or parts sent only when asked for), rather than sent as null."""
+    return Field(default=None, exclude_if=_is_none, description=description)
+
+
+class Timings(ResponseModel):
     """Non-standard: where the time went, in milliseconds."""
 
     queue_ms: float
@@ -111,18 +133,40 @@ class Timings(BaseModel):
     max_itl_ms: float
 
 
-class ErrorObject(BaseModel):
+# OpenAI's error "type", and TGI's "error_type" (huggingface_hub maps it to its exceptions).
+ErrorKind = Literal[
+    "invalid_request_error",
+    "authentication_error",
+    "permission_error",
+    "not_found_error",
+    "rate_limit_error",
+    "server_error",
+    "service_unavailable_error",
+]
+ErrorType = Literal[
+    "validation",
+    "authentication",
+    "not_found",
+    "overloaded",
+    "internal",
+    "unavailable",
+    "generation",  # an error event in the middle of a TGI stream
+]
+
+
+class ErrorObject(ResponseModel):
     message: str
-    type: str
-    param: str | None = None
-    code: int
+    type: ErrorKind
+    param: str | None = Field(description="The request field at fault, when one is")
+    code: int = Field(description="The HTTP status")
 
 
-class ErrorResponse(BaseModel):
-    """The one error envelope (see app/api/errors.py)."""
+class ErrorResponse(ResponseModel):
+    """The one error envelope (see app/api/errors.py); also the event that ends a stream that
+    failed after its headers went out."""
 
     error: ErrorObject
-    error_type: str
+    error_type: ErrorType
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, object]] = {

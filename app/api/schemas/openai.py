@@ -1,7 +1,8 @@
 """OpenAI request and response shapes: /v1/completions, /v1/chat/completions, /v1/models.
 
 Limits follow OpenAI's published ones; the extensions (top_k, min_p, ...) follow vLLM's names.
-Response models document the answers in OpenAPI; the routes build the dicts directly.
+The routes build every answer and stream chunk from the response models below (see
+ResponseModel), and tests/api/test_response_models.py validates what they send against them.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     Field,
     ValidationError,
     ValidationInfo,
@@ -26,12 +26,14 @@ from app.api.schemas.common import (
     NonNegativeInt,
     PositiveInt,
     RequestBody,
+    ResponseModel,
     Seed,
     StopList,
     StopString,
     StrictModel,
     Timings,
     TokenId,
+    omitted_if_none,
     only,
 )
 
@@ -218,49 +220,70 @@ class ChatCompletionRequest(SamplingFields):
         return self.max_completion_tokens or self.max_tokens
 
 
-# ---- responses (documentation) -----------------------------------------------------------
+# ---- responses ---------------------------------------------------------------------------
+
+FINISH_REASONS = "stop | length | timeout | abort; null until the choice ends"
 
 
-class Usage(BaseModel):
+class Usage(ResponseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
 
 
-class CompletionLogprobs(BaseModel):
+class CompletionLogprobs(ResponseModel):
+    """OpenAI's legacy logprobs; echoed prompt tokens come first (null for the first one)."""
+
     tokens: list[str]
     token_logprobs: list[float | None]
     top_logprobs: list[dict[str, float] | None]
     text_offset: list[int]
 
 
-class PromptLogprob(BaseModel):
+class PromptLogprob(ResponseModel):
     logprob: float
     rank: int | None = Field(description="1 = the most likely token at that position")
     decoded_token: str
 
 
-class CompletionChoice(BaseModel):
+class CompletionStreamChoice(ResponseModel):
     index: int
     text: str
-    logprobs: CompletionLogprobs | None = None
-    finish_reason: str | None = Field(description="stop | length | timeout | abort")
-    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = Field(
-        default=None, description="With prompt_logprobs only; keyed by token id"
+    logprobs: CompletionLogprobs | None
+    finish_reason: str | None = Field(description=FINISH_REASONS)
+
+
+class CompletionChoice(CompletionStreamChoice):
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = omitted_if_none(
+        "vLLM's, with prompt_logprobs only: per prompt token (null for the first), keyed by "
+        "token id"
     )
 
 
-class CompletionResponse(BaseModel):
+class CompletionResponse(ResponseModel):
     id: str
     object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
     choices: list[CompletionChoice]
     usage: Usage
-    timings: Timings | None = None
+    timings: Timings | None = omitted_if_none("Non-standard: the slowest choice's")
 
 
-class TopLogprob(BaseModel):
+class CompletionChunk(ResponseModel):
+    """One event of a streamed completion: one choice's new text, or (choices empty) the
+    usage when stream_options.include_usage asked for it."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionStreamChoice]
+    usage: Usage | None = omitted_if_none("Only in the usage chunk, which has no choices")
+    timings: Timings | None = omitted_if_none("Non-standard: with a choice's finish_reason")
+
+
+class TopLogprob(ResponseModel):
     token: str
     logprob: float
     bytes: list[int] | None
@@ -270,33 +293,58 @@ class ChatTokenLogprob(TopLogprob):
     top_logprobs: list[TopLogprob]
 
 
-class ChatLogprobs(BaseModel):
+class ChatLogprobs(ResponseModel):
     content: list[ChatTokenLogprob] | None
 
 
-class ChatResponseMessage(BaseModel):
+class ChatResponseMessage(ResponseModel):
     role: Literal["assistant"] = "assistant"
     content: str
 
 
-class ChatChoice(BaseModel):
+class ChatChoice(ResponseModel):
     index: int
     message: ChatResponseMessage
-    logprobs: ChatLogprobs | None = None
-    finish_reason: str | None
+    logprobs: ChatLogprobs | None
+    finish_reason: str | None = Field(description=FINISH_REASONS)
 
 
-class ChatCompletionResponse(BaseModel):
+class ChatCompletionResponse(ResponseModel):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int
     model: str
     choices: list[ChatChoice]
     usage: Usage
-    timings: Timings | None = None
+    timings: Timings | None = omitted_if_none("Non-standard: the slowest choice's")
 
 
-class ModelCard(BaseModel):
+class ChatDelta(ResponseModel):
+    """The role comes once per choice, first (with content ""); then content when there is
+    new text; the last delta of a choice may be empty."""
+
+    role: Literal["assistant"] | None = omitted_if_none()
+    content: str | None = omitted_if_none()
+
+
+class ChatChunkChoice(ResponseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: ChatLogprobs | None
+    finish_reason: str | None = Field(description=FINISH_REASONS)
+
+
+class ChatCompletionChunk(ResponseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = omitted_if_none("Only in the usage chunk, which has no choices")
+    timings: Timings | None = omitted_if_none("Non-standard: with a choice's finish_reason")
+
+
+class ModelCard(ResponseModel):
     id: str
     object: Literal["model"] = "model"
     created: int
@@ -305,6 +353,6 @@ class ModelCard(BaseModel):
     max_model_len: int
 
 
-class ModelList(BaseModel):
+class ModelList(ResponseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from app.api.schemas.common import (
     Integral,
     PositiveInt,
     RequestBody,
+    ResponseModel,
     Seed,
     StopList,
     StrictModel,
     Timings,
+    omitted_if_none,
     only,
 )
 
@@ -97,55 +99,60 @@ class GenerateRequest(RequestBody):
         return self.parameters or _DEFAULT_PARAMETERS
 
 
-# ---- responses (documentation) -----------------------------------------------------------
+# ---- responses ---------------------------------------------------------------------------
+
+TGI_FINISH_REASONS = "length | eos_token | stop_sequence | timeout | abort"
 
 
-class TGIToken(BaseModel):
+class TGIToken(ResponseModel):
     id: int
     text: str
     logprob: float | None
     special: bool
 
 
-class PrefillToken(BaseModel):
+class PrefillToken(ResponseModel):
     id: int
     text: str
-    logprob: float | None
+    logprob: float | None = Field(description="null for the first token, which nothing predicts")
 
 
-class GenerateDetails(BaseModel):
-    finish_reason: str = Field(description="length | eos_token | stop_sequence | timeout | abort")
+class GenerateDetails(ResponseModel):
+    finish_reason: str = Field(description=TGI_FINISH_REASONS)
     generated_tokens: int
     input_length: int
     seed: int | None
-    prefill: list[PrefillToken]
+    prefill: list[PrefillToken] = Field(description="Empty unless decoder_input_details")
     tokens: list[TGIToken]
-    top_tokens: list[list[TGIToken]] | None = None
-    timings: Timings | None = None
+    top_tokens: list[list[TGIToken]] | None = omitted_if_none("With top_n_tokens only")
+    timings: Timings | None = omitted_if_none("Non-standard")
 
 
-class GenerateResponse(BaseModel):
+class GenerateResponse(ResponseModel):
     generated_text: str
-    details: GenerateDetails | None = None
+    details: GenerateDetails | None = omitted_if_none("With details only")
 
 
-class StreamDetails(BaseModel):
-    finish_reason: str
+class StreamDetails(ResponseModel):
+    finish_reason: str = Field(description=TGI_FINISH_REASONS)
     generated_tokens: int
     input_length: int
     seed: int | None
-    timings: Timings | None = None
+    timings: Timings | None = omitted_if_none("Non-standard")
 
 
-class StreamResponse(BaseModel):
-    index: int
+class StreamResponse(ResponseModel):
+    """One event of /generate_stream: one token; the last also has generated_text and
+    details (always, unlike TGI, which sends them only with details)."""
+
+    index: int = Field(description="1, 2, ... per event")
     token: TGIToken
-    top_tokens: list[TGIToken] | None = None
+    top_tokens: list[TGIToken] | None = Field(description="With top_n_tokens only")
     generated_text: str | None
     details: StreamDetails | None
 
 
-class Info(BaseModel):
+class Info(ResponseModel):
     model_id: str
     model_sha: str | None = None
     model_dtype: str

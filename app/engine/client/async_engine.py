@@ -190,33 +190,63 @@ class AsyncEngine:
     # ---- operators ------------------------------------------------------------------------
 
     def stats(self) -> dict[str, object]:
-        s = self.last_stats
-        steps = sorted(self.recent_step_seconds)
-        return {
-            "ready": self.is_ready,
-            "draining": self.is_draining,
-            "worker_alive": self.is_worker_alive,
-            "worker_pid": self.worker.pid,
-            "worker_restarts": self.worker_restarts,
-            "requests_in_flight": self.num_in_flight,
-            "queued_prompt_tokens": self.admission.queued_tokens,
-            "num_running": s.num_running if s else 0,
-            "num_waiting": s.num_waiting if s else 0,
-            "kv_slots_used": s.kv_slots_used if s else 0,
-            "kv_slots_total": s.kv_slots_total if s else None,
-            "kv_cache_usage": s.kv_slots_used / s.kv_slots_total if s and s.kv_slots_total else 0.0,
-            "last_batch": {
-                "sequences": s.batch_size,
-                "decode_tokens": s.num_decode_tokens,
-                "prefill_tokens": s.num_prefill_tokens,
-            }
-            if s
-            else None,
-            "recent_step_seconds": {
-                "count": len(steps),
-                "p50": steps[len(steps) // 2] if steps else None,
-                "max": steps[-1] if steps else None,
-            },
-            "recent_step_ms": [round(x * 1000.0, 3) for x in self.recent_step_seconds],
-            "drain_rate_requests_per_second": self.admission.drain_rate(),
+        return engine_stats(
+            ready=self.is_ready,
+            draining=self.is_draining,
+            worker_alive=self.is_worker_alive,
+            worker_pid=self.worker.pid,
+            worker_restarts=self.worker_restarts,
+            in_flight=self.num_in_flight,
+            queued_prompt_tokens=self.admission.queued_tokens,
+            last=self.last_stats,
+            recent_step_seconds=list(self.recent_step_seconds),
+            drain_rate=self.admission.drain_rate(),
+        )
+
+
+def engine_stats(
+    *,
+    ready: bool,
+    draining: bool,
+    worker_alive: bool,
+    worker_pid: int | None,
+    worker_restarts: int,
+    in_flight: int,
+    queued_prompt_tokens: int,
+    last: StepStats | None,
+    recent_step_seconds: list[float],
+    drain_rate: float,
+) -> dict[str, object]:
+    """The operator's view (/v1/engine/stats): scheduler counts, KV use, recent step times."""
+    s = last
+    steps = sorted(recent_step_seconds)
+    view: dict[str, object] = {
+        "ready": ready,
+        "draining": draining,
+        "worker_alive": worker_alive,
+        "worker_pid": worker_pid,
+        "worker_restarts": worker_restarts,
+        "requests_in_flight": in_flight,
+        "queued_prompt_tokens": queued_prompt_tokens,
+        "num_running": s.num_running if s else 0,
+        "num_waiting": s.num_waiting if s else 0,
+        "kv_slots_used": s.kv_slots_used if s else 0,
+        "kv_slots_total": s.kv_slots_total if s else None,
+        "last_batch": {
+            "sequences": s.batch_size,
+            "decode_tokens": s.num_decode_tokens,
+            "prefill_tokens": s.num_prefill_tokens,
         }
+        if s
+        else None,
+        "recent_step_seconds": {
+            "count": len(steps),
+            "p50": steps[len(steps) // 2] if steps else None,
+            "max": steps[-1] if steps else None,
+        },
+        "recent_step_ms": [round(x * 1000.0, 3) for x in recent_step_seconds],
+        "drain_rate_requests_per_second": drain_rate,
+    }
+    if s is not None and s.kv_slots_total:
+        view["kv_cache_usage"] = s.kv_slots_used / s.kv_slots_total
+    return view

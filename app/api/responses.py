@@ -1,0 +1,38 @@
+"""Answers from response models: plain data in, a validated model, compact UTF-8 JSON out.
+
+The routes assemble an answer or a stream chunk as plain dicts and `build` it into its
+response model (app/api/schemas): one pass of pydantic-core validates the whole tree, and an
+undeclared key or a missing one is an error (see ResponseModel). That costs less than calling
+a constructor per nested object, which matters once per streamed token. pydantic's serializer
+then writes what JSONResponse and the SSE events wrote before: no spaces, non-ASCII as is,
+keys in the model's field order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar, cast
+
+from fastapi.responses import Response
+from pydantic import BaseModel
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def build(model: type[M], data: Mapping[str, Any]) -> M:
+    """`model` from plain data (nested dicts and lists, or model instances), validated."""
+    return cast(M, model.__pydantic_validator__.validate_python(data))
+
+
+def to_json(model: BaseModel) -> bytes:
+    return model.__pydantic_serializer__.to_json(model)
+
+
+def json_response(
+    body: BaseModel | bytes, *, status_code: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    """A JSON answer from a response model (or from bytes a model's serializer wrote)."""
+    content = body if isinstance(body, bytes) else to_json(body)
+    return Response(
+        content, status_code=status_code, headers=headers, media_type="application/json"
+    )
