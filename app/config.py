@@ -9,6 +9,7 @@ Nothing here imports torch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 from pathlib import Path
@@ -209,9 +210,10 @@ class Settings(_EngineSettings):
             ) from exc
         return value
 
-    @property
+    @functools.cached_property
     def model_name(self) -> str:
-        """The name clients put in "model" fields and see in /v1/models."""
+        """The name clients put in "model" fields and see in /v1/models (resolved once: every
+        request checks its "model" field against it)."""
         if self.served_model_name:
             return self.served_model_name
         return derive_model_name(self.engine_config().model)

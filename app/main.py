@@ -5,6 +5,7 @@ Importing this module never imports torch: the engine's worker process does that
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -27,6 +28,15 @@ from app.engine.client.async_engine import AsyncEngine
 from app.engine.protocol import EngineClient
 
 logger = logging.getLogger(__name__)
+
+# FastAPI 0.165+ wraps every request in its own OpenTelemetry middleware, which asks the global
+# providers whether tracing is on at each request. app/tracing.py already makes the spans this
+# service wants (one per generation request, with its tokens and outcome): switch FastAPI's off.
+_NO_NATIVE_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
 
 
 def create_app(
@@ -88,6 +98,7 @@ def create_app(
         version=server_version(),
         description="GPT-2 inference: OpenAI- and TGI-compatible, continuous batching, SSE.",
         lifespan=lifespan,
+        **_NO_NATIVE_TELEMETRY,
     )
     app.state.settings = settings
     app.state.engine = engine

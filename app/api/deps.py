@@ -1,4 +1,7 @@
-"""Dependencies the routes declare: the engine client, the settings, the request id."""
+"""Dependencies the routes declare: the engine client, the settings, the request id.
+
+Async on purpose: FastAPI runs a plain `def` dependency in its thread pool, a thread hand-off
+per dependency per request for what is an attribute read."""
 
 from __future__ import annotations
 
@@ -12,19 +15,19 @@ from app.config import Settings
 from app.engine.protocol import EngineClient
 
 
-def get_engine(request: Request) -> EngineClient:
+async def get_engine(request: Request) -> EngineClient:
     engine: EngineClient | None = getattr(request.app.state, "engine", None)
     if engine is None:  # only between process start and the end of the lifespan's start-up
         raise APIError(503, "the engine is starting; retry shortly")
     return engine
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_request_id(request: Request) -> str:
+async def get_request_id(request: Request) -> str:
     """The X-Request-Id the middleware accepted or generated; also the engine's request id."""
     request_id: str | None = request.scope.get("state", {}).get("request_id")
     return request_id or uuid.uuid4().hex

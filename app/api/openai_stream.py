@@ -33,7 +33,8 @@ from app.engine.protocol import GenerationDelta, GenerationResult
 
 logger = logging.getLogger(__name__)
 
-ChunkBuilder = Callable[[int, GenerationDelta], BaseModel | None]
+# A chunk for one choice's delta: a model, or an event already written (TextEventTemplate).
+ChunkBuilder = Callable[[int, GenerationDelta], BaseModel | bytes | None]
 
 
 async def openai_events(
@@ -58,7 +59,7 @@ async def openai_events(
             outputs[index] = delta.num_output_tokens
             built = build_chunk(index, delta)
             if built is not None:
-                yield event(built)
+                yield built if isinstance(built, bytes) else event(built)
         if usage_chunk is not None:
             yield event(usage_chunk(outputs))
         yield DONE

@@ -41,6 +41,7 @@ class ChoiceStreams:
         self._tasks: list[asyncio.Task[None]] = []
         self._buffer: list[_Item] = []
         self._open = len(self._factories)
+        self.last_put = 0.0  # loop time of the last item put on the queue
 
     async def start(self, prime_seconds: float) -> None:
         """Start every generation; wait up to prime_seconds for each one's first delta.
@@ -76,21 +77,22 @@ class ChoiceStreams:
         Raises the first error any generation raises (the others are then aborted by aclose).
         """
         self._launch()
-        while self._open > 0:
-            if self._buffer:
-                item = self._buffer.pop(0)
-            else:
-                try:
-                    item = await asyncio.wait_for(self._queue.get(), keep_alive_seconds)
-                except TimeoutError:
+        timer = _QuietTimer(self, keep_alive_seconds) if keep_alive_seconds else None
+        try:
+            while self._open > 0:
+                item = self._buffer.pop(0) if self._buffer else await self._queue.get()
+                if item is _QUIET:
                     yield None
                     continue
-            if item.error is not None:
-                raise item.error
-            if item.delta is None:
-                self._open -= 1
-                continue
-            yield item.index, item.delta
+                if item.error is not None:
+                    raise item.error
+                if item.delta is None:
+                    self._open -= 1
+                    continue
+                yield item.index, item.delta
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     async def collect(self) -> list[list[GenerationDelta]]:
         """Every delta of every choice, in choice order (for non-streamed answers)."""
@@ -108,6 +110,10 @@ class ChoiceStreams:
         if running:
             await asyncio.wait(running)
 
+    def _put(self, item: _Item) -> None:
+        self.last_put = asyncio.get_running_loop().time()
+        self._queue.put_nowait(item)
+
     def _launch(self) -> None:
         if not self._tasks:
             self._tasks = [
@@ -120,17 +126,41 @@ class ChoiceStreams:
         try:
             stream = factory()
             async for delta in stream:
-                self._queue.put_nowait(_Item(index, delta))
+                self._put(_Item(index, delta))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # engine errors travel to the reader, who maps them
-            self._queue.put_nowait(_Item(index, error=exc))
+            self._put(_Item(index, error=exc))
         else:
-            self._queue.put_nowait(_Item(index))
+            self._put(_Item(index))
         finally:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+
+_QUIET = _Item(-1)  # "nothing for keep_alive_seconds": the reader sends a keep-alive
+
+
+class _QuietTimer:
+    """Puts _QUIET on the queue when nothing else was put for `seconds`. One timer per stream,
+    re-armed only when it fires: cheaper than a timeout around every queue read."""
+
+    def __init__(self, streams: ChoiceStreams, seconds: float) -> None:
+        self._streams, self._seconds = streams, seconds
+        self._loop = asyncio.get_running_loop()
+        streams.last_put = self._loop.time()
+        self._handle = self._loop.call_later(seconds, self._fire)
+
+    def _fire(self) -> None:
+        quiet_until = self._streams.last_put + self._seconds
+        if self._loop.time() >= quiet_until:
+            self._streams._put(_QUIET)
+            quiet_until = self._loop.time() + self._seconds
+        self._handle = self._loop.call_at(quiet_until, self._fire)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 async def wait_for_disconnect(request: Request) -> None:

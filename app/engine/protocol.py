@@ -4,8 +4,8 @@ Everything that crosses the process boundary is declared here, and nothing else 
 
 - what a request asks for (`SamplingParams`, stop strings and deadline included) and how it is
   sent (`AddRequest`, `AbortRequest`, `Shutdown`);
-- what the worker reports back (`StepResult` of `RequestOutput`s and `StepStats`, `WorkerReady`,
-  `WorkerFailed`);
+- what the worker reports back (`StepResult`: every row's new token as arrays, and `StepStats`;
+  `WorkerReady`, `WorkerFailed`);
 - what the API process hands the routes (`GenerationDelta`) and the observers (`RequestRecord`);
 - the words for how things end (`FinishReason`, `Outcome`) that metrics, logs, tracing and error
   mapping all use;
@@ -23,6 +23,7 @@ keeps only the assertions that guard its own memory.
 from __future__ import annotations
 
 import enum
+from array import array
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -181,6 +182,9 @@ class AddRequest:
     request_id: str
     prompt_ids: tuple[int, ...]
     params: SamplingParams
+    # Small integer the sender picks, unique among its live requests: the worker's outputs name
+    # requests by it (an array entry, not a string per row per step).
+    handle: int = 0
 
 
 @dataclass(frozen=True)
@@ -223,25 +227,6 @@ class WorkerFailed:
 
 
 @dataclass(frozen=True)
-class RequestOutput:
-    """What one step produced for one request: new tokens, and the finish reason on the last."""
-
-    request_id: str
-    new_token_ids: tuple[int, ...]
-    new_logprobs: tuple[TokenLogprobs, ...]
-    finish_reason: FinishReason | None
-    num_prompt_tokens: int
-    num_output_tokens: int
-    first_scheduled_time: float | None = None  # time.monotonic() in the worker
-    # With params.prompt_logprobs, on the output that carries the first generated token.
-    prompt_logprobs: tuple[TokenLogprobs | None, ...] | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.finish_reason is not None
-
-
-@dataclass(frozen=True)
 class StepStats:
     """Per-step figures for metrics and the stats endpoint."""
 
@@ -259,12 +244,30 @@ class StepStats:
     host_seconds: float = 0.0
 
 
+# Finish reasons as one byte per row in StepResult.finish (0: still running).
+FINISH_CODES: tuple[FinishReason | None, ...] = (None, *FinishReason)
+
+
 @dataclass(frozen=True)
 class StepResult:
-    """The worker's one message per step: every request's new tokens, and the step's figures."""
+    """The worker's one message per step: one row per request that moved, as arrays, so a step
+    of 256 rows is a few compact buffers rather than 256 objects. The rare extras are sparse,
+    keyed by row index.
 
-    outputs: tuple[RequestOutput, ...]
-    stats: StepStats | None  # None when nothing ran
+    A row either carries a new token, or (token -1) ends a request that was aborted."""
+
+    handles: array[int]  # "q": AddRequest.handle of each row
+    tokens: array[int]  # "q": the row's new token id, -1 for none
+    finish: bytes  # FINISH_CODES index per row
+    # (row, time.monotonic() in the worker when it was first scheduled), on a request's first row
+    scheduled: tuple[tuple[int, float], ...] = ()
+    logprobs: tuple[tuple[int, TokenLogprobs], ...] = ()  # rows whose params ask for them
+    # (row, one entry per prompt token), with the first token when params.prompt_logprobs
+    prompt_logprobs: tuple[tuple[int, tuple[TokenLogprobs | None, ...]], ...] = ()
+    stats: StepStats | None = None  # None when nothing ran
+
+    def __len__(self) -> int:
+        return len(self.handles)
 
 
 # ---- engine client -> routes and observers --------------------------------------------------

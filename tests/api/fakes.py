@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from array import array
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -25,14 +26,15 @@ from app.engine.client.validation import ModelLimits, validate_request
 from app.engine.errors import EngineDeadError, EngineNotReadyError, OverloadedError
 from app.engine.protocol import (
     ENGINE_FINISHED,
+    FINISH_CODES,
     AddRequest,
     FinishReason,
     GenerationDelta,
     ModelInfo,
     Outcome,
-    RequestOutput,
     RequestRecord,
     SamplingParams,
+    StepResult,
     TokenLogprobs,
 )
 
@@ -141,10 +143,10 @@ class FakeEngineClient:
             raise EngineNotReadyError("the engine is not ready")
         if self.overloaded:
             raise OverloadedError("the waiting queue is full (256 requests)", retry_after=3)
-        request = validate_request(
-            request_id, prompt_ids, params, ModelLimits(VOCAB, self.max_model_len)
-        )
-        req = self.outputs.add(request_id, len(prompt_ids), params)
+        handle = len(self.calls)
+        limits = ModelLimits(VOCAB, self.max_model_len)
+        request = validate_request(request_id, prompt_ids, params, limits, handle)
+        req = self.outputs.add(request_id, handle, len(prompt_ids), params)
         self._workers[request_id] = asyncio.create_task(self._work(request))
         try:
             async for delta in self.outputs.deltas(req):
@@ -175,17 +177,17 @@ class FakeEngineClient:
                 finish = FinishReason.STOP
             elif step + 1 >= params.max_tokens:
                 finish = FinishReason.LENGTH
-            out = RequestOutput(
-                request_id=rid,
-                new_token_ids=(token,),
-                new_logprobs=self._logprobs(token, params),
-                finish_reason=finish,
-                num_prompt_tokens=len(request.prompt_ids),
-                num_output_tokens=step + 1,
-                first_scheduled_time=scheduled,
-                prompt_logprobs=self._prompt_logprobs(request) if step == 0 else None,
+            lp = self._logprobs(token, request.params)
+            prompt_lp = self._prompt_logprobs(request) if step == 0 else None
+            out = StepResult(  # one row: this request's token, as the worker sends it
+                array("q", [request.handle]),
+                array("q", [token]),
+                bytes([FINISH_CODES.index(finish)]),
+                scheduled=((0, scheduled),) if step == 0 else (),
+                logprobs=((0, lp),) if lp is not None else (),
+                prompt_logprobs=((0, prompt_lp),) if prompt_lp is not None else (),
             )
-            self.outputs.process([out])
+            self.outputs.process(out)
             if finish is not None:
                 return
 
@@ -204,11 +206,11 @@ class FakeEngineClient:
             self.sink(record)
 
     @staticmethod
-    def _logprobs(token: int, params: SamplingParams) -> tuple[TokenLogprobs, ...]:
+    def _logprobs(token: int, params: SamplingParams) -> TokenLogprobs | None:
         if params.logprobs is None:
-            return ()
+            return None
         top = tuple(((token + k) % VOCAB, -0.5 - k) for k in range(params.logprobs))
-        return (TokenLogprobs(token_id=token, logprob=-0.5, top=top),)
+        return TokenLogprobs(token_id=token, logprob=-0.5, top=top)
 
     @staticmethod
     def _prompt_logprobs(request: AddRequest) -> tuple[TokenLogprobs | None, ...] | None:

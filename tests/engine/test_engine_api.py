@@ -77,11 +77,12 @@ def test_running_streams_keep_decoding_while_a_long_prompt_prefills(make_llm: An
     llm.step()
     llm.submit([5] * 900, SamplingParams(max_tokens=4))
     for _ in range(10):  # 900 tokens need >= 15 steps at <= 61 prefill tokens each
-        result = llm.core.step()
-        assert result.stats is not None
-        assert result.stats.num_decode_tokens == 3
-        assert result.stats.num_decode_tokens + result.stats.num_prefill_tokens <= 64
-        assert {o.request_id for o in result.outputs} == set(runners)
+        deltas = llm.step()
+        stats = llm.last_stats
+        assert stats is not None
+        assert stats.num_decode_tokens == 3
+        assert stats.num_decode_tokens + stats.num_prefill_tokens <= 64
+        assert {d.request_id for d in deltas} == set(runners)
 
 
 def test_sync_stream_yields_each_token(make_llm: Any) -> None:

@@ -28,12 +28,11 @@ def _run(llm: LLM, prompts: list[list[int]]) -> tuple[list[list[int]], int]:
     ids = {llm.submit(p, params): i for i, p in enumerate(prompts)}
     got: list[list[int]] = [[] for _ in prompts]
     computed = 0
-    while llm.core.has_unfinished():
-        result = llm.core.step()
-        if result.stats is not None:
-            computed += result.stats.num_prefill_tokens
-        for out in result.outputs:
-            got[ids[out.request_id]].extend(out.new_token_ids)
+    while llm.has_unfinished():
+        for delta in llm.step():
+            got[ids[delta.request_id]].extend(delta.token_ids)
+        assert llm.last_stats is not None
+        computed += llm.last_stats.num_prefill_tokens
     return got, computed
 
 

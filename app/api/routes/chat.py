@@ -18,7 +18,7 @@ from app.api.prompts import (
     render_chat,
     truncate_prompt,
 )
-from app.api.responses import build
+from app.api.responses import TextEventTemplate, build
 from app.api.sampling import openai_params
 from app.api.schemas import ERROR_RESPONSES, ChatCompletionChunk, ChatCompletionRequest
 from app.api.schemas import ChatCompletionResponse as ChatResponse
@@ -136,26 +136,28 @@ async def create_chat_completion(
 def _chunk_builder(
     engine: EngineClient, base: dict[str, Any], logprobs: bool, top_n: int
 ) -> ChunkBuilder:
-    def build_chunk(index: int, delta: GenerationDelta) -> ChatCompletionChunk | None:
+    text_events: dict[int, TextEventTemplate] = {}
+
+    def chunk(index: int, content: dict[str, str], lps: Any, finish: str | None) -> dict[str, Any]:
+        choice = {"index": index, "delta": content, "logprobs": lps, "finish_reason": finish}
+        return {**base, "choices": [choice]}
+
+    def build_chunk(index: int, delta: GenerationDelta) -> ChatCompletionChunk | bytes | None:
         if not delta.text and not delta.logprobs and delta.finish_reason is None:
             return None  # text held back (a partial character or a possible stop string)
-        chunk: dict[str, Any] = {
-            **base,
-            "choices": [
-                {
-                    "index": index,
-                    "delta": {"content": delta.text} if delta.text else {},
-                    "logprobs": (
-                        {"content": chat_logprobs(engine, delta.logprobs, top_n)}
-                        if logprobs
-                        else None
-                    ),
-                    "finish_reason": delta.finish_reason,
-                }
-            ],
-        }
+        if delta.text and not logprobs and delta.finish_reason is None:  # once per token
+            template = text_events.get(index)
+            if template is None:
+                marker = {"content": TextEventTemplate.chunk_text()}
+                template = text_events[index] = TextEventTemplate(
+                    ChatCompletionChunk, chunk(index, marker, None, None)
+                )
+            return template(delta.text)
+        lps = {"content": chat_logprobs(engine, delta.logprobs, top_n)} if logprobs else None
+        content = {"content": delta.text} if delta.text else {}
+        built = chunk(index, content, lps, delta.finish_reason)
         if delta.timings is not None:
-            chunk["timings"] = timings_ms(delta.timings)
-        return build(ChatCompletionChunk, chunk)
+            built["timings"] = timings_ms(delta.timings)
+        return build(ChatCompletionChunk, built)
 
     return build_chunk

@@ -20,7 +20,7 @@ from app.api.deps import EngineDep, RequestIdDep, SettingsDep
 from app.api.logprobs import completion_logprobs, vllm_prompt_logprobs
 from app.api.openai_stream import base_chunk, openai_events, openai_response
 from app.api.prompts import check_model, completion_prompts, truncate_prompt
-from app.api.responses import build
+from app.api.responses import TextEventTemplate, build
 from app.api.sampling import openai_params
 from app.api.schemas import ERROR_RESPONSES, CompletionChunk, CompletionRequest, CompletionResponse
 from app.api.sse import EventStreamResponse, sse_openapi
@@ -138,10 +138,38 @@ class _ChunkBuilder:
         self.base = base_chunk(response_id, OBJECT, created, settings.model_name)
         self.started = [False] * len(plans)
         self.offsets = [0] * len(plans)
+        self.text_events: dict[int, TextEventTemplate] = {}
 
-    def __call__(self, index: int, delta: GenerationDelta) -> CompletionChunk | None:
+    def text_event(self, index: int, text: str) -> bytes:
+        """The event for new text alone (no logprobs, not the last), from its template."""
+        template = self.text_events.get(index)
+        if template is None:
+            template = self.text_events[index] = TextEventTemplate(
+                CompletionChunk, self._chunk(index, TextEventTemplate.chunk_text(), None, None)
+            )
+        return template(text)
+
+    def _chunk(
+        self, index: int, text: str, logprobs: Any, finish_reason: str | None
+    ) -> dict[str, Any]:
+        choice = {
+            "index": index,
+            "text": text,
+            "logprobs": logprobs,
+            "finish_reason": finish_reason,
+        }
+        return {**self.base, "choices": [choice]}
+
+    def __call__(self, index: int, delta: GenerationDelta) -> CompletionChunk | bytes | None:
         plan = self.plans[index]
         text = delta.text
+        if (
+            text
+            and self.started[index]
+            and self.body.logprobs is None
+            and delta.finish_reason is None
+        ):
+            return self.text_event(index, text)  # the common case, once per token
         echo_ids: list[int] = []
         if not self.started[index]:
             self.started[index] = True
@@ -160,17 +188,7 @@ class _ChunkBuilder:
             )
         if not text and not delta.logprobs and not echo_ids and delta.finish_reason is None:
             return None  # text held back (a partial character or a possible stop string)
-        chunk: dict[str, Any] = {
-            **self.base,
-            "choices": [
-                {
-                    "index": index,
-                    "text": text,
-                    "logprobs": logprobs,
-                    "finish_reason": delta.finish_reason,
-                }
-            ],
-        }
+        chunk = self._chunk(index, text, logprobs, delta.finish_reason)
         if delta.timings is not None:
             chunk["timings"] = timings_ms(delta.timings)
         return build(CompletionChunk, chunk)

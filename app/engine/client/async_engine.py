@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -64,6 +65,7 @@ class AsyncEngine:
             config, model_id or config.model, self._on_message, self._on_worker_lost
         )
         self._stats_sink = stats_sink
+        self._handles = itertools.count(1)  # AddRequest.handle
         self._drain_deadline: float | None = None  # loop time; set once, by begin_drain
         self.last_stats: StepStats | None = None
         self.recent_step_seconds: deque[float] = deque(maxlen=50)
@@ -143,12 +145,11 @@ class AsyncEngine:
             reason = "draining for shutdown" if self.is_draining else "starting or restarting"
             raise EngineNotReadyError(f"engine not ready ({reason}); retry shortly")
         info = self.worker.info
-        request = validate_request(
-            request_id, prompt_ids, params, ModelLimits(info.vocab_size, info.max_model_len)
-        )
+        limits = ModelLimits(info.vocab_size, info.max_model_len)
+        request = validate_request(request_id, prompt_ids, params, limits, next(self._handles))
         self.admission.admit(len(prompt_ids))
         try:
-            req = self.outputs.add(request_id, len(prompt_ids), params)
+            req = self.outputs.add(request_id, request.handle, len(prompt_ids), params)
         except BaseException:
             self.admission.release(len(prompt_ids), was_scheduled=False)
             raise
@@ -166,7 +167,7 @@ class AsyncEngine:
 
     def _on_message(self, msg: Any) -> None:
         if isinstance(msg, StepResult):
-            self.outputs.process(msg.outputs)
+            self.outputs.process(msg)
             if msg.stats is not None:
                 self.last_stats = msg.stats
                 self.recent_step_seconds.append(msg.stats.step_seconds)

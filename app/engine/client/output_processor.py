@@ -17,12 +17,14 @@ from app.engine.client.detokenizer import IncrementalDetokenizer
 from app.engine.client.request_state import RequestState
 from app.engine.errors import InvalidRequestError
 from app.engine.protocol import (
+    FINISH_CODES,
     FinishReason,
     GenerationDelta,
     Outcome,
-    RequestOutput,
     RequestRecord,
     SamplingParams,
+    StepResult,
+    TokenLogprobs,
 )
 
 
@@ -41,10 +43,13 @@ class OutputProcessor:
         self._abort = abort
         self._record_sink = record_sink
         self.requests: dict[str, RequestState] = {}
+        self._by_handle: dict[int, RequestState] = {}
         self.idle = asyncio.Event()
         self.idle.set()
 
-    def add(self, request_id: str, num_prompt_tokens: int, params: SamplingParams) -> RequestState:
+    def add(
+        self, request_id: str, handle: int, num_prompt_tokens: int, params: SamplingParams
+    ) -> RequestState:
         """Register an admitted request (AdmissionControl.admit has counted it). A deadline
         (params.timeout) needs a running event loop."""
         if request_id in self.requests:
@@ -56,11 +61,12 @@ class OutputProcessor:
             params.include_stop_str_in_output,
             params.skip_special_tokens,
         )
-        req = RequestState(request_id, num_prompt_tokens, detok, time.monotonic())
+        req = RequestState(request_id, num_prompt_tokens, detok, time.monotonic(), handle)
         if params.timeout is not None:
             loop = asyncio.get_running_loop()
             req.deadline = loop.call_later(params.timeout, self.expire, request_id)
         self.requests[request_id] = req
+        self._by_handle[handle] = req
         self.idle.clear()
         return req
 
@@ -80,42 +86,65 @@ class OutputProcessor:
             self.finish(req, Outcome.DISCONNECTED)
             self._abort(req.request_id)
 
-    def process(self, outputs: Sequence[RequestOutput]) -> None:
-        """One worker step's outputs."""
+    def process(self, step: StepResult) -> None:
+        """One worker step: a delta for every row whose request is still here."""
         now = time.monotonic()
-        for out in outputs:
-            req = self.requests.get(out.request_id)
-            if req is not None:
-                self._process_one(req, out, now)
+        by_handle = self._by_handle
+        scheduled = dict(step.scheduled)
+        logprobs = dict(step.logprobs)
+        prompt_logprobs = dict(step.prompt_logprobs)
+        for row, (handle, token, code) in enumerate(
+            zip(step.handles, step.tokens, step.finish, strict=True)
+        ):
+            req = by_handle.get(handle)
+            if req is None:  # ended here already (left, expired, stopped by a stop string)
+                continue
+            at = scheduled.get(row)
+            if req.scheduled_at is None and at is not None:
+                req.scheduled_at = at
+                if self._admission is not None:
+                    self._admission.scheduled(req.num_prompt_tokens)
+            lp = logprobs.get(row)
+            self._advance(
+                req,
+                (token,) if token >= 0 else (),
+                (lp,) if lp is not None else (),
+                FINISH_CODES[code],
+                prompt_logprobs.get(row),
+                now,
+            )
 
-    def _process_one(self, req: RequestState, out: RequestOutput, now: float) -> None:
-        if req.scheduled_at is None and out.first_scheduled_time is not None:
-            req.scheduled_at = out.first_scheduled_time
-            if self._admission is not None:
-                self._admission.scheduled(req.num_prompt_tokens)
-        if out.new_token_ids:
+    def _advance(
+        self,
+        req: RequestState,
+        new_ids: tuple[int, ...],
+        new_logprobs: tuple[TokenLogprobs, ...],
+        finish: FinishReason | None,
+        prompt_logprobs: tuple[TokenLogprobs | None, ...] | None,
+        now: float,
+    ) -> None:
+        if new_ids:
             req.on_tokens(now)
-        req.num_output_tokens = out.num_output_tokens
-        delta = req.detok.add(out.new_token_ids, final=out.finished)
-        finish = out.finish_reason
+            req.num_output_tokens += len(new_ids)
+        delta = req.detok.add(new_ids, final=finish is not None)
         stop_reason: str | int | None = None
         if delta.stop_string is not None:
-            finish, stop_reason = FinishReason.STOP, delta.stop_string
-            if not out.finished:
+            if finish is None:
                 self._abort(req.request_id)
-        elif finish is FinishReason.STOP and out.new_token_ids:
-            stop_reason = out.new_token_ids[-1]
+            finish, stop_reason = FinishReason.STOP, delta.stop_string
+        elif finish is FinishReason.STOP and new_ids:
+            stop_reason = new_ids[-1]
         if finish is not None:
             self.finish(req, Outcome.of(finish))
         req.queue.put_nowait(
             req.delta(
                 delta.text,
-                out.new_token_ids,
-                out.new_logprobs,
+                new_ids,
+                new_logprobs,
                 finish,
                 stop_reason,
                 now,
-                prompt_logprobs=out.prompt_logprobs,
+                prompt_logprobs=prompt_logprobs,
             )
         )
 
@@ -144,6 +173,7 @@ class OutputProcessor:
         """Forget the request and report how it ended (exactly once)."""
         if self.requests.pop(req.request_id, None) is None:
             return
+        del self._by_handle[req.handle]
         if req.deadline is not None:
             req.deadline.cancel()
         if self._admission is not None:

@@ -24,6 +24,7 @@ class RequestState:
     num_prompt_tokens: int
     detok: IncrementalDetokenizer
     arrival: float
+    handle: int = 0  # AddRequest.handle
     queue: asyncio.Queue[GenerationDelta | BaseException] = field(default_factory=asyncio.Queue)
     scheduled_at: float | None = None
     first_token_at: float | None = None

@@ -22,7 +22,11 @@ class ModelLimits:
 
 
 def validate_request(
-    request_id: str, prompt_ids: Sequence[int], params: SamplingParams, limits: ModelLimits
+    request_id: str,
+    prompt_ids: Sequence[int],
+    params: SamplingParams,
+    limits: ModelLimits,
+    handle: int = 0,
 ) -> AddRequest:
     if not prompt_ids:
         raise InvalidRequestError("prompt", "must contain at least one token")
@@ -37,7 +41,7 @@ def validate_request(
             f"exceeds the context window of {limits.max_model_len} tokens; shorten the prompt "
             "or lower max_tokens",
         )
-    return AddRequest(request_id, tuple(prompt_ids), params)
+    return AddRequest(request_id, tuple(prompt_ids), params, handle)
 
 
 def check_token_ids(field: str, ids: Sequence[int], vocab_size: int) -> None:

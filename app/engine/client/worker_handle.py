@@ -1,6 +1,6 @@
 """The worker as seen from the API process.
 
-WorkerProcess is one spawned process, two queues and a reader thread. WorkerHandle keeps a
+WorkerProcess is one spawned process: a command queue in, a pipe out. WorkerHandle keeps a
 worker running: it spawns one, says when it is ready, and when it dies reports the loss and
 starts a new one after a backoff.
 """
@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing as mp
-import queue
-import threading
+import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -19,38 +18,44 @@ from app.engine.config import EngineConfig
 from app.engine.protocol import ModelInfo, Shutdown, WorkerFailed, WorkerReady
 
 log = logging.getLogger(__name__)
-POLL_SECONDS = 0.2
 RESTART_BACKOFF_SECONDS = (1.0, 2.0, 5.0, 10.0)
 
 
 class WorkerProcess:
-    """Starts run_worker in a fresh interpreter (spawn: torch and CUDA never see a fork) and
-    hands every message it sends to on_message, from a reader thread. on_exit fires once, when
-    the process is gone."""
+    """Starts run_worker in a fresh interpreter (spawn: torch and CUDA never see a fork).
+
+    Commands go down a multiprocessing queue; the worker answers on a pipe whose read end the
+    event loop watches (add_reader), so a step's message is read and handled on the loop
+    itself, with no thread hand-off. Only the worker holds the write end: when it exits the
+    pipe reports EOF, and on_exit fires once, on the loop."""
 
     def __init__(
         self,
         config: EngineConfig,
         model_id: str,
+        loop: asyncio.AbstractEventLoop,
         on_message: Callable[[Any], object],
         on_exit: Callable[[int | None, str | None], object],
     ) -> None:
         ctx = mp.get_context("spawn")
         self._inbox: Any = ctx.Queue()
-        self._outbox: Any = ctx.Queue()
+        reader, writer = ctx.Pipe(duplex=False)
         from app.engine.worker.main import run_worker
 
         self._process = ctx.Process(
             target=run_worker,
-            args=(config, model_id, self._inbox, self._outbox),
+            args=(config, model_id, self._inbox, writer),
             name="gpt2-engine-worker",
             daemon=True,
         )
         self._process.start()
+        writer.close()
+        self._conn = reader
+        self._loop = loop
         self._on_message, self._on_exit = on_message, on_exit
-        self._stopping = False
-        self._reader = threading.Thread(target=self._read, name="engine-reader", daemon=True)
-        self._reader.start()
+        self._error: str | None = None
+        self._reading = True
+        loop.add_reader(reader.fileno(), self._readable)
 
     @property
     def pid(self) -> int | None:
@@ -60,38 +65,40 @@ class WorkerProcess:
         return self._process.is_alive()
 
     def send(self, msg: Any) -> None:
-        if self._process.is_alive():
+        if self._reading:
             self._inbox.put(msg)
 
     def kill(self) -> None:
         self._process.kill()
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stopping = True
+        """Ask the worker to exit and wait for it (blocking: call it from a thread)."""
         self.send(Shutdown())
         self._process.join(timeout)
         if self._process.is_alive():
             log.warning("engine worker did not stop in %.0fs; terminating", timeout)
             self._process.terminate()
             self._process.join(5)
-        self._reader.join(timeout=2 * POLL_SECONDS + 1)
 
-    def _read(self) -> None:
-        error: str | None = None
-        while True:
-            try:
-                msg = self._outbox.get(timeout=POLL_SECONDS)
-            except queue.Empty:
-                if not self._process.is_alive():
-                    break
-                continue
-            except (EOFError, OSError):
-                break
-            if isinstance(msg, WorkerFailed):
-                error = msg.error
-            self._on_message(msg)
-        self._process.join(1)
-        self._on_exit(self._process.exitcode, error)
+    def _readable(self) -> None:
+        try:
+            while self._conn.poll():  # every whole message that has arrived
+                msg = pickle.loads(self._conn.recv_bytes())
+                if isinstance(msg, WorkerFailed):
+                    self._error = msg.error
+                self._on_message(msg)
+        except (EOFError, OSError):
+            self._closed()
+
+    def _closed(self) -> None:
+        if not self._reading:
+            return
+        self._reading = False
+        self._loop.remove_reader(self._conn.fileno())
+        self._conn.close()
+        # The pipe is closed once the process is gone or going: reap it off the loop.
+        waiting = self._loop.run_in_executor(None, self._process.join, 5.0)
+        waiting.add_done_callback(lambda _: self._on_exit(self._process.exitcode, self._error))
 
 
 class WorkerHandle:
@@ -160,10 +167,7 @@ class WorkerHandle:
         loop = self._loop
         self._start_error = None
         self._process = WorkerProcess(
-            self._config,
-            self._model_id,
-            on_message=lambda m: loop.call_soon_threadsafe(self._dispatch, m),
-            on_exit=lambda code, err: loop.call_soon_threadsafe(self._on_exit, code, err),
+            self._config, self._model_id, loop, on_message=self._dispatch, on_exit=self._on_exit
         )
 
     def _dispatch(self, msg: Any) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from app.engine.protocol import FinishReason, SamplingParams, TokenLogprobs
 
@@ -26,10 +26,10 @@ class Sequence:
     num_computed: int = 0  # leading tokens whose keys/values are in the cache
     finish_reason: FinishReason | None = None
     first_scheduled_time: float | None = None
-    logprobs: list[TokenLogprobs] = field(default_factory=list)
     # One entry per prompt token when params.prompt_logprobs is set (the first is None: nothing
     # predicts it); filled chunk by chunk as the prompt is prefilled.
     prompt_logprobs: list[TokenLogprobs | None] | None = None
+    handle: int = 0  # AddRequest.handle: how StepResult names this request
 
     @property
     def num_tokens(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from array import array
 
 from app.engine.client.validation import ModelLimits
 from app.engine.config import EngineConfig
@@ -11,11 +12,12 @@ from app.engine.core.prefill_pacer import PrefillPacer
 from app.engine.core.scheduler import Scheduler
 from app.engine.core.sequence import Sequence
 from app.engine.protocol import (
+    FINISH_CODES,
     AbortRequest,
     AddRequest,
-    RequestOutput,
     StepResult,
     StepStats,
+    TokenLogprobs,
 )
 from app.engine.worker.model_runner import ModelRunner, PromptScores
 
@@ -45,7 +47,7 @@ class EngineCore:
             else None
         )
         self.requests: dict[str, Sequence] = {}
-        self._aborted: list[RequestOutput] = []
+        self._aborted: list[Sequence] = []  # reported (token -1, "abort") by the next step
         # This thread's CPU time at the end of the last reported step: what the loop spends
         # outside the model (commands, scheduling, outputs, encoding) is measured from it.
         self._cpu_mark = time.thread_time()
@@ -61,7 +63,12 @@ class EngineCore:
         )
         assert all(0 <= t < self.limits.vocab_size for t in prompt_ids)
         seq = Sequence(
-            request.request_id, list(prompt_ids), len(prompt_ids), params, time.monotonic()
+            request.request_id,
+            list(prompt_ids),
+            len(prompt_ids),
+            params,
+            time.monotonic(),
+            handle=request.handle,
         )
         if params.prompt_logprobs is not None:  # filled chunk by chunk; nothing predicts [0]
             seq.prompt_logprobs = [None] * len(prompt_ids)
@@ -74,7 +81,7 @@ class EngineCore:
         if seq is None:
             return False
         self.scheduler.abort(seq)
-        self._aborted.append(_output(seq, 0))
+        self._aborted.append(seq)
         return True
 
     def apply(self, msg: AddRequest | AbortRequest) -> None:
@@ -89,7 +96,10 @@ class EngineCore:
 
     def step(self) -> StepResult:
         start = time.perf_counter()
-        outputs, self._aborted = self._aborted, []
+        rows = _Rows()
+        for seq in self._aborted:
+            rows.add(seq, -1, None)
+        self._aborted = []
         if self.pacer is not None:
             self.scheduler.max_prefill_tokens_while_decoding = self.pacer.limit
         shared_before = self.scheduler.num_shared_tokens
@@ -102,14 +112,12 @@ class EngineCore:
                 _record_prompt_logprobs(batch.items[scores.item][0], scores)
             self.scheduler.postprocess(batch, result.tokens)
             for seq, lp in zip(sampled, result.logprobs, strict=True):
-                if lp is not None:
-                    seq.logprobs.append(lp)
-                outputs.append(_output(seq, 1))
+                rows.add(seq, seq.token_ids[-1], lp)
                 if seq.is_finished:
                     del self.requests[seq.request_id]
-        elif not outputs:
+        elif not rows.handles:
             self._cpu_mark = time.thread_time()  # an idle turn of the loop is not host work
-            return StepResult((), None)
+            return StepResult(array("q"), array("q"), b"")
         seconds = time.perf_counter() - start
         cpu = time.thread_time()
         host = cpu - self._cpu_mark - self.runner.take_model_cpu_seconds()
@@ -128,7 +136,7 @@ class EngineCore:
             num_shared_prefix_tokens=self.scheduler.num_shared_tokens - shared_before,
             host_seconds=max(0.0, host),
         )
-        return StepResult(tuple(outputs), stats)
+        return rows.result(stats)
 
 
 def _record_prompt_logprobs(seq: Sequence, scores: PromptScores) -> None:
@@ -137,19 +145,40 @@ def _record_prompt_logprobs(seq: Sequence, scores: PromptScores) -> None:
     seq.prompt_logprobs[scores.first_target : end] = scores.entries
 
 
-def _output(seq: Sequence, num_new: int) -> RequestOutput:
-    new_ids = seq.token_ids[seq.num_tokens - num_new :] if num_new else []
-    want_logprobs = num_new and seq.params.logprobs is not None and seq.logprobs
-    prompt_logprobs = None
-    if num_new and seq.num_output_tokens == 1 and seq.prompt_logprobs is not None:
-        prompt_logprobs = tuple(seq.prompt_logprobs)  # the prompt is all prefilled by now
-    return RequestOutput(
-        request_id=seq.request_id,
-        new_token_ids=tuple(new_ids),
-        new_logprobs=tuple(seq.logprobs[-num_new:]) if want_logprobs else (),
-        finish_reason=seq.finish_reason,
-        num_prompt_tokens=seq.num_prompt_tokens,
-        num_output_tokens=seq.num_output_tokens,
-        first_scheduled_time=seq.first_scheduled_time,
-        prompt_logprobs=prompt_logprobs,
-    )
+_FINISH_CODE = {reason: code for code, reason in enumerate(FINISH_CODES)}
+
+
+class _Rows:
+    """One step's outputs, built row by row into StepResult's arrays."""
+
+    def __init__(self) -> None:
+        self.handles: array[int] = array("q")
+        self.tokens: array[int] = array("q")
+        self.finish = bytearray()
+        self.scheduled: list[tuple[int, float]] = []
+        self.logprobs: list[tuple[int, TokenLogprobs]] = []
+        self.prompt_logprobs: list[tuple[int, tuple[TokenLogprobs | None, ...]]] = []
+
+    def add(self, seq: Sequence, token: int, logprobs: TokenLogprobs | None) -> None:
+        row = len(self.handles)
+        self.handles.append(seq.handle)
+        self.tokens.append(token)
+        self.finish.append(_FINISH_CODE[seq.finish_reason])
+        first = seq.num_output_tokens == (1 if token >= 0 else 0)
+        if first and seq.first_scheduled_time is not None:
+            self.scheduled.append((row, seq.first_scheduled_time))
+        if logprobs is not None:
+            self.logprobs.append((row, logprobs))
+        if first and token >= 0 and seq.prompt_logprobs is not None:
+            self.prompt_logprobs.append((row, tuple(seq.prompt_logprobs)))  # all prefilled
+
+    def result(self, stats: StepStats | None) -> StepResult:
+        return StepResult(
+            self.handles,
+            self.tokens,
+            bytes(self.finish),
+            tuple(self.scheduled),
+            tuple(self.logprobs),
+            tuple(self.prompt_logprobs),
+            stats,
+        )

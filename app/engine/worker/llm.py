@@ -18,7 +18,7 @@ from app.engine.client.tokenizer import GPT2Tokenizer, load_tokenizer
 from app.engine.client.validation import validate_request
 from app.engine.config import EngineConfig
 from app.engine.errors import InvalidRequestError
-from app.engine.protocol import GenerationDelta, GenerationResult, SamplingParams
+from app.engine.protocol import GenerationDelta, GenerationResult, SamplingParams, StepStats
 from app.engine.worker.engine_core import EngineCore
 
 _ids = itertools.count()
@@ -39,6 +39,9 @@ class LLM:
             abort=self.core.abort_request,
         )
         self._live: dict[str, RequestState] = {}
+        self._by_handle: dict[int, RequestState] = {}
+        self._handles = itertools.count(1)
+        self.last_stats: StepStats | None = None  # of the last step that ran
 
     def encode(self, prompt: Prompt) -> list[int]:
         return self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
@@ -47,8 +50,11 @@ class LLM:
         if params.timeout is not None:  # deadlines run on an event loop (AsyncEngine)
             raise InvalidRequestError("timeout", "is not supported by the in-process LLM")
         request_id = request_id or f"req-{next(_ids)}"
-        request = validate_request(request_id, self.encode(prompt), params, self.core.limits)
-        self._live[request_id] = self.outputs.add(request_id, len(request.prompt_ids), params)
+        handle = next(self._handles)
+        ids = self.encode(prompt)
+        request = validate_request(request_id, ids, params, self.core.limits, handle)
+        req = self.outputs.add(request_id, handle, len(ids), params)
+        self._live[request_id] = self._by_handle[handle] = req
         self.core.apply(request)
         return request_id
 
@@ -63,18 +69,24 @@ class LLM:
     def step(self) -> tuple[GenerationDelta, ...]:
         """One engine step; the deltas it produced, one per request that moved."""
         result = self.core.step()
-        self.outputs.process(result.outputs)
+        if result.stats is not None:
+            self.last_stats = result.stats
+        self.outputs.process(result)
         deltas: list[GenerationDelta] = []
-        for out in result.outputs:
-            req = self._live.get(out.request_id)
+        for handle in result.handles:
+            req = self._by_handle.get(handle)
             while req is not None and not req.queue.empty():
                 delta = req.queue.get_nowait()
                 assert isinstance(delta, GenerationDelta)  # failures need an event loop
                 deltas.append(delta)
                 if delta.finished:
-                    del self._live[out.request_id]
+                    self._forget(req)
                     req = None
         return tuple(deltas)
+
+    def _forget(self, req: RequestState) -> None:
+        self._live.pop(req.request_id, None)
+        self._by_handle.pop(req.handle, None)
 
     def stream(self, prompt: Prompt, params: SamplingParams) -> Iterator[GenerationDelta]:
         """Yield this request's deltas as they come; other live requests advance alongside."""
@@ -85,7 +97,9 @@ class LLM:
                     if delta.request_id == request_id:
                         yield delta
         finally:
-            if self._live.pop(request_id, None) is not None:  # left early
+            req = self._live.get(request_id)
+            if req is not None:  # left early
+                self._forget(req)
                 self.core.abort_request(request_id)
 
     def generate(

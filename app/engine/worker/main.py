@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import queue
+from multiprocessing.connection import Connection
 from multiprocessing.queues import Queue
 from typing import Any
 
@@ -30,7 +32,10 @@ log = logging.getLogger(__name__)
 PARENT_CHECK_SECONDS = 1.0
 
 
-def run_worker(config: EngineConfig, model_id: str, inbox: Queue[Any], outbox: Queue[Any]) -> None:
+def run_worker(config: EngineConfig, model_id: str, inbox: Queue[Any], outbox: Connection) -> None:
+    """The worker's life. Commands arrive on `inbox`; every message out is one pickled frame
+    on the `outbox` pipe, encoded here on the step loop's thread (so the host cost per token
+    the engine reports includes it)."""
     from app.request_log import configure_logging  # stdlib only: same format as the API
 
     configure_logging(
@@ -43,9 +48,9 @@ def run_worker(config: EngineConfig, model_id: str, inbox: Queue[Any], outbox: Q
         _warm_up(core)
     except Exception as exc:  # report, don't hang the parent waiting for "ready"
         log.exception("worker failed to start")
-        outbox.put(WorkerFailed(f"{type(exc).__name__}: {exc}"))
+        send(outbox, WorkerFailed(f"{type(exc).__name__}: {exc}"))
         return
-    outbox.put(WorkerReady(_model_info(core, model_id)))
+    send(outbox, WorkerReady(_model_info(core, model_id)))
     parent = os.getppid()
     while True:
         try:
@@ -56,8 +61,15 @@ def run_worker(config: EngineConfig, model_id: str, inbox: Queue[Any], outbox: Q
                 return
             continue
         result: StepResult = core.step()
-        if result.outputs or result.stats is not None:
-            outbox.put(result)
+        if len(result) or result.stats is not None:
+            try:
+                send(outbox, result)
+            except (BrokenPipeError, OSError):  # the API process is gone
+                return
+
+
+def send(outbox: Connection, msg: object) -> None:
+    outbox.send_bytes(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def _apply_inbox(core: Any, inbox: Queue[Any], block: bool) -> bool:
