@@ -5,6 +5,7 @@ Importing this module never imports torch: the engine's worker process does that
 
 from __future__ import annotations
 
+import gc
 import inspect
 import logging
 import time
@@ -28,6 +29,7 @@ from app.engine.client.async_engine import AsyncEngine
 from app.engine.protocol import EngineClient
 
 logger = logging.getLogger(__name__)
+GC_YOUNG_THRESHOLD = 20_000
 
 # FastAPI 0.165+ wraps every request in its own OpenTelemetry middleware, which asks the global
 # providers whether tracing is on at each request. app/tracing.py already makes the spans this
@@ -71,6 +73,7 @@ def create_app(
         )
         logger.info("starting the engine for %s", config.model)
         await client.start()
+        _settle_garbage_collector()
         info = client.info
         logger.info(
             "serving model %r from %s%s: %s%s on %s, context %d tokens, %d sequences at once",
@@ -114,6 +117,17 @@ def create_app(
     app.add_exception_handler(ClientDisconnected, _client_gone)
     _add_middleware(app, settings)
     return app
+
+
+def _settle_garbage_collector() -> None:
+    """Move what start-up allocated (modules, the tokenizer, the app) out of the collector's
+    sight, and let young objects pile up longer between collections: per streamed token the
+    HTTP process allocates a few short-lived objects, and with the default threshold (700) the
+    cyclic collector ran often enough to take ~12% of its CPU under load."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def _add_middleware(app: FastAPI, settings: Settings) -> None:

@@ -156,7 +156,7 @@ class Metrics:
     # fed by the engine client --------------------------------------------------------------
 
     def record_step(self, stats: StepStats) -> None:
-        """Once per worker step (the EngineClient's stats_sink)."""
+        """Once per worker step (AsyncEngine's stats_sink)."""
         self.step.observe(stats.step_seconds)
         if stats.batch_size:
             self.step_batch.observe(stats.batch_size)

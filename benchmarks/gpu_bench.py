@@ -42,8 +42,9 @@ def greedy_match(model_dir: Path, hf: GPT2LMHeadModel, dtype: str) -> float:
     return prefix_match([c.token_ids for c in ours], refs)
 
 
-def decode_step_ms(model_dir: Path, batch: int, graphs: bool) -> tuple[float, float]:
-    """Median decode step (ms) and tokens/s over 64 steps of `batch` sequences."""
+def decode_step_ms(model_dir: Path, batch: int, graphs: bool) -> dict[str, float]:
+    """Median decode step (ms), tokens/s over 64 steps of `batch` sequences, and the share of a
+    step's wall time the GPU spends in kernels (torch.profiler over 20 more steps)."""
     llm = LLM(
         EngineConfig(
             model=str(model_dir),
@@ -68,7 +69,37 @@ def decode_step_ms(model_dir: Path, batch: int, graphs: bool) -> tuple[float, fl
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
     elapsed = time.perf_counter() - start
-    return statistics.median(times) * 1e3, batch * 64 / elapsed
+    return {
+        "step_ms": statistics.median(times) * 1e3,
+        "tokens_per_s": batch * 64 / elapsed,
+        "gpu_busy": gpu_busy_share(llm, steps=20),
+    }
+
+
+def gpu_busy_share(llm: LLM, steps: int) -> float:
+    """Kernel time over wall time across `steps` back-to-back steps (the union of kernel
+    intervals, so overlapping streams do not count twice)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            llm.step()
+        torch.cuda.synchronize()
+        wall_us = (time.perf_counter() - start) * 1e6
+    spans = sorted(
+        (e.time_range.start, e.time_range.end)
+        for e in prof.events()
+        if e.device_type == torch.autograd.DeviceType.CUDA
+    )
+    busy, end = 0.0, float("-inf")
+    for lo, hi in spans:
+        if hi <= end:
+            continue
+        busy += hi - max(lo, end)
+        end = hi
+    return min(1.0, busy / wall_us)
 
 
 def main() -> None:
@@ -85,10 +116,15 @@ def main() -> None:
             print(dtype, "greedy match", results[f"greedy_match_{dtype}"], flush=True)
         for batch in (1, 32, 256):
             for graphs in (True, False):
-                ms, tps = decode_step_ms(model_dir, batch, graphs)
+                step = decode_step_ms(model_dir, batch, graphs)
                 key = f"batch{batch}_{'graphs' if graphs else 'eager'}"
-                results[key] = {"step_ms": ms, "tokens_per_s": tps}
-                print(key, f"step {ms:.2f} ms, {tps:.0f} tok/s", flush=True)
+                results[key] = step
+                print(
+                    key,
+                    f"step {step['step_ms']:.2f} ms, {step['tokens_per_s']:.0f} tok/s, "
+                    f"GPU busy {step['gpu_busy']:.0%}",
+                    flush=True,
+                )
     print("command: python -m benchmarks.gpu_bench")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

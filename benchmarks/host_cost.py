@@ -35,9 +35,10 @@ from tests.checkpoints import make_checkpoint
 TICKS = 100.0  # os.sysconf("SC_CLK_TCK") on Linux
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, which: str = "both") -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+    user, system = int(fields[11]) / TICKS, int(fields[12]) / TICKS  # utime, stime
+    return {"both": user + system, "user": user, "system": system}[which]
 
 
 def children(pid: int) -> list[int]:
@@ -57,6 +58,7 @@ def metric(url: str, name: str) -> float:
 def snapshot(url: str, api_pids: list[int], worker_pid: int) -> dict[str, float]:
     return {
         "api": sum(cpu_seconds(p) for p in api_pids),
+        "api_system": sum(cpu_seconds(p, "system") for p in api_pids),
         "worker": cpu_seconds(worker_pid),
         "host": metric(url, "gpt2_engine_host_seconds_total"),
         "tokens": metric(url, "gpt2_generation_tokens_total"),
@@ -90,6 +92,8 @@ def run_point(
         "tokens": tokens,
         "tokens_per_s": tokens / wall,
         "api_us_per_token": 1e6 * (after["api"] - before["api"]) / tokens,
+        "api_system_share": (after["api_system"] - before["api_system"])
+        / max(1e-9, after["api"] - before["api"]),
         "worker_us_per_token": 1e6 * (after["worker"] - before["worker"]) / tokens,
         "worker_host_us_per_token": 1e6 * (after["host"] - before["host"]) / tokens,
         "api_busy": (after["api"] - before["api"]) / wall / max(1, len(api_pids)),
@@ -123,12 +127,13 @@ def main() -> None:
                 rows.append(run_point(url, streams, requests, pid, args.out))
     print(f"# {command}")
     print(
-        "streams  tokens/s  API us/token  worker us/token  worker host us/token  "
+        "streams  tokens/s  API us/token (kernel)  worker us/token  worker host us/token  "
         "API busy  worker busy  client busy"
     )
     for r in rows:
         print(
-            f"{r['streams']:7d}  {r['tokens_per_s']:8.0f}  {r['api_us_per_token']:12.1f}  "
+            f"{r['streams']:7d}  {r['tokens_per_s']:8.0f}  {r['api_us_per_token']:12.1f} "
+            f"({r['api_system_share']:4.0%})  "
             f"{r['worker_us_per_token']:15.1f}  {r['worker_host_us_per_token']:20.1f}  "
             f"{r['api_busy']:8.0%}  {r['worker_busy']:11.0%}  {r['client_busy']:11.0%}"
         )

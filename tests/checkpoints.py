@@ -61,12 +61,32 @@ def prefix_match(ours: list[list[int]], ref: list[list[int]]) -> float:
 
 @torch.inference_mode()
 def sequence_logits(model: GPT2, ids: list[int]) -> torch.Tensor:
-    """Our model's logits at every position of `ids`, one prefill into a fresh one-slot cache."""
+    """Our model's logits at every position of `ids`, one prefill into a fresh one-slot cache
+    (on the model's device, in its dtype)."""
     c = model.config
-    kv = KVCache(c.n_layer, 1, c.n_head, len(ids), c.head_dim, torch.float32, torch.device("cpu"))
+    weight = next(model.parameters())
+    device, dtype = weight.device, weight.dtype
+    kv = KVCache(c.n_layer, 1, c.n_head, len(ids), c.head_dim, dtype, device)
     batch = AttnBatch(prefills=[PrefillChunk(0, 0, len(ids))])
-    hidden = model(torch.tensor(ids), torch.arange(len(ids)), batch, kv)
+    positions = torch.arange(len(ids), device=device)
+    hidden = model(torch.tensor(ids, device=device), positions, batch, kv)
     return model.compute_logits(hidden)
+
+
+def close_at_first_difference(
+    a_tokens: list[int],
+    a_top: list[dict[int, float]],
+    b_tokens: list[int],
+    b_top: list[dict[int, float]],
+) -> bool:
+    """vLLM's criterion for comparing greedy outputs of two precisions: identical, or, where
+    they first differ, each side's token is among the other's top logprobs at that position
+    (a near-tie decided the other way, not a wrong model). After the first difference the two
+    continue from different text, so nothing later is compared."""
+    for i, (a, b) in enumerate(zip(a_tokens, b_tokens, strict=False)):
+        if a != b:
+            return a in b_top[i] and b in a_top[i]
+    return True
 
 
 def make_checkpoint(

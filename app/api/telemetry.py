@@ -1,7 +1,7 @@
 """Where metrics, the request log and tracing meet the HTTP layer.
 
 TelemetryMiddleware follows each generation request (POST to a generation route) from arrival to
-the last byte of its answer; the EngineClient's sinks (on_step, on_record) feed Telemetry as the
+the last byte of its answer; AsyncEngine's sinks (on_step, on_record) feed Telemetry as the
 worker reports. When a request ends, Telemetry counts its outcome once, writes its log line and
 ends its span.
 

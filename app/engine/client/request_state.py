@@ -1,4 +1,4 @@
-"""Per-request state the EngineClient keeps while a request is in flight. Pure Python."""
+"""Per-request state the output processor keeps while a request is in flight. Pure Python."""
 
 from __future__ import annotations
 
