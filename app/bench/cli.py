@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument(
         "--timeout", type=_positive_float, default=120.0, help="seconds per request (120)"
     )
+    load.add_argument(
+        "--processes",
+        type=_positive_int,
+        default=1,
+        help="spread each --concurrency point over this many client processes (1); the "
+        "report says how busy each was",
+    )
 
     w = p.add_argument_group("workload")
     prompt = w.add_mutually_exclusive_group()
@@ -226,6 +233,7 @@ def main(argv: list[str]) -> int:
         metrics_check=not args.no_metrics_check,
         tolerance=Tolerance(absolute=args.metrics_tolerance[0], relative=args.metrics_tolerance[1]),
         progress=not args.no_progress and sys.stderr.isatty(),
+        processes=args.processes,
     )
     cpu, wall = time.process_time(), time.monotonic()
     results = asyncio.run(_run_all(targets, points_from(args), workload, settings))
@@ -233,6 +241,13 @@ def main(argv: list[str]) -> int:
     print(render(command, workload.describe(), results), flush=True)
     # A figure is only the server's if the client had CPU to spare: one core is its ceiling.
     print(f"client CPU: {cpu:.1f} s over {wall:.1f} s ({cpu / wall:.0%} of one core)")
+    for target in results:
+        for p in target.points:
+            busiest = max(p.client_cpu_seconds, default=0.0) / max(p.client_wall_seconds, 1e-9)
+            print(
+                f"  {target.target.label} {p.point.name}: {len(p.client_cpu_seconds)} client "
+                f"process(es), the busiest at {busiest:.0%} of a core"
+            )
     if args.json is not None:
         run = {k: v for k, v in vars(settings).items() if k != "tolerance"}
         run["tolerance"] = vars(settings.tolerance)

@@ -159,6 +159,8 @@ def _point_json(p: PointResult) -> dict[str, Any]:
         "value": p.point.value,
         "stats": stats.summary(),
         "metrics_check": p.check.summary() if p.check is not None else None,
+        "client_cpu_seconds": p.client_cpu_seconds,
+        "client_wall_seconds": p.client_wall_seconds,
         "requests": _request_rows(start, p),
     }
 

@@ -15,9 +15,11 @@ target serves it (metrics_check).
 from __future__ import annotations
 
 import asyncio
+import multiprocessing as mp
 import random
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -69,6 +71,10 @@ class RunSettings:
     metrics_check: bool = True
     tolerance: Tolerance = field(default_factory=Tolerance)
     progress: bool = True
+    # Closed-loop points spread their streams over this many client processes: one Python
+    # process tops out at a few thousand streamed tokens a second, and a figure must never be
+    # the client's own ceiling. Each process's CPU is reported with the point.
+    processes: int = 1
 
     def __post_init__(self) -> None:
         if (self.num_requests is None) == (self.duration is None):
@@ -81,6 +87,9 @@ class PointResult:
     results: list[RequestResult]
     stats: PointStats
     check: CrossCheck | None
+    # CPU seconds and wall seconds of each client process that sent the point's requests.
+    client_cpu_seconds: list[float] = field(default_factory=list)
+    client_wall_seconds: float = 0.0
 
 
 @dataclass
@@ -176,16 +185,7 @@ async def run_target(
     base = target.url.rstrip("/")
     async with make_client(target, settings, transport=transport) as client:
         model = target.model or await served_model(client, base)
-
-        async def send(spec: RequestSpec) -> RequestResult:
-            payload = completion_payload(
-                spec, model, ignore_eos=settings.ignore_eos, temperature=settings.temperature
-            )
-            result = await stream_completion(
-                client, base + "/v1/completions", payload, timeout=settings.timeout
-            )
-            result.requested_prompt_len = spec.prompt_len
-            return result
+        send = make_send(client, base, model, settings)
 
         start = await scrape(client, base) if settings.metrics_check else None
         warm = await closed_loop(
@@ -198,8 +198,26 @@ async def run_target(
             await scrape_settled(client, base, start, sum(r.ok for r in warm))
         outcome = TargetResult(target, model, sum(not r.ok for r in warm), [])
         for point in points:
-            outcome.points.append(await _run_point(client, base, send, point, workload, settings))
+            outcome.points.append(
+                await _run_point(client, base, send, point, workload, settings, target, model)
+            )
         return outcome
+
+
+def make_send(
+    client: httpx.AsyncClient, base: str, model: str | None, settings: RunSettings
+) -> Send:
+    async def send(spec: RequestSpec) -> RequestResult:
+        payload = completion_payload(
+            spec, model, ignore_eos=settings.ignore_eos, temperature=settings.temperature
+        )
+        result = await stream_completion(
+            client, base + "/v1/completions", payload, timeout=settings.timeout
+        )
+        result.requested_prompt_len = spec.prompt_len
+        return result
+
+    return send
 
 
 async def _run_point(
@@ -209,6 +227,8 @@ async def _run_point(
     point: LoadPoint,
     workload: Workload,
     settings: RunSettings,
+    target: Target,
+    model: str | None,
 ) -> PointResult:
     before = await scrape(client, base) if settings.metrics_check else None
     bar = tqdm(
@@ -224,20 +244,75 @@ async def _run_point(
         bar.update()
         return result
 
-    specs = workload.specs()
-    budget = Budget(settings.num_requests, settings.duration)
-    try:
-        if point.mode == "concurrency":
-            results = await closed_loop(counted, specs, int(point.value), budget)
-        else:
-            rng = random.Random(f"{settings.seed}/arrivals/{point.value}")
-            results = await open_loop(counted, specs, poisson_gaps(point.value, rng), budget)
-    finally:
+    cpu, wall = time.process_time(), time.perf_counter()
+    if point.mode == "concurrency" and settings.processes > 1:
         bar.close()
+        results, client_cpu = await _in_processes(target, model, point, workload, settings)
+    else:
+        specs = workload.specs()
+        budget = Budget(settings.num_requests, settings.duration)
+        try:
+            if point.mode == "concurrency":
+                results = await closed_loop(counted, specs, int(point.value), budget)
+            else:
+                rng = random.Random(f"{settings.seed}/arrivals/{point.value}")
+                results = await open_loop(counted, specs, poisson_gaps(point.value, rng), budget)
+        finally:
+            bar.close()
+        client_cpu = [time.process_time() - cpu]
+    wall = time.perf_counter() - wall
     check = None
     if before is not None:
         completed = sum(r.ok for r in results)
         after = await scrape_settled(client, base, before, completed)
         if after is not None:
             check = cross_check(before, after, results, settings.tolerance)
-    return PointResult(point, results, compute(results), check)
+    return PointResult(point, results, compute(results), check, client_cpu, wall)
+
+
+async def _in_processes(
+    target: Target, model: str | None, point: LoadPoint, workload: Workload, settings: RunSettings
+) -> tuple[list[RequestResult], list[float]]:
+    """A closed-loop point's streams (and requests) split over settings.processes client
+    processes, each on its own part of the seeded request stream; their results merged."""
+    n = settings.processes
+    streams = _split(int(point.value), n)
+    counts = _split(settings.num_requests, n) if settings.num_requests is not None else [None] * n
+    loop = asyncio.get_running_loop()
+    with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn")) as pool:
+        parts = await asyncio.gather(
+            *(
+                loop.run_in_executor(
+                    pool, _process_share, target, model, share, count, i, workload, settings
+                )
+                for i, (share, count) in enumerate(zip(streams, counts, strict=True))
+                if share > 0
+            )
+        )
+    return [r for results, _ in parts for r in results], [cpu for _, cpu in parts]
+
+
+def _split(total: int, n: int) -> list[int]:
+    return [total // n + (1 if i < total % n else 0) for i in range(n)]
+
+
+def _process_share(
+    target: Target,
+    model: str | None,
+    concurrency: int,
+    num_requests: int | None,
+    index: int,
+    workload: Workload,
+    settings: RunSettings,
+) -> tuple[list[RequestResult], float]:
+    """One client process's part of a point (run in a spawned process)."""
+
+    async def run() -> list[RequestResult]:
+        async with make_client(target, settings) as client:
+            send = make_send(client, target.url.rstrip("/"), model, settings)
+            budget = Budget(num_requests, settings.duration)
+            return await closed_loop(send, workload.specs(1000 + index), concurrency, budget)
+
+    cpu = time.process_time()
+    results = asyncio.run(run())
+    return results, time.process_time() - cpu

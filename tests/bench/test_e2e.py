@@ -120,3 +120,25 @@ def test_seed_server_streams_through_the_bench_client(servers: list[str]) -> Non
     assert body["usage"]["completion_tokens"] <= 5
     assert body["choices"][0]["finish_reason"] in ("length", "stop")
     assert bad.status_code == 400 and "prompt" in bad.json()["error"]["message"]
+
+
+def test_bench_spreads_a_point_over_client_processes(
+    servers: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--processes 2: the point's streams and requests are split over two client processes,
+    their results merged (and still cross-checked against the server's metrics), and the
+    report gives each process's CPU."""
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--url", servers[0], "--concurrency", "3", "--processes", "2",
+            "--num-requests", "5", "--warmup", "1", "--prompt-len", "8", "--output-len", "4",
+            "--ignore-eos", "--json", str(out), "--no-progress",
+            "--metrics-tolerance", "1.0", "0.5"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    (point,) = json.loads(out.read_text())["targets"][0]["points"]
+    stats = point["stats"]
+    assert (stats["completed"], stats["failed"], stats["output_tokens"]) == (5, 0, 20)
+    assert len(point["client_cpu_seconds"]) == 2 and all(c > 0 for c in point["client_cpu_seconds"])
+    assert point["metrics_check"]["agree"] is True
+    assert "2 client process(es)" in capsys.readouterr().out
