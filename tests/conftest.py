@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from transformers import GPT2LMHeadModel
 
 from app.engine import EngineConfig
@@ -30,3 +31,10 @@ def make_llm(tiny_model_dir: Path) -> Iterator[object]:
         return LLM(config)
 
     yield factory
+
+
+# Property-based tests (hypothesis): derandomized, so every run (CI included) tries the same
+# examples; no example database, so a run never depends on an earlier one. Example counts are
+# set per test to keep each property to a few seconds.
+settings.register_profile("gpt2-serve", derandomize=True, database=None, deadline=None)
+settings.load_profile("gpt2-serve")
