@@ -3,7 +3,7 @@ depend on how fast this machine runs the model.
 
 While the worker is stopped (SIGSTOP) it takes no step: a request cannot finish, run on, or be
 aborted before the test has done what it wanted to do first. Commands sent meanwhile wait in the
-worker's inbox, in order, and are applied together when it resumes (SIGCONT)."""
+worker's inbox, in order, and are applied when it resumes (SIGCONT)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
+class Pause:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        os.kill(pid, signal.SIGSTOP)
+        self.stopped = True
+
+    def resume(self) -> None:
+        if self.stopped:
+            os.kill(self.pid, signal.SIGCONT)
+            self.stopped = False
+
+
 @contextmanager
-def paused(pid: int | None) -> Iterator[None]:
+def paused(pid: int | None) -> Iterator[Pause]:
+    """The process stopped for the block (or until .resume()), resumed however it ends."""
     assert pid is not None, "no worker process"
-    os.kill(pid, signal.SIGSTOP)
+    pause = Pause(pid)
     try:
-        yield
+        yield pause
     finally:
-        os.kill(pid, signal.SIGCONT)
+        pause.resume()
