@@ -14,7 +14,9 @@ character therefore spans several tokens, which exercises the "hold back half a 
 
 Worker: the continuation is a fixed script (`FakeEngineClient.script`), prefixed with "<seed>"
 when the request has a seed, one token per step, then <|endoftext|> (finish "stop") unless
-max_tokens runs out first (finish "length"); stop token ids end it too.
+max_tokens runs out first (finish "length"); stop token ids end it too. With `hold_after` it
+stalls after that many tokens, so a test can act (disconnect, overflow the queue) while a request
+is certainly still running, on any machine.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class FakeEngineClient:
     script: str = " the quick brown fox"
     max_model_len: int = 128
     token_delay: float = 0.0  # seconds before each step
+    hold_after: int | None = None  # the worker stalls after this many tokens (until aborted)
     ready: bool = True
     draining: bool = False
     overloaded: bool = False  # refuse every request, as the real admission does when full
@@ -188,6 +191,8 @@ class FakeEngineClient:
         script = self.output_ids(params)
         scheduled = time.monotonic()
         for step in range(params.max_tokens):
+            if self.hold_after is not None and step >= self.hold_after:
+                await asyncio.Future()  # stalled: only an abort (a cancel) ends it
             await asyncio.sleep(self.token_delay)
             if self.die_after is not None and step >= self.die_after:
                 self.outputs.fail(

@@ -163,7 +163,7 @@ def test_max_queued_tokens_refuses_a_prompt_that_would_pass_it(
 def test_overloaded_choice_aborts_its_siblings(settings: Settings) -> None:
     """n=3 when only two more requests fit: the third is refused, and the two admitted ones are
     aborted in the worker, not left running."""
-    fake = FakeEngineClient(max_queued_requests=0, token_delay=0.05)
+    fake = FakeEngineClient(max_queued_requests=0, hold_after=1)
     with TestClient(create_app(settings, fake)) as client:
         fake.admission.admit(1)
         fake.admission.admit(1)  # 2 of the 4 places taken
