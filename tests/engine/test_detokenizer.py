@@ -252,3 +252,23 @@ def test_incremental_equals_one_shot_decode_cut_at_the_first_stop(
         assert emitted == text[: len(text) - (0 if final else _held(text, stops))]
     if ids:
         assert emitted == tok.decode(ids, skip_special_tokens=skip)
+
+
+def test_a_new_detokenizer_has_not_stopped(tok: GPT2Tokenizer) -> None:
+    detok = IncrementalDetokenizer(tok.token_bytes, tok.special_ids, stop=["x"])
+    assert detok.stopped is False and detok.text == ""
+
+
+def test_the_first_of_two_matches_in_one_chunk_is_cut_at(tok: GPT2Tokenizer) -> None:
+    detok = IncrementalDetokenizer(tok.token_bytes, tok.special_ids, stop=["STOP"])
+    assert detok.add(tok.encode("a STOP b STOP c")) == DetokenizedDelta("a ", "STOP")
+
+
+def test_stop_strings_starting_at_the_same_place_the_first_listed_wins(
+    tok: GPT2Tokenizer,
+) -> None:
+    for stops, want in ((["ab", "abc"], "ab"), (["abc", "ab"], "abc")):
+        detok = IncrementalDetokenizer(
+            tok.token_bytes, tok.special_ids, stop=stops, include_stop_str_in_output=True
+        )
+        assert detok.add(tok.encode("x abc")) == DetokenizedDelta(f"x {want}", want)

@@ -31,14 +31,18 @@ def test_slots_are_handed_out_in_order_and_counted() -> None:
 def test_allocate_refuses_when_full() -> None:
     slots = SlotAllocator(num_slots=1, slot_len=16)
     slots.allocate(_seq("a"))
-    with pytest.raises(RuntimeError, match="no free KV slot"):
+    with pytest.raises(
+        RuntimeError, match=r"^no free KV slot: the scheduler must check num_free first$"
+    ):
         slots.allocate(_seq("b"))
 
 
 def test_a_sequence_must_fit_its_slot_to_the_last_token() -> None:
     slots = SlotAllocator(num_slots=2, slot_len=16)
     slots.allocate(_seq("fits", prompt_len=10, max_tokens=6))  # exactly 16
-    with pytest.raises(RuntimeError, match="cannot fit a slot"):
+    with pytest.raises(
+        RuntimeError, match=r"^sequence cannot fit a slot: validation must reject it earlier$"
+    ):
         slots.allocate(_seq("long", prompt_len=10, max_tokens=7))
     # Tokens already generated count once: 10 prompt + 2 output + 4 more = 16.
     resumed = _seq("resumed", prompt_len=10, max_tokens=6)

@@ -333,3 +333,36 @@ def test_expiring_an_ended_request_does_nothing() -> None:
     h.proc.expire("r")
     h.proc.expire("never-seen")
     assert h.aborts == [] and len(h.records) == 1
+
+
+def test_special_tokens_show_when_asked() -> None:
+    h = Harness()
+    req = h.add(skip_special_tokens=False)
+    h.out([97, EOS], FinishReason.STOP, n=2)
+    assert texts(req) == ["a<|endoftext|>"]
+
+
+def test_the_stop_token_is_the_last_of_the_step() -> None:
+    h = Harness()
+    req = h.add(stop_token_ids=(33,))
+    h.out("ab!", FinishReason.STOP, n=3)  # several tokens in one output: the last one stopped it
+    [delta] = drain(req)
+    assert isinstance(delta, GenerationDelta) and delta.stop_reason == 33
+
+
+def test_the_timeout_delta_carries_no_tokens() -> None:
+    async def scenario() -> list[GenerationDelta]:
+        h = Harness()
+        req = h.add(timeout=0.01)
+        return [d async for d in h.proc.deltas(req)]
+
+    [delta] = asyncio.run(scenario())
+    assert (delta.token_ids, delta.logprobs, delta.stop_reason) == ((), (), None)
+
+
+def test_finish_reports_once_however_often_it_is_called() -> None:
+    h = Harness()
+    req = h.add()
+    h.proc.finish(req, Outcome.ABORT)
+    h.proc.finish(req, Outcome.ABORT)
+    assert [r.outcome for r in h.records] == [Outcome.ABORT]

@@ -375,3 +375,163 @@ def test_random_adds_aborts_and_steps_keep_slots_packed_and_bounded(
     assert s.num_unfinished == 0 and s.slots.num_used == 0
     assert s.slots.owners == [None] * num_slots
     assert all(seq.is_finished for seq in seqs)
+
+
+# ---- edges found by mutation testing (make mutation) ------------------------------------------
+
+
+def _running(s: Scheduler, seq: Sequence, computed: int) -> Sequence:
+    """Place seq as a running sequence whose first `computed` tokens are cached."""
+    s.slots.allocate(seq)
+    seq.status, seq.num_computed = Status.RUNNING, computed
+    s.running.append(seq)
+    return seq
+
+
+def test_decodes_run_in_slot_order_after_a_move() -> None:
+    """The runner reads decode rows as slots [0, n) when they come in slot order."""
+    s = _make(max_num_seqs=3, slots=3)
+    a, b, c = _seq("a", 2, 1), _seq("b", 2, 10), _seq("c", 2, 10)
+    for seq in (a, b, c):
+        s.add(seq)
+    _step(s, random.Random(0))  # a finished: c moved from slot 2 into slot 0
+    assert (c.slot, b.slot) == (0, 1) and s.running == [b, c]
+    batch, _ = _step(s, random.Random(0))
+    assert batch.items == [(c, 1), (b, 1)]
+
+
+def test_budget_admits_to_the_last_token_and_no_further() -> None:
+    s = _make(max_num_seqs=8, budget=3, slots=8)
+    seqs = [_seq(f"r{i}", 1, 4) for i in range(4)]
+    for seq in seqs:
+        s.add(seq)
+    batch = s.schedule(0.0)
+    assert batch.items == [(seqs[0], 1), (seqs[1], 1), (seqs[2], 1)]  # the third takes the last
+    assert list(s.waiting) == [seqs[3]]
+
+
+def _decoding(s: Scheduler) -> Sequence:
+    d = _seq("d", 2, 50)
+    s.add(d)
+    _step(s, random.Random(0))
+    assert d.is_decoding
+    return d
+
+
+def test_short_prompts_go_whole_while_a_long_one_takes_the_long_share() -> None:
+    """threshold 16: a prompt of exactly 16 tokens is short and goes whole, even after a long one
+    took the whole long share; the long share is only spent by long prompts."""
+    s = Scheduler(4, 512, SlotAllocator(5, 1024), EOS, max_prefill_tokens_while_decoding=16)
+    d = _decoding(s)
+    long, exact, short = _seq("long", 100, 4), _seq("exact", 16, 4), _seq("short", 10, 4)
+    for seq in (long, exact, short):
+        s.add(seq)
+    batch, _ = _step(s, random.Random(0), token=7)
+    assert batch.items == [(d, 1), (long, 16), (exact, 16), (short, 10)]
+    assert exact.output_ids == [7] and short.output_ids == [7]  # sampled after a partial chunk
+    assert long.num_computed == 16 and long.output_ids == []
+
+
+def test_a_short_prompt_first_leaves_the_long_share_to_a_long_one() -> None:
+    s = Scheduler(4, 512, SlotAllocator(5, 1024), EOS, max_prefill_tokens_while_decoding=16)
+    d = _decoding(s)
+    exact, long = _seq("exact", 16, 4), _seq("long", 100, 4)
+    s.add(exact)
+    s.add(long)
+    assert s.schedule(0.0).items == [(d, 1), (exact, 16), (long, 16)]
+
+
+def test_a_second_long_prompt_waits_for_the_long_share() -> None:
+    s = Scheduler(4, 512, SlotAllocator(5, 1024), EOS, max_prefill_tokens_while_decoding=16)
+    d = _decoding(s)
+    first, second = _seq("first", 100, 4), _seq("second", 100, 4)
+    s.add(first)
+    s.add(second)
+    batch, _ = _step(s, random.Random(0))
+    assert batch.items == [(d, 1), (first, 16)] and list(s.waiting) == [second]
+    batch, _ = _step(s, random.Random(0))
+    assert batch.items == [(d, 1), (first, 16)] and list(s.waiting) == [second]
+
+
+def test_a_long_share_of_one_token_still_admits_a_long_prompt() -> None:
+    s = Scheduler(4, 64, SlotAllocator(4, 1024), EOS, max_prefill_tokens_while_decoding=1)
+    d = _decoding(s)
+    long = _seq("long", 10, 4)
+    s.add(long)
+    assert s.schedule(0.0).items == [(d, 1), (long, 1)]
+
+
+def test_a_prefill_gets_the_last_token_of_the_budget() -> None:
+    """Two streams decode in a budget of 3: the prompt part-way through its prefill gets the one
+    token left (a prompt with one token left is a decode: it comes with them)."""
+    s = _make(max_num_seqs=4, budget=3, slots=4)
+    a, b, p = _seq("a", 1, 8), _seq("b", 1, 8), _seq("p", 10, 4)
+    for seq in (a, b, p):
+        s.add(seq)
+    assert _step(s, random.Random(0))[0].items == [(a, 1), (b, 1), (p, 1)]
+    assert _step(s, random.Random(0))[0].items == [(a, 1), (b, 1), (p, 1)]
+    assert p.num_computed == 2
+
+
+def test_admission_records_when_it_was_first_scheduled() -> None:
+    s = _make()
+    seq = _seq("a", 4, 4)
+    s.add(seq)
+    s.schedule(5.0)
+    s.schedule(6.0)
+    assert seq.first_scheduled_time == 5.0
+
+
+def test_shared_prefix_tokens_add_up() -> None:
+    s = _make(share_prefixes=True)
+    first, second, third = _seq("a", 40, 4), _seq("b", 40, 4), _seq("c", 40, 4)
+    for seq in (first, second, third):
+        s.add(seq)
+    _step(s, random.Random(0))
+    batch, _ = _step(s, random.Random(0))
+    assert [m.length for m in batch.moves] == [39, 39]
+    assert s.num_shared_tokens == 78
+
+
+def test_a_prompt_just_long_enough_shares_the_minimum() -> None:
+    s = _make(share_prefixes=True)
+    donor = _running(s, _seq("donor", 40, 4), 40)
+    newcomer = _seq("new", MIN_SHARED_PREFIX + 1, 4)
+    s.add(newcomer)
+    batch = s.schedule(0.0)
+    assert batch.moves == [SlotMove(donor.slot or 0, newcomer.slot or 0, MIN_SHARED_PREFIX)]
+    assert (newcomer, 1) in batch.items
+
+
+def test_a_donor_is_found_behind_an_unrelated_sequence() -> None:
+    s = _make(share_prefixes=True)
+    _running(s, Sequence("other", [2] * 40, 40, SamplingParams(max_tokens=4), 0.0), 40)
+    donor = _running(s, _seq("donor", 40, 4), 40)
+    newcomer = _seq("new", 30, 4)
+    s.add(newcomer)
+    assert s.schedule(0.0).moves == [SlotMove(donor.slot or 0, newcomer.slot or 0, 29)]
+
+
+def test_the_donor_with_the_most_cached_tokens_wins() -> None:
+    """One donor shares more of the prompt but has cached only 20 of it so far; the other
+    shares less, all of it cached: 30 tokens can be copied now from the second, 20 from the
+    first."""
+    s = _make(share_prefixes=True, slot_len=128)
+    params = SamplingParams(max_tokens=4)
+    partial = _running(s, Sequence("partial", [1] * 45 + [3] * 5, 50, params, 0.0), 20)
+    full = _running(s, Sequence("full", [1] * 30 + [4] * 20, 50, params, 0.0), 50)
+    newcomer = _seq("new", 50, 4)
+    s.add(newcomer)
+    assert s.schedule(0.0).moves == [SlotMove(full.slot or 0, newcomer.slot or 0, 30)]
+    assert partial.slot == 0
+
+
+def test_no_wait_for_a_donor_whose_prompt_is_done() -> None:
+    """A donor of a 15-token prompt has cached all of it (16 tokens with its first output): it
+    will never cache the 16 the newcomer could share, so the newcomer does not wait."""
+    s = _make(share_prefixes=True)
+    _running(s, Sequence("donor", [1] * 16, 15, SamplingParams(max_tokens=4), 0.0), 15)
+    newcomer = _seq("new", 20, 4)
+    s.add(newcomer)
+    batch = s.schedule(0.0)
+    assert batch.moves == [] and (newcomer, 20) in batch.items
