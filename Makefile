@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # CUDA build from the Docker image instead; pyproject.toml admits both.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: install test lint unit serve bench serve-bench clean demo-model
+.PHONY: install test lint unit serve bench serve-bench clean demo-model mutation
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -27,6 +27,15 @@ unit: install
 
 test: lint unit
 
+# Mutation testing (not in CI, not part of `make test`; about 7 minutes on 2 cores): mutmut
+# changes the pure-Python core one mutation at a time ([tool.mutmut] in pyproject.toml) and runs
+# that code's fast unit tests against each mutant. Lists the mutants no test killed;
+# docs/testing.md has the score and why each remaining survivor is equivalent.
+mutation: install
+	rm -rf mutants
+	HYPOTHESIS_PROFILE=mutation $(VENV)/bin/mutmut run --max-children 2
+	$(VENV)/bin/mutmut results
+
 # With no GPT2_MODEL, the service serves the small GPT-2 bundled in app/models/gpt2-demo (works
 # offline). Real GPT-2: GPT2_MODEL=gpt2 make serve (needs the hub) or a checkpoint directory.
 serve: install
@@ -45,7 +54,7 @@ serve-bench: install
 	$(PY) -m benchmarks.serve_bench $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache mutants
 
 # Offline validation of Dockerfile, compose files, deploy/ and k8s/ (installs its validators into
 # .cache/deploy-tools when missing). See docs/deploy.md.

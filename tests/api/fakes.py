@@ -1,16 +1,22 @@
 """A deterministic stand-in for the engine's worker, so the HTTP layer is tested without a model.
 
 FakeEngineClient implements the EngineClient protocol (app/engine/protocol.py) the way
-AsyncEngine does: requests are validated by the real validate_request, and the worker's output
-goes through the real OutputProcessor (incremental detokenization, stop strings, deadlines,
-timings, one RequestRecord per request). Only the worker is scripted.
+AsyncEngine does: requests are validated by the real validate_request, counted in or refused
+(429 with Retry-After) by the real AdmissionControl, and the worker's output goes through the
+real OutputProcessor (incremental detokenization, stop strings, deadlines, timings, one
+RequestRecord per request). Only the worker is scripted, and it keeps its own state, as the
+real one does: the requests it is running (`worker_running`), the abort commands it received
+(`worker_aborts`) and the tokens it generated (`worker_tokens`). Tests of aborts read those, not
+the records the client side writes.
 
 Tokenizer: one token per UTF-8 byte (ids 0..255) plus <|endoftext|> = 256. A multi-byte
 character therefore spans several tokens, which exercises the "hold back half a character" path.
 
 Worker: the continuation is a fixed script (`FakeEngineClient.script`), prefixed with "<seed>"
 when the request has a seed, one token per step, then <|endoftext|> (finish "stop") unless
-max_tokens runs out first (finish "length"); stop token ids end it too.
+max_tokens runs out first (finish "length"); stop token ids end it too. With `hold_after` it
+stalls after that many tokens, so a test can act (disconnect, overflow the queue) while a request
+is certainly still running, on any machine.
 """
 
 from __future__ import annotations
@@ -21,9 +27,10 @@ from array import array
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
+from app.engine.client.admission import AdmissionControl
 from app.engine.client.output_processor import OutputProcessor
 from app.engine.client.validation import ModelLimits, validate_request
-from app.engine.errors import EngineDeadError, EngineNotReadyError, OverloadedError
+from app.engine.errors import EngineDeadError, EngineNotReadyError
 from app.engine.protocol import (
     ENGINE_FINISHED,
     FINISH_CODES,
@@ -55,13 +62,18 @@ class FakeEngineClient:
     script: str = " the quick brown fox"
     max_model_len: int = 128
     token_delay: float = 0.0  # seconds before each step
+    hold_after: int | None = None  # the worker stalls after this many tokens (until aborted)
     ready: bool = True
     draining: bool = False
-    overloaded: bool = False
+    overloaded: bool = False  # refuse every request, as the real admission does when full
+    max_queued_requests: int = 256  # AdmissionControl's limits, as AsyncEngine's defaults
+    max_queued_tokens: int = 262144
     die_after: int | None = None  # the worker "dies" after this many tokens of a request
     calls: list[Call] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)  # ended without a finish reason
     finished: list[str] = field(default_factory=list)  # ended with one
+    worker_aborts: list[str] = field(default_factory=list)  # AbortRequests the worker got
+    worker_tokens: dict[str, int] = field(default_factory=dict)  # tokens it generated
     records: list[RequestRecord] = field(default_factory=list)
     sink: Callable[[RequestRecord], None] | None = None  # e.g. Telemetry.on_record
     started: bool = False
@@ -80,10 +92,22 @@ class FakeEngineClient:
             max_num_seqs=4,
             kv_slots=4,
         )
+        self.admission = AdmissionControl(
+            self.info.max_num_seqs, self.max_queued_requests, self.max_queued_tokens
+        )
         self.outputs = OutputProcessor(
-            TOKEN_BYTES, frozenset({EOS}), None, abort=self._abort, record_sink=self._record
+            TOKEN_BYTES,
+            frozenset({EOS}),
+            self.admission,
+            abort=self._abort,
+            record_sink=self._record,
         )
         self._workers: dict[str, asyncio.Task[None]] = {}
+
+    @property
+    def worker_running(self) -> set[str]:
+        """Requests the scripted worker is still generating."""
+        return {rid for rid, task in self._workers.items() if not task.done()}
 
     # ---- state and lifecycle --------------------------------------------------------------
     @property
@@ -141,12 +165,17 @@ class FakeEngineClient:
         self.calls.append(Call(list(prompt_ids), params, request_id))
         if self.draining or not self.ready:
             raise EngineNotReadyError("the engine is not ready")
-        if self.overloaded:
-            raise OverloadedError("the waiting queue is full (256 requests)", retry_after=3)
         handle = len(self.calls)
         limits = ModelLimits(VOCAB, self.max_model_len)
         request = validate_request(request_id, prompt_ids, params, limits, handle)
-        req = self.outputs.add(request_id, handle, len(prompt_ids), params)
+        if self.overloaded:  # as if the running batch and the queue were full
+            self.admission.check(self.admission.max_in_flight, 0, len(prompt_ids))
+        self.admission.admit(len(prompt_ids))
+        try:
+            req = self.outputs.add(request_id, handle, len(prompt_ids), params)
+        except BaseException:
+            self.admission.release(len(prompt_ids), was_scheduled=False)
+            raise
         self._workers[request_id] = asyncio.create_task(self._work(request))
         try:
             async for delta in self.outputs.deltas(req):
@@ -164,6 +193,8 @@ class FakeEngineClient:
         script = self.output_ids(params)
         scheduled = time.monotonic()
         for step in range(params.max_tokens):
+            if self.hold_after is not None and step >= self.hold_after:
+                await asyncio.Future()  # stalled: only an abort (a cancel) ends it
             await asyncio.sleep(self.token_delay)
             if self.die_after is not None and step >= self.die_after:
                 self.outputs.fail(
@@ -177,6 +208,7 @@ class FakeEngineClient:
                 finish = FinishReason.STOP
             elif step + 1 >= params.max_tokens:
                 finish = FinishReason.LENGTH
+            self.worker_tokens[rid] = step + 1
             lp = self._logprobs(token, request.params)
             prompt_lp = self._prompt_logprobs(request) if step == 0 else None
             out = StepResult(  # one row: this request's token, as the worker sends it
@@ -192,13 +224,14 @@ class FakeEngineClient:
                 return
 
     def _abort(self, request_id: str) -> None:
-        task = self._workers.pop(request_id, None)
+        """The AbortRequest reaching the worker: it stops generating the request."""
+        self.worker_aborts.append(request_id)
+        task = self._workers.get(request_id)
         if task is not None:
             task.cancel()
 
     def _record(self, record: RequestRecord) -> None:
         self.records.append(record)
-        self._workers.pop(record.request_id, None)
         (self.finished if record.outcome in ENGINE_FINISHED else self.aborted).append(
             record.request_id
         )

@@ -70,7 +70,7 @@ def test_huggingface_hub_errors_are_typed(base_url: str, fake: FakeEngineClient)
     with pytest.raises(ValidationError, match="at most 4 items"):
         client.text_generation("Hi", stop=["a", "b", "c", "d", "e"])
     fake.overloaded = True
-    with pytest.raises(OverloadedError, match="queue is full"):
+    with pytest.raises(OverloadedError, match="the limit is 260"):
         client.text_generation("Hi", max_new_tokens=2)
 
 

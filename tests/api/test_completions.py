@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.api.conftest import sse_events
@@ -51,7 +54,8 @@ def test_default_max_tokens_is_16(client: TestClient, fake: FakeEngineClient) ->
 
 
 def test_null_max_tokens_means_rest_of_context(client: TestClient, fake: FakeEngineClient) -> None:
-    client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": None})
+    r = client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": None})
+    assert r.status_code == 200, r.text
     assert fake.calls[0].params.max_tokens == fake.max_model_len - 2
 
 
@@ -325,3 +329,47 @@ def test_utf8_is_never_split(client: TestClient, fake: FakeEngineClient) -> None
     assert "".join(pieces) == " café ☕"
     assert all("\ufffd" not in piece for piece in pieces)
     assert "☕" in pieces  # three byte-tokens, one piece
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "text_of", "expected"),
+    [
+        (
+            "/v1/completions",
+            {"prompt": "Hi", "max_tokens": 50, "stream": True, "stop": ["brown"]},
+            lambda e: e["choices"][0]["text"] if e["choices"] else "",
+            " the quick ",
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "Hi"}], "stream": True, "stop": "brown"},
+            lambda e: e["choices"][0]["delta"].get("content") or "" if e["choices"] else "",
+            " the quick ",
+        ),
+        (
+            "/generate_stream",
+            {"inputs": "Hi", "parameters": {"max_new_tokens": 50, "stop": ["brown"]}},
+            lambda e: e["token"]["text"],
+            " the quick brown",  # TGI keeps the stop sequence
+        ),
+    ],
+    ids=["completions", "chat", "tgi"],
+)
+def test_a_stop_string_is_never_streamed_in_part(
+    client: TestClient, fake: FakeEngineClient, path: str, body: Any, text_of: Any, expected: str
+) -> None:
+    """ "brown" is five byte-tokens: "b", "br", ... arrive before it completes and must be held
+    back by the real detokenizer, so no chunk ever shows a piece of it (except where TGI keeps
+    the stop sequence in the text, all of it at once)."""
+    r = client.post(path, json=body)
+    assert r.status_code == 200, r.text
+    events = [e for e in sse_events(r.text) if isinstance(e, dict)]
+    pieces = [text_of(e) for e in events]
+    assert "".join(pieces) == expected
+    streamed = ""
+    for piece in pieces:
+        streamed += piece
+        assert not streamed.endswith(("b", "br", "bro", "brow")), pieces
+    [call] = fake.calls
+    assert fake.worker_aborts == [call.request_id]  # the worker was told to stop at once
+    assert fake.worker_tokens[call.request_id] == len(" the quick brown")

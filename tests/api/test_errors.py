@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from app.config import Settings
+from app.main import create_app
 from tests.api.conftest import sse_events
 from tests.api.fakes import FakeEngineClient
 
@@ -117,32 +120,62 @@ def test_wrong_model_is_404(client: TestClient) -> None:
     assert client.post("/v1/completions", json={"model": "fake-gpt2"}).status_code == 200
 
 
-def test_overloaded_is_429_with_retry_after(client: TestClient, fake: FakeEngineClient) -> None:
-    fake.overloaded = True
+def test_overloaded_is_429_with_retry_after_from_the_drain_rate(
+    client: TestClient, fake: FakeEngineClient
+) -> None:
+    """The real AdmissionControl refuses and computes Retry-After: 3 requests finished over the
+    last 10.5 s drain one every 3.5 s, so the one request too many should come back in 4 s
+    (not the 1 s floor, not a value of the fake's)."""
+    now = time.monotonic()
+    for ago in (10.5, 7.0, 3.5):
+        fake.admission.record_finished(now - ago)
+    for _ in range(fake.admission.max_in_flight):  # the batch and the queue are full
+        fake.admission.admit(1)
     for stream in (False, True):
         r = client.post("/v1/completions", json={"prompt": "Hi", "stream": stream})
         error = error_of(r, 429)
-        assert r.headers["retry-after"] == "3"
+        assert r.headers["retry-after"] == "4"
         assert error["error_type"] == "overloaded"
-        assert "queue is full" in error["message"]
+        assert error["message"] == (
+            "server overloaded: 260 requests in flight, the limit is 260 "
+            "(max_num_seqs + max_queued_requests); retry later"
+        )
+    assert fake.worker_tokens == {}  # nothing reached the worker
 
 
-def test_overloaded_choice_aborts_its_siblings(client: TestClient, fake: FakeEngineClient) -> None:
-    original = fake.generate
-    count = {"n": 0}
+def test_max_queued_tokens_refuses_a_prompt_that_would_pass_it(
+    settings: Settings,
+) -> None:
+    fake = FakeEngineClient(max_queued_tokens=10)
+    with TestClient(create_app(settings, fake)) as client:
+        fake.admission.admit(4)  # a request whose 4 prompt tokens wait to be scheduled
+        r = client.post("/v1/completions", json={"prompt": "1234567", "max_tokens": 2})
+        error = error_of(r, 429)
+        assert error["message"] == (
+            "server overloaded: 4 prompt tokens waiting, + 7 would pass the limit of 10 "
+            "(max_queued_tokens)"
+        )
+        assert r.headers["retry-after"] == "1"  # nothing has finished yet: no rate known
+        r = client.post("/v1/completions", json={"prompt": "123456", "max_tokens": 2})
+        assert r.status_code == 200, r.text  # 4 + 6 fits exactly
 
-    def flaky(*args: Any, **kwargs: Any) -> Any:
-        count["n"] += 1
-        if count["n"] == 3:
-            fake.overloaded = True
-        return original(*args, **kwargs)
 
-    fake.generate = flaky  # type: ignore[method-assign]
-    fake.token_delay = 0.05
-    r = client.post("/v1/completions", json={"prompt": "Hi", "n": 3, "stream": True})
-    assert r.status_code == 429
-    assert not fake.finished
-    assert len(fake.aborted) == 2  # the two admitted choices were aborted, not left running
+def test_overloaded_choice_aborts_its_siblings(settings: Settings) -> None:
+    """n=3 when only two more requests fit: the third is refused, and the two admitted ones are
+    aborted in the worker, not left running."""
+    fake = FakeEngineClient(max_queued_requests=0, hold_after=1)
+    with TestClient(create_app(settings, fake)) as client:
+        fake.admission.admit(1)
+        fake.admission.admit(1)  # 2 of the 4 places taken
+        r = client.post("/v1/completions", json={"prompt": "Hi", "n": 3, "stream": True})
+        assert r.status_code == 429
+        assert "the limit is 4" in r.json()["error"]["message"]
+        assert not fake.finished
+        assert len(fake.calls) == 3 and len(fake.aborted) == 2
+        admitted = [c.request_id for c in fake.calls[:2]]
+        assert sorted(fake.worker_aborts) == sorted(admitted)
+        assert fake.worker_running == set()
+        assert fake.admission.in_flight == 2  # only the two taken before
 
 
 def test_not_ready_is_503(client: TestClient, fake: FakeEngineClient) -> None:

@@ -42,7 +42,7 @@ def test_tgi_stream_keep_alive(fake: FakeEngineClient) -> None:
 def test_client_disconnect_aborts_the_request(
     client: TestClient, fake: FakeEngineClient, path: str
 ) -> None:
-    fake.token_delay = 0.02
+    fake.hold_after = 1  # one token each, then the requests can only end by an abort
     body: dict[str, Any] = {
         "/v1/completions": {"prompt": "Hi", "max_tokens": 100, "stream": True, "n": 2},
         "/v1/chat/completions": {
@@ -56,11 +56,22 @@ def test_client_disconnect_aborts_the_request(
     with client.stream("POST", path, json=body) as r:
         lines = r.iter_lines()
         assert next(lines).startswith("data: ")
-    deadline = time.monotonic() + 2
-    while len(fake.aborted) < len(fake.calls) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert sorted(fake.aborted) == sorted(c.request_id for c in fake.calls)
+    ids = sorted(c.request_id for c in fake.calls)
+    # The worker's own state: each request got an AbortRequest and stopped generating. (Without
+    # the abort the scripted worker runs on to 100 tokens and no abort ever comes: the bounded
+    # wait fails, whatever the speed of the machine.)
+    _wait_until(lambda: sorted(fake.worker_aborts) == ids and not fake.worker_running)
+    assert all(fake.worker_tokens[rid] == 1 for rid in ids)
+    assert sorted(fake.aborted) == ids
     assert fake.finished == []
+
+
+def _wait_until(predicate: Any, timeout: float = 30.0) -> None:
+    """Wait for an event that must come (bounded only so a bug fails instead of hanging)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "the event never came"
+        time.sleep(0.01)
 
 
 def _fake_request(disconnect_after: float | None) -> Any:
@@ -76,7 +87,7 @@ def _fake_request(disconnect_after: float | None) -> Any:
 
 
 def test_non_streamed_request_is_aborted_when_client_leaves(fake: FakeEngineClient) -> None:
-    fake.token_delay = 0.01
+    fake.hold_after = 1
     params = SamplingParams(max_tokens=100)
 
     async def run() -> None:
@@ -88,6 +99,7 @@ def test_non_streamed_request_is_aborted_when_client_leaves(fake: FakeEngineClie
 
     asyncio.run(run())
     assert sorted(fake.aborted) == ["r0", "r1"]
+    assert sorted(fake.worker_aborts) == ["r0", "r1"] and not fake.worker_running
 
 
 def test_collect_returns_every_choice_in_order(fake: FakeEngineClient) -> None:
@@ -103,7 +115,7 @@ def test_collect_returns_every_choice_in_order(fake: FakeEngineClient) -> None:
 
 
 def test_start_raises_the_first_rejection_and_aborts_the_rest(fake: FakeEngineClient) -> None:
-    fake.token_delay = 0.01
+    fake.hold_after = 0
 
     async def rejected() -> Any:
         raise OverloadedError("full", retry_after=2)
@@ -118,6 +130,7 @@ def test_start_raises_the_first_rejection_and_aborts_the_rest(fake: FakeEngineCl
 
     asyncio.run(run())
     assert fake.aborted == ["a"]
+    assert fake.worker_aborts == ["a"] and not fake.worker_running
 
 
 def test_synchronous_rejection_from_generate_is_handled(fake: FakeEngineClient) -> None:

@@ -1,10 +1,13 @@
-"""The mixed-load scenario against a fake batched server whose long prompts stall every stream."""
+"""The mixed-load scenario against a fake batched server whose long prompts stall every stream.
+
+Under virtual time (tests/bench/virtual_time.py): the fake's token gaps and stalls and the
+scenario's measurements read one clock, so each figure is what the fake's model of a batch
+implies, exactly, whatever the load of the machine."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +15,7 @@ import httpx
 import pytest
 
 from app.bench.mixed import MixedResult, MixedSettings, run_mixed
+from tests.bench.virtual_time import VirtualClock
 
 GAP = 0.02  # seconds between a stream's tokens
 LONG = 100  # prompts of at least this many words are "long"
@@ -41,13 +45,14 @@ class FakeBatchServer:
     async def _events(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
         self.open_streams += 1
         try:
+            loop = asyncio.get_running_loop()
             if len(body["prompt"].split()) >= LONG:
-                self.stall_until = time.perf_counter() + self.prefill
+                self.stall_until = loop.time() + self.prefill
                 await asyncio.sleep(self.prefill)
             for i in range(body["max_tokens"]):
                 await asyncio.sleep(GAP)
-                while time.perf_counter() < self.stall_until:
-                    await asyncio.sleep(self.stall_until - time.perf_counter())
+                while loop.time() < self.stall_until:
+                    await asyncio.sleep(self.stall_until - loop.time())
                 chunk = {"choices": [{"index": 0, "text": f" t{i}", "finish_reason": None}]}
                 yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
             yield b"data: [DONE]\n\n"
@@ -55,7 +60,7 @@ class FakeBatchServer:
             self.open_streams -= 1
 
 
-def _run(server: FakeBatchServer, **settings: Any) -> MixedResult:
+def _run(clock: VirtualClock, server: FakeBatchServer, **settings: Any) -> MixedResult:
     async def go() -> MixedResult:
         async with httpx.AsyncClient(transport=server.transport()) as client:
             return await run_mixed(
@@ -65,26 +70,35 @@ def _run(server: FakeBatchServer, **settings: Any) -> MixedResult:
                 MixedSettings(streams=4, probe_prompt_len=LONG, probes=2, timeout=30, **settings),
             )
 
-    return asyncio.run(go())
+    return clock.run(go())
 
 
-def test_measures_ttft_and_gaps_and_cancels_the_background_streams() -> None:
+def test_measures_ttft_and_gaps_and_cancels_the_background_streams(clock: VirtualClock) -> None:
     server = FakeBatchServer(prefill=0.1)
-    started = time.perf_counter()
-    result = _run(server)
+    result = _run(clock, server)
     # 900-token background streams at 20 ms a token would run 18 s: they were cancelled.
-    assert time.perf_counter() - started < 10
+    assert clock.now < 5
     assert server.open_streams == 0
     assert server.max_tokens_seen.count(900) == 4
-    assert len(result.idle_ttft) == len(result.busy_ttft) == 2
-    assert all(0.1 <= t < 0.5 for t in result.idle_ttft)
-    assert result.steady_itl_p50 == pytest.approx(GAP, rel=0.5)
+    # A probe's first token: its prefill, then one token gap; alone or amid the streams (this
+    # fake's prefill stalls the others, not itself).
+    assert result.idle_ttft == pytest.approx([0.1 + GAP] * 2, abs=1e-9)
+    assert result.busy_ttft == pytest.approx([0.1 + GAP] * 2, abs=1e-9)
+    assert result.steady_itl_p50 == pytest.approx(GAP, abs=1e-9)
+    assert result.ttft_ratio == pytest.approx(1.0)
     assert result.background_errors == 0
 
 
-def test_a_prefill_that_stalls_the_batch_shows_in_the_gap_ratio() -> None:
-    short = _run(FakeBatchServer(prefill=0.02))
-    stalling = _run(FakeBatchServer(prefill=0.4))
-    assert stalling.window_gaps > 0
-    assert stalling.window_itl_p99 >= 0.3  # the stall, seen by the running streams
-    assert stalling.itl_ratio > 3 > short.itl_ratio
+@pytest.mark.parametrize("prefill", [0.02, 0.4])
+def test_a_prefill_that_stalls_the_batch_shows_in_the_gap_ratio(
+    clock: VirtualClock, prefill: float
+) -> None:
+    """While a probe prefills, each stream's next token waits for the prefill's end: the gap
+    that ends in the probe's window is at least the prefill and at most prefill + GAP (a token
+    due the instant the probe arrives)."""
+    result = _run(clock, FakeBatchServer(prefill=prefill))
+    eps = 1e-9
+    assert result.window_gaps > 0
+    assert result.steady_itl_p50 == pytest.approx(GAP, abs=eps)
+    assert prefill - eps <= result.window_itl_p99 <= prefill + GAP + eps
+    assert prefill / GAP - eps <= result.itl_ratio <= prefill / GAP + 1 + eps

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -59,6 +60,15 @@ class Server:
                 pass
             time.sleep(0.2)
         raise TimeoutError(f"server not ready in {timeout}s:\n{self.log_path.read_text()[-3000:]}")
+
+    def stats(self) -> dict[str, Any]:
+        r = httpx.get(self.url + "/v1/engine/stats", timeout=10)
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    @property
+    def worker_pid(self) -> int:
+        return int(self.stats()["worker_pid"])
 
     def stop(self, timeout: float = 30) -> int:
         if self.proc.poll() is None:

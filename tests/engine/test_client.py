@@ -1,5 +1,10 @@
 """AsyncEngine over a real worker process: streaming, stop strings, abort, backpressure,
-deadlines, a killed worker, and drain."""
+deadlines, a killed worker, and drain.
+
+What the worker did is read from its own reports (every StepResult row it sends, the aborted
+ones included), and where timing would decide the outcome (a deadline, a full queue, an abort
+racing the end of a generation) the worker is paused (tests/processes.py), so no test depends on
+the speed of this machine."""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import asyncio
 import dataclasses
 import sys
 from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,9 +26,23 @@ from app.engine.errors import (
     InvalidRequestError,
     OverloadedError,
 )
-from app.engine.protocol import GenerationDelta, RequestRecord
+from app.engine.protocol import (
+    FINISH_CODES,
+    FinishReason,
+    GenerationDelta,
+    RequestRecord,
+    StepResult,
+)
+from tests.processes import paused
+from tests.stops import spanning_stop
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class WorkerEnd:
+    finish_reason: FinishReason | None
+    num_output_tokens: int  # the tokens the worker reported for the request
 
 
 class Harness:
@@ -30,9 +50,35 @@ class Harness:
 
     def __init__(self, client: AsyncEngine) -> None:
         self.records: list[RequestRecord] = []
+        self.worker_ends: dict[str, WorkerEnd] = {}  # the worker's last word on each request
         self.loop = asyncio.new_event_loop()
         self.client = client
+        ids: dict[int, str] = {}
+        tokens: dict[int, int] = {}
+        add, process = client.outputs.add, client.outputs.process
+
+        def record_add(rid: str, handle: int, *args: Any) -> Any:
+            ids[handle] = rid
+            return add(rid, handle, *args)
+
+        def record_and_process(step: StepResult) -> None:
+            for handle, token, code in zip(step.handles, step.tokens, step.finish, strict=True):
+                tokens[handle] = tokens.get(handle, 0) + (token >= 0)
+                if code:
+                    self.worker_ends[ids[handle]] = WorkerEnd(FINISH_CODES[code], tokens[handle])
+            process(step)
+
+        client.outputs.add = record_add  # type: ignore[method-assign]
+        client.outputs.process = record_and_process  # type: ignore[method-assign]
         self.run(client.start())
+
+    def worker_end(self, rid: str) -> WorkerEnd | None:
+        """The worker's last word on a request: how it finished it, if it said."""
+        return self.worker_ends.get(rid)
+
+    @property
+    def worker_pid(self) -> int | None:
+        return self.client.worker.pid
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
         return self.loop.run_until_complete(asyncio.wait_for(coro, timeout))
@@ -90,16 +136,19 @@ def test_stream_text_equals_decode_of_tokens(h: Harness) -> None:
 
 
 def test_stop_string_ends_the_request(h: Harness) -> None:
-    full = "".join(d.text for d in h.run(h.collect("Once upon", GREEDY, "s2")))
-    stop = full[10:14]
-    first = full.index(stop)
+    free = h.run(h.collect("Once upon", GREEDY, "s2"))
+    full = "".join(d.text for d in free)
+    stop, at = spanning_stop([d.text for d in free])  # starts a token before it ends
     deltas = h.run(h.collect("Once upon", GREEDY, "s3", stop=(stop,)))
-    assert "".join(d.text for d in deltas) == full[:first]
+    assert "".join(d.text for d in deltas) == full[:at]  # no piece of it was streamed
     assert deltas[-1].finish_reason == "stop" and deltas[-1].stop_reason == stop
-    h.run(h.until(lambda: h.client.stats()["kv_slots_used"] == 0))
+    # The worker was told to stop there, not left to run to max_tokens.
+    h.run(h.until(lambda: h.worker_end("s3") is not None))
+    end = h.worker_end("s3")
+    assert end is not None and end.finish_reason is FinishReason.ABORT
 
 
-def test_leaving_early_aborts_and_frees_the_slot(h: Harness) -> None:
+def test_leaving_early_aborts_the_request_in_the_worker(h: Harness) -> None:
     async def leave_after_two() -> None:
         ids = await h.client.encode("abort me")
         agen = h.client.generate(
@@ -115,36 +164,62 @@ def test_leaving_early_aborts_and_frees_the_slot(h: Harness) -> None:
     h.run(leave_after_two())
     assert h.client.num_in_flight == 0
     assert [r.outcome for r in h.records if r.request_id == "s4"] == ["disconnected"]
-    h.run(h.until(lambda: h.client.stats()["kv_slots_used"] == 0))
+    # The worker's own record: it aborted the request (never finished it: "length" after 500).
+    h.run(h.until(lambda: h.worker_end("s4") is not None))
+    end = h.worker_end("s4")
+    assert end is not None and end.finish_reason is FinishReason.ABORT
+    assert end.num_output_tokens < 500
 
 
 def test_full_queue_gets_overloaded_with_retry_after(h: Harness) -> None:
+    """The worker is paused, so the three requests stay in flight (2 running places + 1
+    queued) for as long as the test needs them to."""
+
     async def scenario() -> OverloadedError:
         long = SamplingParams(max_tokens=900, ignore_eos=True)
-        tasks = [asyncio.ensure_future(h.collect([1, 2], long, f"o{i}")) for i in range(3)]
-        await h.until(lambda: h.client.num_in_flight == 3)  # 2 running + 1 queued
-        try:
-            await h.client.generate([3], long, request_id="o-extra").__anext__()
-        except OverloadedError as exc:
-            return exc
-        finally:
-            for t in tasks:  # cancelling a consumer aborts its request
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        with paused(h.worker_pid):
+            tasks = [asyncio.ensure_future(h.collect([1, 2], long, f"o{i}")) for i in range(3)]
+            await h.until(lambda: h.client.num_in_flight == 3)
+            try:
+                await h.client.generate([3], long, request_id="o-extra").__anext__()
+            except OverloadedError as exc:
+                return exc
+            finally:
+                for t in tasks:  # cancelling a consumer aborts its request
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
         raise AssertionError("a 4th request should not fit 2 running + 1 queued")
 
     err = h.run(scenario())
-    assert err.retry_after >= 1 and "limit is 3" in str(err)
-    h.run(h.until(lambda: h.client.num_in_flight == 0))
+    assert 1 <= err.retry_after <= 60
+    assert str(err).startswith("server overloaded: 3 requests in flight, the limit is 3")
+    assert h.client.num_in_flight == 0 and h.client.admission.in_flight == 0
+    # Each request was aborted in the worker (it never ran one to its 900 tokens).
+    h.run(h.until(lambda: all(h.worker_end(f"o{i}") is not None for i in range(3))))
+    for i in range(3):
+        end = h.worker_end(f"o{i}")
+        assert end is not None and end.finish_reason is FinishReason.ABORT
+        assert end.num_output_tokens < 900
+    assert h.worker_end("o-extra") is None  # refused: never sent
 
 
-def test_deadline_ends_with_timeout(h: Harness) -> None:
-    deltas = h.run(
-        h.collect([5, 6], SamplingParams(max_tokens=1000, ignore_eos=True), "t1", timeout=0.3)
-    )
-    assert deltas[-1].finish_reason == "timeout"
-    assert len(deltas) < 1000
+def test_deadline_ends_with_timeout_and_the_worker_drops_the_request(h: Harness) -> None:
+    """With the worker paused, the deadline passes before any token: the request ends with
+    "timeout" whatever the speed of the machine, and the abort it sends reaches the worker."""
+
+    async def scenario() -> list[GenerationDelta]:
+        with paused(h.worker_pid):
+            return await h.collect(
+                [5, 6], SamplingParams(max_tokens=1000, ignore_eos=True), "t1", timeout=0.2
+            )
+
+    deltas = h.run(scenario())
+    assert [(d.text, d.token_ids, d.finish_reason) for d in deltas] == [("", (), "timeout")]
     assert [r.outcome for r in h.records if r.request_id == "t1"] == ["timeout"]
+    h.run(h.until(lambda: h.worker_end("t1") is not None))
+    end = h.worker_end("t1")
+    assert end is not None and end.finish_reason is FinishReason.ABORT
+    assert end.num_output_tokens < 1000
     h.run(h.until(lambda: h.client.stats()["kv_slots_used"] == 0))
 
 

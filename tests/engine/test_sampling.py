@@ -36,6 +36,16 @@ def test_seeded_sampling_is_reproducible_and_independent_of_batch(llm: LLM) -> N
     assert _run(llm, SamplingParams(max_tokens=24, seed=4321, ignore_eos=True)) != alone
 
 
+def test_a_seeded_request_draws_afresh_at_each_position(llm: LLM) -> None:
+    """At temperature 100 the tiny model's distribution is nearly flat, so 24 seeded draws
+    spread over the vocabulary. Seeding each position with the seed alone would draw the same
+    uniform every time: every token would sit at the same quantile (one narrow band)."""
+    params = SamplingParams(max_tokens=24, temperature=100.0, seed=1234, ignore_eos=True)
+    tokens = _run(llm, params)
+    assert len(set(tokens)) >= 20
+    assert max(tokens) - min(tokens) > 25_000
+
+
 def test_unseeded_sampling_varies(llm: LLM) -> None:
     params = SamplingParams(max_tokens=16, temperature=1.0, ignore_eos=True)
     assert len({tuple(_run(llm, params)) for _ in range(4)}) > 1

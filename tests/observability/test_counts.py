@@ -149,7 +149,7 @@ def test_each_failure_counts_once_under_its_reason(
 
 
 def test_client_disconnect_counts_as_disconnected(client: TestClient, fake: RecordingFake) -> None:
-    fake.token_delay = 0.02
+    fake.hold_after = 1  # then the request can only end by the disconnect
     fake.script = "x" * 200
     before = scrape(client)
     body = {"prompt": "Hi", "max_tokens": 100, "stream": True}
