@@ -30,6 +30,9 @@ from typing import Protocol
 from app.engine.errors import InvalidRequestError
 
 MAX_LOGPROBS = 20
+# Below this temperature sampling is greedy (vLLM's _SAMPLING_EPS): dividing float32 logits by a
+# smaller one overflows to inf, and softmax of inf is NaN, not "the most likely token".
+GREEDY_TEMPERATURE = 1e-5
 
 
 class FinishReason(enum.StrEnum):
@@ -99,7 +102,7 @@ class SamplingParams:
 
     max_tokens: int = 16
     min_tokens: int = 0
-    temperature: float = 1.0  # 0 means greedy
+    temperature: float = 1.0  # 0 (anything below GREEDY_TEMPERATURE) means greedy
     top_k: int = 0  # 0 means off
     top_p: float = 1.0
     min_p: float = 0.0
@@ -160,7 +163,7 @@ class SamplingParams:
 
     @property
     def is_greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_TEMPERATURE
 
     @property
     def has_penalties(self) -> bool:
