@@ -11,8 +11,9 @@ from app.engine.protocol import EngineClient
 
 
 def check_model(requested: str | None, settings: Settings) -> None:
-    """A "model" field must name this server's model (as OpenAI and vLLM answer: 404)."""
-    if requested is None or requested in (settings.model_name, settings.engine_config().model):
+    """A "model" field must name this server's model (as OpenAI and vLLM answer: 404): its
+    served name only, never the path it was loaded from."""
+    if requested is None or requested == settings.model_name:
         return
     raise APIError(
         404,

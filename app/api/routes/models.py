@@ -28,7 +28,9 @@ async def list_models(request: Request, engine: EngineDep, settings: SettingsDep
                 {
                     "id": settings.model_name,
                     "created": request.app.state.started_at,
-                    "root": settings.engine_config().model,
+                    # The served name, never the model's path on this machine (vLLM's root
+                    # would be the path; it tells a caller nothing it may use).
+                    "root": settings.model_name,
                     "max_model_len": engine.info.max_model_len,
                 }
             ]

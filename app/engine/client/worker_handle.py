@@ -12,6 +12,7 @@ import logging
 import multiprocessing as mp
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,9 @@ from app.engine.protocol import ModelInfo, Shutdown, WorkerFailed, WorkerReady
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.2
 RESTART_BACKOFF_SECONDS = (1.0, 2.0, 5.0, 10.0)
+# A worker that served this long before it died starts the backoff over: the crashes are not
+# in a row, and readiness should not wait 10 s for an isolated one.
+STABLE_SECONDS = 60.0
 
 
 class WorkerProcess:
@@ -116,7 +120,10 @@ class WorkerHandle:
         self._start_error: str | None = None
         self._closing = False
         self.info: ModelInfo | None = None
-        self.restarts = 0
+        self.restarts = 0  # in this process's lifetime
+        self._backoff = 0  # crashes in a row: index into RESTART_BACKOFF_SECONDS
+        self._ready_at: float | None = None
+        self._clock = time.monotonic
 
     @property
     def is_ready(self) -> bool:
@@ -159,6 +166,7 @@ class WorkerHandle:
         assert self._loop is not None
         loop = self._loop
         self._start_error = None
+        self._ready_at = None
         self._process = WorkerProcess(
             self._config,
             self._model_id,
@@ -169,6 +177,7 @@ class WorkerHandle:
     def _dispatch(self, msg: Any) -> None:
         if isinstance(msg, WorkerReady):
             self.info = msg.info
+            self._ready_at = self._clock()
             self._ready.set()
             log.info(
                 "engine ready: %s on %s (%s)", msg.info.model_id, msg.info.device, msg.info.dtype
@@ -185,7 +194,10 @@ class WorkerHandle:
             self._start_error = error or f"worker exited with code {exitcode}"
             return
         self._on_lost(exitcode, error)
-        delay = RESTART_BACKOFF_SECONDS[min(self.restarts, len(RESTART_BACKOFF_SECONDS) - 1)]
+        if self._ready_at is not None and self._clock() - self._ready_at >= STABLE_SECONDS:
+            self._backoff = 0
+        delay = RESTART_BACKOFF_SECONDS[min(self._backoff, len(RESTART_BACKOFF_SECONDS) - 1)]
+        self._backoff += 1
         self.restarts += 1
         assert self._loop is not None
         self._loop.call_later(delay, self._restart)
