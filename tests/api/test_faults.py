@@ -31,3 +31,32 @@ def test_openapi_states_the_cross_field_rules(client: TestClient) -> None:
     prompt = schemas["CompletionRequest"]["properties"]["prompt_logprobs"]
     assert prompt["x-not-with"] == {"stream": True}
     assert "stream=true" in prompt["description"] and "422" in prompt["description"]
+
+
+def test_a_request_larger_than_the_server_is_a_422_before_anything_is_admitted(
+    fake: FakeEngineClient,
+) -> None:
+    """More choices than max_num_seqs + max_queued_requests (4 + 16 here), or more prompt tokens
+    than max_queued_tokens, can never be admitted: 422 naming the limit, not a 429 forever, and
+    nothing reaches the engine (10,000 prompts are not even tokenized)."""
+    settings = Settings(model="fake-gpt2", max_queued_requests=16, max_queued_tokens=40)
+    with TestClient(create_app(settings, fake)) as client:
+        for body in (
+            {"prompt": ["a"] * 25},
+            {"prompt": ["a", "b"], "n": 16},
+            {"prompt": [[1, 2]] * 10_000},
+            {"prompt": ["x"] * 10_000},
+        ):
+            r = client.post("/v1/completions", json=body)
+            assert r.status_code == 422, r.text
+            assert "max_num_seqs 4 + max_queued_requests 16" in r.json()["error"]["message"]
+        r = client.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "hi"}], "n": 16},  # 16 x 12 tokens
+        )
+        assert r.status_code == 422 and "max_queued_tokens" in r.json()["error"]["message"]
+        r = client.post("/generate", json={"inputs": "y" * 41})
+        assert r.status_code == 422 and "max_queued_tokens" in r.json()["error"]["message"]
+        assert fake.calls == []
+        assert client.post("/v1/completions", json={"prompt": ["a"] * 20}).status_code == 200
+    assert len(fake.calls) == 20

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from app.api.capacity import check_choices, check_prompt_tokens
 from app.api.choices import ChoicePlan, fold, log_request, new_id, open_streams, usage
 from app.api.deps import EngineDep, RequestIdDep, SettingsDep
 from app.api.logprobs import chat_logprobs
@@ -49,6 +50,7 @@ async def create_chat_completion(
     request_id: RequestIdDep,
 ) -> Response:
     check_model(body.model, settings)
+    check_choices(1, body.n, engine, settings)
     info = engine.info
     prompt = render_chat(body.messages, settings)
     ids = truncate_prompt(await encode_text(engine, prompt), body.truncate_prompt_tokens)
@@ -68,6 +70,7 @@ async def create_chat_completion(
         )
         for choice in range(body.n)
     ]
+    check_prompt_tokens([len(ids)] * body.n, settings)
     response_id = new_id("chatcmpl")
     log_request(response_id, request_id, [ids], body.n, prompt, settings.log_prompts)
     streams = open_streams(engine, plans, response_id)

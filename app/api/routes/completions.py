@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from app.api.capacity import check_choices, check_prompt_tokens, count_prompts
 from app.api.choices import (
     ChoicePlan,
     fold,
@@ -50,6 +51,7 @@ async def create_completion(
     request_id: RequestIdDep,
 ) -> Response:
     check_model(body.model, settings)
+    check_choices(count_prompts(body.prompt), body.n, engine, settings)
     info = engine.info
     prompts = [
         truncate_prompt(ids, body.truncate_prompt_tokens)
@@ -69,6 +71,7 @@ async def create_completion(
             )
             plans.append(ChoicePlan(len(plans), prompt_index, ids, params))
 
+    check_prompt_tokens([len(plan.prompt_ids) for plan in plans], settings)
     response_id = new_id("cmpl")
     log_request(response_id, request_id, prompts, body.n, body.prompt, settings.log_prompts)
     echo = [engine.decode(ids) for ids in prompts] if body.echo else []

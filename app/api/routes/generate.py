@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from app.api.capacity import check_prompt_tokens
 from app.api.choices import (
     ChoicePlan,
     fold,
@@ -149,6 +150,7 @@ async def _generate_json(
     compat: bool,
 ) -> Response:
     prepared = await _prepare(body, engine, stream=False)
+    check_prompt_tokens([len(prepared.ids)], settings)
     response_id = new_id("gen")
     log_request(response_id, request_id, [prepared.ids], 1, body.inputs, settings.log_prompts)
     streams = _open(engine, prepared, response_id)
@@ -199,6 +201,7 @@ async def _generate_stream(
     compat: bool,
 ) -> Response:
     prepared = await _prepare(body, engine, stream=True)
+    check_prompt_tokens([len(prepared.ids)], settings)
     response_id = new_id("gen")
     log_request(response_id, request_id, [prepared.ids], 1, body.inputs, settings.log_prompts)
     streams = _open(engine, prepared, response_id)
