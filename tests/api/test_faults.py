@@ -60,3 +60,24 @@ def test_a_request_larger_than_the_server_is_a_422_before_anything_is_admitted(
         assert fake.calls == []
         assert client.post("/v1/completions", json={"prompt": ["a"] * 20}).status_code == 200
     assert len(fake.calls) == 20
+
+
+def test_text_that_cannot_fit_is_refused_unless_truncation_is_asked(client: TestClient) -> None:
+    """The fake tokenizes one token per byte, with a context of 128 tokens."""
+    long = "x" * 900_000
+    for path, body in (
+        ("/v1/completions", {"prompt": long}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": long}]}),
+        ("/generate", {"inputs": long}),
+    ):
+        r = client.post(path, json=body)
+        assert r.status_code == 422, r.text
+        error = r.json()["error"]
+        assert error["param"] == "prompt" and "at least 900" in error["message"], error
+    r = client.post(
+        "/v1/completions", json={"prompt": "x" * 500, "truncate_prompt_tokens": 8, "max_tokens": 1}
+    )
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 8
+    r = client.post("/generate", json={"inputs": "y" * 500, "parameters": {"truncate": 8}})
+    assert r.status_code == 200, r.text
+    assert client.post("/tokenize", json={"prompt": "z" * 500}).json()["count"] == 500

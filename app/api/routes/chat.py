@@ -53,7 +53,10 @@ async def create_chat_completion(
     check_choices(1, body.n, engine, settings)
     info = engine.info
     prompt = render_chat(body.messages, settings)
-    ids = truncate_prompt(await encode_text(engine, prompt), body.truncate_prompt_tokens)
+    truncating = body.truncate_prompt_tokens is not None
+    ids = truncate_prompt(
+        await encode_text(engine, prompt, truncating=truncating), body.truncate_prompt_tokens
+    )
     max_tokens = resolve_max_tokens(body.max_new_tokens, len(ids), info.max_model_len)
     top_n = body.top_logprobs or 0
     plans = [

@@ -55,7 +55,9 @@ async def create_completion(
     info = engine.info
     prompts = [
         truncate_prompt(ids, body.truncate_prompt_tokens)
-        for ids in await completion_prompts(engine, body.prompt)
+        for ids in await completion_prompts(
+            engine, body.prompt, truncating=body.truncate_prompt_tokens is not None
+        )
     ]
     plans: list[ChoicePlan] = []
     prompt_logprobs = _prompt_scoring(body)

@@ -55,7 +55,8 @@ class _Prepared:
 async def _prepare(body: GenerateRequest, engine: EngineClient, *, stream: bool) -> _Prepared:
     p = body.params
     info = engine.info
-    ids = truncate_prompt(await encode_text(engine, body.inputs), p.truncate)
+    encoded = await encode_text(engine, body.inputs, truncating=p.truncate is not None)
+    ids = truncate_prompt(encoded, p.truncate)
     # TGI's default, cut to what fits so a long prompt without max_new_tokens still works.
     max_tokens = resolve_max_tokens(
         p.max_new_tokens, len(ids), info.max_model_len, cap=DEFAULT_MAX_NEW_TOKENS
