@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
@@ -81,3 +85,77 @@ def test_text_that_cannot_fit_is_refused_unless_truncation_is_asked(client: Test
     r = client.post("/generate", json={"inputs": "y" * 500, "parameters": {"truncate": 8}})
     assert r.status_code == 200, r.text
     assert client.post("/tokenize", json={"prompt": "z" * 500}).json()["count"] == 500
+
+
+STREAMED: dict[str, dict[str, Any]] = {
+    "/v1/completions": {"prompt": "Hi", "max_tokens": 5, "stream": True, "n": 2},
+    "/v1/chat/completions": {
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 5,
+        "stream": True,
+    },
+    "/generate_stream": {"inputs": "Hi", "parameters": {"max_new_tokens": 5}},
+}
+
+
+async def _leave_while_queued(app: Any, fake: FakeEngineClient, path: str, how: str) -> None:
+    """Post a streamed request straight to the ASGI app; once the engine has it (queued: the
+    fake never produces a token), the client leaves (http.disconnect) or the server cancels
+    the handler (as uvicorn does past its graceful timeout)."""
+    body = json.dumps(STREAMED[path]).encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+    left = asyncio.Event()
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if pending:
+            return pending.pop()
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    handler = asyncio.create_task(app(scope, receive, send))
+    expected = STREAMED[path].get("n", 1)
+    while len(fake.calls) < expected:
+        await asyncio.sleep(0.01)
+    if how == "disconnect":
+        left.set()
+        await asyncio.wait_for(handler, 10)
+    else:
+        handler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(handler, 10)
+    # Checked here, while the loop runs: asyncio.run's clean-up would cancel what was left.
+    assert sorted(fake.aborted) == sorted(call.request_id for call in fake.calls)
+    assert fake.num_in_flight == 0
+    assert not any(m["type"] == "http.response.body" and m.get("body") for m in sent)
+
+
+@pytest.mark.parametrize("how", ["disconnect", "cancel"])
+@pytest.mark.parametrize("path", list(STREAMED))
+def test_a_queued_stream_is_aborted_when_its_client_leaves(
+    fake: FakeEngineClient, path: str, how: str
+) -> None:
+    """Before its first token a stream writes nothing (keep-alives every keep_alive_seconds at
+    most), so only a watch on http.disconnect notices the client leaving: its place in the
+    queue is freed at once, not when it is scheduled and produces a token."""
+    fake.token_delay = 3600.0  # queued for good
+    app = create_app(Settings(model="fake-gpt2", keep_alive_seconds=3600.0), fake)
+    asyncio.run(_leave_while_queued(app, fake, path, how))

@@ -80,7 +80,7 @@ async def create_chat_completion(
     created = int(time.time())
 
     if body.stream:
-        await streams.start(settings.keep_alive_seconds)
+        await streams.start(settings.keep_alive_seconds, request)
         base = base_chunk(response_id, CHUNK_OBJECT, created, settings.model_name)
         # The role goes first, once per choice, before any text (as OpenAI streams it).
         prelude = [

@@ -81,7 +81,7 @@ async def create_completion(
     created = int(time.time())
 
     if body.stream:
-        await streams.start(settings.keep_alive_seconds)
+        await streams.start(settings.keep_alive_seconds, request)
         builder = _ChunkBuilder(engine, body, plans, echo, response_id, created, settings)
         events = openai_events(
             streams,

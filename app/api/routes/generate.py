@@ -103,9 +103,13 @@ async def generate(
     responses={**ERROR_RESPONSES, **sse_openapi("One event per token", StreamResponse)},
 )
 async def generate_stream(
-    body: GenerateRequest, engine: EngineDep, settings: SettingsDep, request_id: RequestIdDep
+    body: GenerateRequest,
+    request: Request,
+    engine: EngineDep,
+    settings: SettingsDep,
+    request_id: RequestIdDep,
 ) -> Response:
-    return await _generate_stream(body, engine, settings, request_id, compat=False)
+    return await _generate_stream(body, request, engine, settings, request_id, compat=False)
 
 
 @router.post(
@@ -128,7 +132,7 @@ async def compat_generate(
 ) -> Response:
     """What huggingface_hub's InferenceClient posts to when given the server's base URL."""
     if body.stream:
-        return await _generate_stream(body, engine, settings, request_id, compat=True)
+        return await _generate_stream(body, request, engine, settings, request_id, compat=True)
     return await _generate_json(body, request, engine, settings, request_id, compat=True)
 
 
@@ -195,6 +199,7 @@ def _details(engine: EngineClient, prepared: _Prepared, result: GenerationResult
 
 async def _generate_stream(
     body: GenerateRequest,
+    request: Request,
     engine: EngineClient,
     settings: Settings,
     request_id: str,
@@ -206,7 +211,7 @@ async def _generate_stream(
     response_id = new_id("gen")
     log_request(response_id, request_id, [prepared.ids], 1, body.inputs, settings.log_prompts)
     streams = _open(engine, prepared, response_id)
-    await streams.start(settings.keep_alive_seconds)
+    await streams.start(settings.keep_alive_seconds, request)
     events = _tgi_events(
         streams, engine, prepared, _full_text_prefix(body, compat), settings.keep_alive_seconds
     )
