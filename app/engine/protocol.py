@@ -398,7 +398,9 @@ class EngineClient(Protocol):
         ...
 
     async def wait_drained(self) -> None:
-        """Return once nothing is in flight or the drain deadline has passed."""
+        """Return once nothing is in flight, or once the drain deadline has passed and what was
+        still running has been ended (EngineDeadError "server is shutting down", outcome
+        shutdown), so that each caller is answered before the server closes connections."""
         ...
 
     async def shutdown(self, grace_seconds: float) -> None:

@@ -111,21 +111,39 @@ class AsyncEngine:
             self._drain_deadline = asyncio.get_running_loop().time() + grace_seconds
 
     async def wait_drained(self) -> None:
-        """Until nothing is in flight or the drain deadline passes."""
+        """Until nothing is in flight, or the drain deadline passes: then what is still running
+        ends at once (see end_all), so every caller can still be answered before the server
+        closes its connections."""
         assert self._drain_deadline is not None, "begin_drain first"
         remaining = self._drain_deadline - asyncio.get_running_loop().time()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.outputs.idle.wait(), timeout=max(0.0, remaining))
+        if self.outputs.requests:
+            log.warning("drain: %d requests still running; ending them", self.num_in_flight)
+            self.end_all()
+
+    def end_all(self) -> None:
+        """End every request in flight now: each caller gets EngineDeadError("server is shutting
+        down") (a 503, or an error event and [DONE] in a stream), each is counted once with
+        outcome shutdown, and the worker is told to abort each."""
+        ids = list(self.outputs.requests)
+        self.outputs.fail_all(EngineDeadError("server is shutting down"), Outcome.SHUTDOWN)
+        for request_id in ids:
+            self._abort(request_id)
+
+    def end_now(self) -> None:
+        """The second signal: end every request and kill the worker, without waiting."""
+        self.begin_drain(0.0)
+        self.end_all()
+        self.worker.kill(restart=False)
 
     async def shutdown(self, grace_seconds: float = 30.0) -> None:
         """Drain (within the deadline of an earlier begin_drain, else grace_seconds from now),
-        end what is still running, stop the worker."""
+        end what is still running, stop the worker (a bounded wait, then it is killed)."""
         self.begin_drain(grace_seconds)
         await self.wait_drained()
-        if self.outputs.requests:
-            log.warning("drain: %d requests still running; ending them", self.num_in_flight)
-        self.outputs.fail_all(EngineDeadError("server is shutting down"), Outcome.SHUTDOWN)
         await self.worker.stop()
+        self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
 
     # ---- tokenizer ----------------------------------------------------------------------
 

@@ -21,6 +21,9 @@ from app.engine.protocol import ModelInfo, Shutdown, WorkerFailed, WorkerReady
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.2
+# How long a worker told to stop may take to finish its step and exit before it is terminated,
+# then killed: part of the shutdown's bound (docs/operations.md).
+STOP_SECONDS = 3.0
 RESTART_BACKOFF_SECONDS = (1.0, 2.0, 5.0, 10.0)
 # A worker that served this long before it died starts the backoff over: the crashes are not
 # in a row, and readiness should not wait 10 s for an isolated one.
@@ -70,14 +73,17 @@ class WorkerProcess:
     def kill(self) -> None:
         self._process.kill()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = STOP_SECONDS) -> None:
         self._stopping = True
         self.send(Shutdown())
         self._process.join(timeout)
         if self._process.is_alive():
-            log.warning("engine worker did not stop in %.0fs; terminating", timeout)
+            log.warning("engine worker did not stop in %.0fs; terminating it", timeout)
             self._process.terminate()
-            self._process.join(5)
+            self._process.join(1)
+        if self._process.is_alive():  # stopped (SIGSTOP) or stuck where SIGTERM cannot reach
+            self._process.kill()
+            self._process.join(1)
         self._reader.join(timeout=2 * POLL_SECONDS + 1)
 
     def _read(self) -> None:
@@ -152,8 +158,11 @@ class WorkerHandle:
         if self._process is not None:
             self._process.send(msg)
 
-    def kill(self) -> None:
-        """Kill the worker outright (tests of the restart path)."""
+    def kill(self, *, restart: bool = True) -> None:
+        """Kill the worker outright (tests of the restart path; the second signal, with no
+        restart)."""
+        if not restart:
+            self._closing = True
         if self._process is not None:
             self._process.kill()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import signal
 from multiprocessing.queues import Queue
 from typing import Any
 
@@ -33,6 +34,8 @@ PARENT_CHECK_SECONDS = 1.0
 def run_worker(config: EngineConfig, model_id: str, inbox: Queue[Any], outbox: Queue[Any]) -> None:
     from app.request_log import configure_logging  # stdlib only: same format as the API
 
+    # Ctrl+C reaches the whole process group: the API process drains, then stops this worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(
         os.environ.get("GPT2_LOG_FORMAT", "json"), os.environ.get("GPT2_LOG_LEVEL", "INFO")
     )
