@@ -79,7 +79,16 @@ def serve(settings: Settings) -> None:
     os.environ["GPT2_LOG_LEVEL"] = settings.log_level
     os.environ["GPT2_LOG_FORMAT"] = settings.log_format
     app = create_app(settings)
-    config = uvicorn.Config(
+    server = DrainingServer(uvicorn_config(app, settings), app, settings.drain_timeout_seconds)
+    server.run()
+    if server.forced:
+        raise SystemExit(1)  # a second signal cut requests short
+
+
+def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
+    from app.api.http_limits import guarded_h11
+
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -87,11 +96,10 @@ def serve(settings: Settings) -> None:
         log_level=settings.log_level.lower(),
         # Only the margin: the drain has its own deadline (see DrainingServer).
         timeout_graceful_shutdown=SHUTDOWN_MARGIN_SECONDS,
+        # h11 with a deadline for request headers (app/api/http_limits.py), never httptools.
+        http=guarded_h11(settings.header_timeout_seconds),
+        limit_concurrency=settings.max_connections,
     )
-    server = DrainingServer(config, app, settings.drain_timeout_seconds)
-    server.run()
-    if server.forced:
-        raise SystemExit(1)  # a second signal cut requests short
 
 
 class DrainingServer(uvicorn.Server):
