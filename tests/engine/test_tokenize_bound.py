@@ -5,6 +5,7 @@ tokenized, by a bound that never refuses one that fits; tokenizing runs off the 
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from app.config import BUNDLED_MODEL
 from app.engine.client import async_engine
+from app.engine.client import tokenizer as tokenizer_module
 from app.engine.client.async_engine import AsyncEngine
 from app.engine.client.tokenizer import GPT2Tokenizer
 from app.engine.config import EngineConfig
@@ -117,3 +119,24 @@ def test_tokenizing_runs_a_bounded_number_at_once(
 
     asyncio.run(run())
     assert most == THREADS
+
+
+def test_tokenizing_in_pieces_gives_the_same_ids(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Long texts are tokenized in pieces (bounded memory per call); the cuts must never change
+    a token: words, numbers, punctuation runs, whitespace runs of every kind, contractions,
+    non-ASCII letters, emoji and the special token, in random order, cut every ~40 chars."""
+    rng = random.Random(16)
+    parts = [
+        "the", "King", "1999", "3.14", "!!", "--", "...", " ", "  ", "   ", "\n", "\n\n", "\t",
+        "\u00a0", "\u2003", "\x1c", "'s", "'ll", "'re", "é", "naïve", "日本語", "🙂", "ÃÂ",
+        "<|endoftext|>", "a'b", "x_y", "#",
+    ]  # fmt: skip
+    monkeypatch.setattr(tokenizer_module, "PIECE_CHARS", 40)
+    tok = engine.tokenizer
+    for _ in range(30):
+        text = "".join(rng.choice(parts) for _ in range(2000))
+        assert len(tokenizer_module._pieces(text, 40)) > 20
+        whole = list(tok._tok.encode(text, add_special_tokens=False).ids)
+        assert tok.encode(text) == whole

@@ -148,7 +148,7 @@ class AsyncEngine:
     # ---- tokenizer ----------------------------------------------------------------------
 
     async def encode(self, text: str, *, max_tokens: int | None = None) -> list[int]:
-        if max_tokens is not None:
+        if max_tokens is not None and self.tokenizer.max_token_bytes is not None:
             check_text_fits(text, self.tokenizer.max_token_bytes, max_tokens)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._tokenize_pool, self.tokenizer.encode, text)
