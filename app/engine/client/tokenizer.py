@@ -130,13 +130,13 @@ def _pieces(text: str, size: int) -> list[str]:
     start = 0
     while len(text) - start > size:
         cut = None
-        for match in _CUT.finditer(text, start + 1, start + size):
-            cut = match.start()
+        for found in _CUT.finditer(text, start + 1, start + size):
+            cut = found.start()
         if cut is None:
-            match = _CUT.search(text, start + size)
-            if match is None:
+            after = _CUT.search(text, start + size)
+            if after is None:
                 break
-            cut = match.start()
+            cut = after.start()
         pieces.append(text[start:cut])
         start = cut
     pieces.append(text[start:])
