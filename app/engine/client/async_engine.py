@@ -206,6 +206,7 @@ class AsyncEngine:
             error,
             self.num_in_flight,
         )
+        self.last_stats = None  # the dead worker's batch and KV are gone with it
         self.outputs.fail_all(
             EngineDeadError(
                 f"engine worker died (exit code {exitcode}); the request was lost, retry it"

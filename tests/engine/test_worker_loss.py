@@ -1,6 +1,6 @@
-"""The worker's restart backoff: it grows with crashes in a row and starts over once a worker
-has served stably (STABLE_SECONDS). Driven through WorkerHandle's callbacks with a fake clock
-and loop: no process is spawned."""
+"""When the worker dies: the restart backoff grows with crashes in a row and starts over once a
+worker has served stably (STABLE_SECONDS), and the dead worker's state leaves the stats. Driven
+through the callbacks with a fake clock and loop: no process is spawned."""
 
 from __future__ import annotations
 
@@ -42,3 +42,17 @@ def test_backoff_resets_after_a_stable_run() -> None:
     serve_then_die(1.0)
     assert loop.delays[-2:] == [1.0, 2.0]
     assert handle.restarts == 7 and len(lost) == 7
+
+
+def test_a_lost_worker_takes_its_batch_and_kv_with_it(tiny_model_dir: Any) -> None:
+    """/v1/engine/stats after a crash: the dead worker's last step (8 running, 7 waiting, 8 KV
+    slots) no longer shows; the new worker reports its own from its first step."""
+    from app.engine.client.async_engine import AsyncEngine
+    from app.engine.protocol import StepResult, StepStats
+
+    engine = AsyncEngine(EngineConfig(model=str(tiny_model_dir), device="cpu"))
+    engine._on_message(StepResult((), StepStats(0.01, 8, 0, 8, 8, 7, 8, 8)))
+    assert engine.stats()["num_running"] == 8
+    engine._on_worker_lost(-9, None)
+    stats = engine.stats()
+    assert (stats["num_running"], stats["num_waiting"], stats["kv_slots_used"]) == (0, 0, 0)
