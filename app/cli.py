@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 import types
 from pathlib import Path
@@ -26,6 +27,9 @@ from app.config import Settings
 
 log = logging.getLogger("gpt2_serve")
 COMMANDS = ("serve", "generate", "bench")
+# After the drain deadline, how long uvicorn waits for the answers the engine just ended (an
+# error event and [DONE], or a 503) to go out before it cancels what is left.
+SHUTDOWN_MARGIN_SECONDS = 2
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -75,15 +79,27 @@ def serve(settings: Settings) -> None:
     os.environ["GPT2_LOG_LEVEL"] = settings.log_level
     os.environ["GPT2_LOG_FORMAT"] = settings.log_format
     app = create_app(settings)
-    config = uvicorn.Config(
+    server = DrainingServer(uvicorn_config(app, settings), app, settings.drain_timeout_seconds)
+    server.run()
+    if server.forced:
+        raise SystemExit(1)  # a second signal cut requests short
+
+
+def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
+    from app.api.http_limits import guarded_h11
+
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_config=None,  # uvicorn's loggers go through ours (JSON or text, GPT2_LOG_FORMAT)
         log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=int(settings.drain_timeout_seconds) + 1,
+        # Only the margin: the drain has its own deadline (see DrainingServer).
+        timeout_graceful_shutdown=SHUTDOWN_MARGIN_SECONDS,
+        # h11 with a deadline for request headers (app/api/http_limits.py), never httptools.
+        http=guarded_h11(settings.header_timeout_seconds),
+        limit_concurrency=settings.max_connections,
     )
-    DrainingServer(config, app, settings.drain_timeout_seconds).run()
 
 
 class DrainingServer(uvicorn.Server):
@@ -91,26 +107,48 @@ class DrainingServer(uvicorn.Server):
     503 while the server keeps answering (so load balancers see it), in-flight streams run to
     the end (up to grace_seconds), then it exits. A second signal exits at once.
 
-    The drain itself (one deadline for the whole shutdown) is the engine client's: this only
-    starts it, and asks uvicorn to exit once it is over; the lifespan's shutdown then ends what
-    is left without waiting again."""
+    One deadline for the whole shutdown, the engine client's: when it passes, wait_drained ends
+    every request still in flight (each stream ends itself with an error event and [DONE],
+    each waiting non-streamed request gets a 503), and only then is uvicorn asked to exit. It
+    gives those last answers SHUTDOWN_MARGIN_SECONDS to go out before cancelling anything; the
+    lifespan's shutdown then stops the worker (a bounded wait) without draining again. So the
+    process is gone within grace_seconds + SHUTDOWN_MARGIN_SECONDS + the worker's stop
+    (STOP_SECONDS, then it is killed).
+
+    Signal handlers run between two bytecodes of whatever the loop is doing: they only set
+    flags and hand the rest to the loop (call_soon_threadsafe)."""
 
     def __init__(self, config: uvicorn.Config, app: Any, grace_seconds: float) -> None:
         super().__init__(config)
-        self.app, self.grace_seconds, self.draining = app, grace_seconds, False
+        self.app, self.grace_seconds = app, grace_seconds
+        self.draining = self.forced = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
 
     def handle_exit(self, sig: int, frame: types.FrameType | None) -> None:
         engine = getattr(self.app.state, "engine", None)
-        if self.draining or engine is None or sig not in (signal.SIGTERM, signal.SIGINT):
+        loop = self._loop
+        if engine is None or loop is None or sig not in (signal.SIGTERM, signal.SIGINT):
             super().handle_exit(sig, frame)
+            return
+        if self.draining:  # the second signal: end everything now, exit without waiting
+            log.warning("signal %s during the drain: exiting now", sig)
+            self.forced = self.should_exit = self.force_exit = True
+            loop.call_soon_threadsafe(engine.end_now)
             return
         self.draining = True
         log.info("signal %s: draining for up to %.0fs", sig, self.grace_seconds)
+        loop.call_soon_threadsafe(self._drain, engine)
+
+    def _drain(self, engine: Any) -> None:
         engine.begin_drain(self.grace_seconds)
-        asyncio.get_event_loop().create_task(self._exit_when_drained(engine))
+        self._drain_task = asyncio.get_running_loop().create_task(self._exit_when_drained(engine))
 
     async def _exit_when_drained(self, engine: Any) -> None:
-        await engine.wait_drained()
+        await engine.wait_drained()  # at the deadline, this ends what is left
         self.should_exit = True
 
 

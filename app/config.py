@@ -134,6 +134,24 @@ class Settings(_EngineSettings):
     max_request_body_bytes: int = Field(
         default=1024 * 1024, ge=1, description="larger request bodies get 413"
     )
+    max_connections: int = Field(
+        default=1024,
+        ge=1,
+        description="open connections (or requests in progress) past which new requests get "
+        "503 (uvicorn's limit_concurrency); keep it above max_num_seqs + max_queued_requests",
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="a connection must send a request's complete headers within this many "
+        "seconds of opening or of its last answer, else it is closed (slow clients, slowloris)",
+    )
+    body_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="a request's whole body must arrive within this many seconds, else 408 and "
+        "the connection is closed",
+    )
     log_prompts: bool = Field(
         default=False,
         description="put prompts in the request log (they can hold personal data: off unless "

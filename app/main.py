@@ -132,7 +132,11 @@ def _settle_garbage_collector() -> None:
 
 def _add_middleware(app: FastAPI, settings: Settings) -> None:
     # add_middleware wraps what is already there: the last added runs first.
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_request_body_bytes,
+        timeout_seconds=settings.body_timeout_seconds,
+    )
     app.add_middleware(APIKeyMiddleware, keys=settings.api_keys())
     if settings.cors_allow_origins:
         app.add_middleware(

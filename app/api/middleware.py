@@ -6,6 +6,7 @@ body size limit -> routes.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import re
 import uuid
@@ -81,17 +82,27 @@ class APIKeyMiddleware:
 
 
 class BodySizeLimitMiddleware:
-    """413 for bodies over max_bytes, by Content-Length or, for chunked bodies, by counting."""
+    """413 for bodies over max_bytes, by Content-Length or, for chunked bodies, by counting;
+    408 for a body not all there timeout_seconds after the request began; 400 for a request
+    framed both by Content-Length and Transfer-Encoding. The last two close the connection:
+    what follows on it cannot be trusted to be a request of its own."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_seconds: float | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_seconds = timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = Headers(scope=scope).get("content-length")
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length")
+        if declared is not None and "transfer-encoding" in headers:
+            await _closing_error(
+                400, "Content-Length and Transfer-Encoding together: ambiguous framing"
+            ).response()(scope, receive, send)
+            return
         if declared is not None:
             if not declared.isdigit():
                 await APIError(400, "invalid Content-Length header").response()(
@@ -105,6 +116,9 @@ class BodySizeLimitMiddleware:
         received = 0
         rejected = False
         response_started = False
+        body_done = scope["method"] in ("GET", "HEAD", "OPTIONS")
+        loop = asyncio.get_running_loop()
+        deadline = None if self.timeout_seconds is None else loop.time() + self.timeout_seconds
 
         async def guarded_send(message: Message) -> None:
             nonlocal response_started
@@ -115,11 +129,24 @@ class BodySizeLimitMiddleware:
             await send(message)
 
         async def counting_receive() -> Message:
-            nonlocal received, rejected
+            nonlocal received, rejected, body_done
             if rejected:
                 return {"type": "http.disconnect"}
-            message = await receive()
+            if body_done or deadline is None:  # waiting for the caller to leave: no deadline
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), deadline - loop.time())
+                except TimeoutError:
+                    if not response_started:
+                        await _closing_error(
+                            408,
+                            f"the request body did not arrive within {self.timeout_seconds:g} s",
+                        ).response()(scope, receive, send)
+                    rejected = True
+                    return {"type": "http.disconnect"}
             if message["type"] == "http.request":
+                body_done = not message.get("more_body", False)
                 received += len(message.get("body", b""))
                 if received > self.max_bytes and not response_started:
                     await self._too_large().response()(scope, receive, send)
@@ -134,3 +161,7 @@ class BodySizeLimitMiddleware:
         return APIError(
             413, f"request body exceeds the limit of {self.max_bytes} bytes", param="body"
         )
+
+
+def _closing_error(status: int, message: str) -> APIError:
+    return APIError(status, message, param="body", headers={"Connection": "close"})

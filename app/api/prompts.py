@@ -11,10 +11,9 @@ from app.engine.protocol import EngineClient
 
 
 def check_model(requested: str | None, settings: Settings) -> None:
-    """A "model" field must name this server's model (as OpenAI and vLLM answer: 404)."""
+    """A "model" field must name this server's model (as OpenAI and vLLM answer: 404): its
+    served name only, never the path it was loaded from."""
     if requested is None or requested == settings.model_name:
-        return
-    if requested == settings.engine_config().model:
         return
     raise APIError(
         404,
@@ -23,20 +22,29 @@ def check_model(requested: str | None, settings: Settings) -> None:
     )
 
 
-async def encode_text(engine: EngineClient, text: str) -> list[int]:
-    """Text to ids; the empty prompt means "start of text", GPT-2's <|endoftext|>."""
-    ids = await engine.encode(text) if text else []
+async def encode_text(engine: EngineClient, text: str, *, truncating: bool = False) -> list[int]:
+    """Text to ids; the empty prompt means "start of text", GPT-2's <|endoftext|>. Unless the
+    caller asked for truncation, a text that cannot fit the context window (leaving one token
+    to generate) is refused before it is tokenized."""
+    limit = None if truncating else engine.info.max_model_len - 1
+    ids = await engine.encode(text, max_tokens=limit) if text else []
     return ids or [engine.info.eos_token_id]
 
 
-async def completion_prompts(engine: EngineClient, prompt: Prompt) -> list[list[int]]:
+async def completion_prompts(
+    engine: EngineClient, prompt: Prompt, *, truncating: bool = False
+) -> list[list[int]]:
     """OpenAI's four prompt forms (and null) -> one id list per prompt."""
     if prompt is None or isinstance(prompt, str):
-        return [await encode_text(engine, prompt or "")]
+        return [await encode_text(engine, prompt or "", truncating=truncating)]
     if not prompt:
         raise APIError(422, "prompt: the list is empty; give at least one prompt", param="prompt")
     if isinstance(prompt[0], str):
-        return [await encode_text(engine, text) for text in prompt if isinstance(text, str)]
+        return [
+            await encode_text(engine, text, truncating=truncating)
+            for text in prompt
+            if isinstance(text, str)
+        ]
     if isinstance(prompt[0], int):
         return [[token for token in prompt if isinstance(token, int)]]
     batches: list[list[int]] = []

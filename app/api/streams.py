@@ -43,28 +43,55 @@ class ChoiceStreams:
         self._open = len(self._factories)
         self.last_put = 0.0  # loop time of the last item put on the queue
 
-    async def start(self, prime_seconds: float) -> None:
+    async def start(self, prime_seconds: float, request: Request | None = None) -> None:
         """Start every generation; wait up to prime_seconds for each one's first delta.
 
         The engine rejects a request (overloaded, bad input, not ready) before its first delta,
         so waiting for it lets the route answer with a real status code instead of an error
         event inside a 200 stream. A request still queued after prime_seconds is streamed
         anyway (headers go out, keep-alives follow) and any later error becomes an event.
+
+        With `request`, a client that leaves meanwhile (its request still queued, say) aborts
+        every generation at once and raises ClientDisconnected; nothing else would notice
+        before the first delta. Whatever ends the wait early, cancellation included, aborts
+        the generations: none is left running without a reader.
         """
         self._launch()
+        watcher = asyncio.create_task(wait_for_disconnect(request)) if request else None
+        try:
+            await self._prime(prime_seconds, watcher)
+        except BaseException:
+            await self.aclose()
+            raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+    async def _prime(self, prime_seconds: float, watcher: asyncio.Task[None] | None) -> None:
         waiting = set(range(len(self._factories)))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + prime_seconds
         while waiting:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                break
+                return
+            getter = asyncio.ensure_future(self._queue.get())
             try:
-                item = await asyncio.wait_for(self._queue.get(), remaining)
-            except TimeoutError:
-                break
+                await asyncio.wait(
+                    [getter] if watcher is None else [getter, watcher],
+                    timeout=remaining,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                if not getter.done():
+                    getter.cancel()
+            if not getter.cancelled() and getter.done():
+                item = getter.result()
+            elif watcher is not None and watcher.done():
+                raise ClientDisconnected()
+            else:
+                return  # prime_seconds passed
             if item.error is not None:
-                await self.aclose()
                 raise item.error
             self._buffer.append(item)
             waiting.discard(item.index)

@@ -31,6 +31,9 @@ from typing import Protocol
 from app.engine.errors import InvalidRequestError
 
 MAX_LOGPROBS = 20
+# Below this temperature sampling is greedy (vLLM's _SAMPLING_EPS): dividing float32 logits by a
+# smaller one overflows to inf, and softmax of inf is NaN, not "the most likely token".
+GREEDY_TEMPERATURE = 1e-5
 
 
 class FinishReason(enum.StrEnum):
@@ -100,7 +103,7 @@ class SamplingParams:
 
     max_tokens: int = 16
     min_tokens: int = 0
-    temperature: float = 1.0  # 0 means greedy
+    temperature: float = 1.0  # 0 (anything below GREEDY_TEMPERATURE) means greedy
     top_k: int = 0  # 0 means off
     top_p: float = 1.0
     min_p: float = 0.0
@@ -161,7 +164,7 @@ class SamplingParams:
 
     @property
     def is_greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_TEMPERATURE
 
     @property
     def has_penalties(self) -> bool:
@@ -368,7 +371,11 @@ class EngineClient(Protocol):
     @property
     def num_in_flight(self) -> int: ...
 
-    async def encode(self, text: str) -> list[int]: ...
+    async def encode(self, text: str, *, max_tokens: int | None = None) -> list[int]:
+        """Text to token ids, off the event loop, a bounded number at once. With max_tokens,
+        a text too long to encode in that many tokens whatever its tokenization raises
+        InvalidRequestError before any tokenizing (see validation.check_text_fits)."""
+        ...
 
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
 
@@ -397,7 +404,9 @@ class EngineClient(Protocol):
         ...
 
     async def wait_drained(self) -> None:
-        """Return once nothing is in flight or the drain deadline has passed."""
+        """Return once nothing is in flight, or once the drain deadline has passed and what was
+        still running has been ended (EngineDeadError "server is shutting down", outcome
+        shutdown), so that each caller is answered before the server closes connections."""
         ...
 
     async def shutdown(self, grace_seconds: float) -> None:

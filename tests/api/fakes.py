@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from app.engine.client.admission import AdmissionControl
 from app.engine.client.output_processor import OutputProcessor
-from app.engine.client.validation import ModelLimits, validate_request
+from app.engine.client.validation import ModelLimits, check_text_fits, validate_request
 from app.engine.errors import EngineDeadError, EngineNotReadyError
 from app.engine.protocol import (
     ENGINE_FINISHED,
@@ -139,7 +139,9 @@ class FakeEngineClient:
         self.shutdown_grace = grace_seconds
 
     # ---- tokenizer ----------------------------------------------------------------------
-    async def encode(self, text: str) -> list[int]:
+    async def encode(self, text: str, *, max_tokens: int | None = None) -> list[int]:
+        if max_tokens is not None:
+            check_text_fits(text, 1, max_tokens)  # one token per byte
         return list(text.encode("utf-8"))
 
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:

@@ -38,7 +38,7 @@ def test_models(client: TestClient) -> None:
     assert card["id"] == "fake-gpt2"
     assert card["object"] == "model"
     assert card["owned_by"] == "gpt2-serve"
-    assert card["root"] == client.app.state.settings.model
+    assert card["root"] == "fake-gpt2"
     assert card["max_model_len"] == 128
     assert isinstance(card["created"], int)
 

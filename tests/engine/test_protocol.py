@@ -89,9 +89,11 @@ def test_the_first_broken_rule_is_the_one_reported() -> None:
     assert err.value.field == "max_tokens"
 
 
-def test_is_greedy_only_at_temperature_zero() -> None:
+def test_is_greedy_at_zero_and_below_the_greedy_threshold() -> None:
     assert SamplingParams(temperature=0.0).is_greedy
-    assert not SamplingParams(temperature=1e-9).is_greedy
+    # Below GREEDY_TEMPERATURE logits / temperature overflow float32: greedy, as vLLM does.
+    assert SamplingParams(temperature=1e-9).is_greedy
+    assert not SamplingParams(temperature=1e-4).is_greedy
     assert not SamplingParams().is_greedy
 
 

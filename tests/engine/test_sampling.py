@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -180,3 +181,53 @@ def test_row_argmax_is_torch_argmax(rows: int) -> None:
     assert picked[0].item() == 7
     strided = logits[:, ::2]
     assert torch.equal(row_argmax(strided), strided.argmax(dim=-1))
+
+
+def _sampler_rows(*params: SamplingParams) -> list[Any]:
+    from app.engine.worker.sampler import SamplingRow
+
+    return [SamplingRow(p, [0], 1) for p in params]
+
+
+@pytest.mark.parametrize("temperature", [1e-38, 1e-20, 1e-6])
+def test_any_accepted_temperature_gives_a_valid_draw(temperature: float) -> None:
+    """Below a threshold (vLLM's 1e-5) temperature is greedy: float32 logits divided by 1e-38
+    overflow to inf, and softmax of inf is NaN, which drew the last vocabulary id."""
+    from app.engine.worker.sampler import Sampler
+
+    sampler = Sampler(vocab_size=8, eos_token_id=7, device=torch.device("cpu"), seed=0)
+    logits = torch.tensor([[5.0, 40.0, -10.0, 35.0, 0.0, 10.0, -20.0, 1.0]] * 4)
+    params = SamplingParams(temperature=temperature, logprobs=2)
+    chosen, logprobs = sampler(logits, _sampler_rows(*[params] * 4))
+    assert chosen.tolist() == [1, 1, 1, 1]
+    assert all(lp is not None and math.isfinite(lp.logprob) for lp in logprobs)
+
+
+def test_nan_and_inf_logits_never_reach_the_draw(caplog: pytest.LogCaptureFixture) -> None:
+    """A row with NaN logits: NaN is impossible, the rest is the distribution (the old code
+    drew the NaN's index greedily and the last id when sampling); +inf tokens share the mass;
+    a row with nothing finite ends the text. Each is logged, and logprobs stay finite."""
+    from app.engine.worker.sampler import Sampler
+
+    nan, inf = math.nan, math.inf
+    sampler = Sampler(vocab_size=8, eos_token_id=7, device=torch.device("cpu"), seed=0)
+    logits = torch.tensor(
+        [
+            [0.0, 50.0, nan, 0.0, 0.0, 0.0, 0.0, 0.0],  # greedy
+            [0.0, 0.0, 0.0, 50.0, 0.0, nan, 0.0, 0.0],  # sampled
+            [0.0, inf, 0.0, 0.0, inf, 0.0, 0.0, 0.0],  # sampled: 1 or 4
+            [nan] * 8,  # nothing left: EOS
+            [0.0, 0.0, 9.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # a sound row next to them
+        ]
+    )
+    greedy, sampled = SamplingParams(temperature=0, logprobs=1), SamplingParams(logprobs=1)
+    rows = _sampler_rows(greedy, sampled, sampled, sampled, greedy)
+    with caplog.at_level("ERROR", logger="app.engine.worker.sampler"):
+        chosen, logprobs = sampler(logits, rows)
+    ids = chosen.tolist()
+    assert ids[0] == 1 and ids[1] == 3 and ids[2] in (1, 4) and ids[3] == 7 and ids[4] == 2
+    assert "4 of 5 rows had NaN or infinite logits" in caplog.text
+    for lp in logprobs:
+        assert lp is not None and math.isfinite(lp.logprob)
+        assert all(math.isfinite(value) for _, value in lp.top)
+    assert math.isnan(logits[0, 2])  # the caller's tensor is left as it was

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from app.api.capacity import check_choices, check_prompt_tokens
 from app.api.choices import ChoicePlan, fold, log_request, new_id, open_streams, usage
 from app.api.deps import EngineDep, RequestIdDep, SettingsDep
 from app.api.logprobs import chat_logprobs
@@ -50,9 +51,13 @@ async def create_chat_completion(
     request_id: RequestIdDep,
 ) -> Response:
     check_model(body.model, settings)
+    check_choices(1, body.n, engine, settings)
     info = engine.info
     prompt = render_chat(body.messages, settings)
-    ids = truncate_prompt(await encode_text(engine, prompt), body.truncate_prompt_tokens)
+    truncating = body.truncate_prompt_tokens is not None
+    ids = truncate_prompt(
+        await encode_text(engine, prompt, truncating=truncating), body.truncate_prompt_tokens
+    )
     max_tokens = resolve_max_tokens(body.max_new_tokens, len(ids), info.max_model_len)
     top_n = body.top_logprobs or 0
     plans = [
@@ -69,13 +74,14 @@ async def create_chat_completion(
         )
         for choice in range(body.n)
     ]
+    check_prompt_tokens([len(ids)] * body.n, settings)
     response_id = new_id("chatcmpl")
     log_request(response_id, request_id, [ids], body.n, prompt, settings.log_prompts)
     streams = open_streams(engine, plans, response_id)
     created = int(time.time())
 
     if body.stream:
-        await streams.start(settings.keep_alive_seconds)
+        await streams.start(settings.keep_alive_seconds, request)
         base = base_chunk(response_id, CHUNK_OBJECT, created, settings.model_name)
         # The role goes first, once per choice, before any text (as OpenAI streams it).
         prelude = [

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from app.api.capacity import check_choices, check_prompt_tokens, count_prompts
 from app.api.choices import (
     ChoicePlan,
     fold,
@@ -51,10 +52,13 @@ async def create_completion(
     request_id: RequestIdDep,
 ) -> Response:
     check_model(body.model, settings)
+    check_choices(count_prompts(body.prompt), body.n, engine, settings)
     info = engine.info
     prompts = [
         truncate_prompt(ids, body.truncate_prompt_tokens)
-        for ids in await completion_prompts(engine, body.prompt)
+        for ids in await completion_prompts(
+            engine, body.prompt, truncating=body.truncate_prompt_tokens is not None
+        )
     ]
     plans: list[ChoicePlan] = []
     prompt_logprobs = _prompt_scoring(body)
@@ -70,6 +74,7 @@ async def create_completion(
             )
             plans.append(ChoicePlan(len(plans), prompt_index, ids, params))
 
+    check_prompt_tokens([len(plan.prompt_ids) for plan in plans], settings)
     response_id = new_id("cmpl")
     log_request(response_id, request_id, prompts, body.n, body.prompt, settings.log_prompts)
     echo = [engine.decode(ids) for ids in prompts] if body.echo else []
@@ -77,7 +82,7 @@ async def create_completion(
     created = int(time.time())
 
     if body.stream:
-        await streams.start(settings.keep_alive_seconds)
+        await streams.start(settings.keep_alive_seconds, request)
         builder = _ChunkBuilder(engine, body, plans, echo, response_id, created, settings)
         events = openai_events(
             streams,

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import TypeAdapter
 
+from app.api.capacity import check_prompt_tokens
 from app.api.choices import (
     ChoicePlan,
     fold,
@@ -58,7 +59,8 @@ class _Prepared:
 async def _prepare(body: GenerateRequest, engine: EngineClient, *, stream: bool) -> _Prepared:
     p = body.params
     info = engine.info
-    ids = truncate_prompt(await encode_text(engine, body.inputs), p.truncate)
+    encoded = await encode_text(engine, body.inputs, truncating=p.truncate is not None)
+    ids = truncate_prompt(encoded, p.truncate)
     # TGI's default, cut to what fits so a long prompt without max_new_tokens still works.
     max_tokens = resolve_max_tokens(
         p.max_new_tokens, len(ids), info.max_model_len, cap=DEFAULT_MAX_NEW_TOKENS
@@ -105,9 +107,13 @@ async def generate(
     responses={**ERROR_RESPONSES, **sse_openapi("One event per token", StreamResponse)},
 )
 async def generate_stream(
-    body: GenerateRequest, engine: EngineDep, settings: SettingsDep, request_id: RequestIdDep
+    body: GenerateRequest,
+    request: Request,
+    engine: EngineDep,
+    settings: SettingsDep,
+    request_id: RequestIdDep,
 ) -> Response:
-    return await _generate_stream(body, engine, settings, request_id, compat=False)
+    return await _generate_stream(body, request, engine, settings, request_id, compat=False)
 
 
 @router.post(
@@ -130,7 +136,7 @@ async def compat_generate(
 ) -> Response:
     """What huggingface_hub's InferenceClient posts to when given the server's base URL."""
     if body.stream:
-        return await _generate_stream(body, engine, settings, request_id, compat=True)
+        return await _generate_stream(body, request, engine, settings, request_id, compat=True)
     return await _generate_json(body, request, engine, settings, request_id, compat=True)
 
 
@@ -153,6 +159,7 @@ async def _generate_json(
     compat: bool,
 ) -> Response:
     prepared = await _prepare(body, engine, stream=False)
+    check_prompt_tokens([len(prepared.ids)], settings)
     response_id = new_id("gen")
     log_request(response_id, request_id, [prepared.ids], 1, body.inputs, settings.log_prompts)
     streams = _open(engine, prepared, response_id)
@@ -199,6 +206,7 @@ def _details(engine: EngineClient, prepared: _Prepared, result: GenerationResult
 
 async def _generate_stream(
     body: GenerateRequest,
+    request: Request,
     engine: EngineClient,
     settings: Settings,
     request_id: str,
@@ -206,10 +214,11 @@ async def _generate_stream(
     compat: bool,
 ) -> Response:
     prepared = await _prepare(body, engine, stream=True)
+    check_prompt_tokens([len(prepared.ids)], settings)
     response_id = new_id("gen")
     log_request(response_id, request_id, [prepared.ids], 1, body.inputs, settings.log_prompts)
     streams = _open(engine, prepared, response_id)
-    await streams.start(settings.keep_alive_seconds)
+    await streams.start(settings.keep_alive_seconds, request)
     events = _tgi_events(
         streams, engine, prepared, _full_text_prefix(body, compat), settings.keep_alive_seconds
     )

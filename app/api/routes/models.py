@@ -25,7 +25,7 @@ async def list_models(request: Request, engine: EngineDep, settings: SettingsDep
     card = ModelCard(
         id=settings.model_name,
         created=request.app.state.started_at,
-        root=settings.engine_config().model,
+        root=settings.model_name,  # the served name, never the path on this machine
         max_model_len=engine.info.max_model_len,
     )
     return ModelList(data=[card])

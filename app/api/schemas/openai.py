@@ -120,8 +120,10 @@ class CompletionRequest(SamplingFields):
         default=None,
         description=(
             "vLLM extension: each choice gets prompt_logprobs, per prompt token (null for the "
-            "first) its logprob and rank and the N most likely tokens there. Not with stream"
+            "first) its logprob and rank and the N most likely tokens there. Not with "
+            "stream=true: both together answer 422"
         ),
+        json_schema_extra={"x-not-with": {"stream": True}},
     )
 
     @field_validator("prompt", mode="wrap")
@@ -188,7 +190,12 @@ class ChatCompletionRequest(SamplingFields):
         default=None, description="null: the rest of the context window"
     )
     logprobs: bool = False
-    top_logprobs: Annotated[int, Field(ge=0, le=20), Integral] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20), Integral] | None = Field(
+        default=None,
+        description="The N most likely tokens at each position. Needs logprobs=true: "
+        "without it, 422",
+        json_schema_extra={"x-requires": {"logprobs": True}},
+    )
     tools: Annotated[list[Any], Field(max_length=0)] | None = Field(
         default=None, description="Not supported; must be null or empty"
     )

@@ -15,12 +15,13 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from app.engine.client.admission import AdmissionControl
 from app.engine.client.output_processor import OutputProcessor
 from app.engine.client.tokenizer import GPT2Tokenizer, load_tokenizer
-from app.engine.client.validation import ModelLimits, validate_request
+from app.engine.client.validation import ModelLimits, check_text_fits, validate_request
 from app.engine.client.worker_handle import WorkerHandle
 from app.engine.config import EngineConfig
 from app.engine.errors import EngineDeadError, EngineNotReadyError
@@ -37,6 +38,9 @@ from app.engine.protocol import (
 from app.hub import resolve_model_dir
 
 log = logging.getLogger(__name__)
+# Texts tokenized at once. Tokenizing 900 KB takes ~0.5 s and ~100 MB; more threads would not
+# be faster on the cores the worker also needs, only hold more memory at once.
+TOKENIZE_THREADS = 2
 
 
 class AsyncEngine:
@@ -66,6 +70,7 @@ class AsyncEngine:
         )
         self._stats_sink = stats_sink
         self._handles = itertools.count(1)  # AddRequest.handle
+        self._tokenize_pool = ThreadPoolExecutor(TOKENIZE_THREADS, thread_name_prefix="tokenize")
         self._drain_deadline: float | None = None  # loop time; set once, by begin_drain
         self.last_stats: StepStats | None = None
         self.recent_step_seconds: deque[float] = deque(maxlen=50)
@@ -108,26 +113,47 @@ class AsyncEngine:
             self._drain_deadline = asyncio.get_running_loop().time() + grace_seconds
 
     async def wait_drained(self) -> None:
-        """Until nothing is in flight or the drain deadline passes."""
+        """Until nothing is in flight, or the drain deadline passes: then what is still running
+        ends at once (see end_all), so every caller can still be answered before the server
+        closes its connections."""
         assert self._drain_deadline is not None, "begin_drain first"
         remaining = self._drain_deadline - asyncio.get_running_loop().time()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.outputs.idle.wait(), timeout=max(0.0, remaining))
+        if self.outputs.requests:
+            log.warning("drain: %d requests still running; ending them", self.num_in_flight)
+            self.end_all()
+
+    def end_all(self) -> None:
+        """End every request in flight now: each caller gets EngineDeadError("server is shutting
+        down") (a 503, or an error event and [DONE] in a stream), each is counted once with
+        outcome shutdown, and the worker is told to abort each."""
+        ids = list(self.outputs.requests)
+        self.outputs.fail_all(EngineDeadError("server is shutting down"), Outcome.SHUTDOWN)
+        for request_id in ids:
+            self._abort(request_id)
+
+    def end_now(self) -> None:
+        """The second signal: end every request and kill the worker, without waiting."""
+        self.begin_drain(0.0)
+        self.end_all()
+        self.worker.kill(restart=False)
 
     async def shutdown(self, grace_seconds: float = 30.0) -> None:
         """Drain (within the deadline of an earlier begin_drain, else grace_seconds from now),
-        end what is still running, stop the worker."""
+        end what is still running, stop the worker (a bounded wait, then it is killed)."""
         self.begin_drain(grace_seconds)
         await self.wait_drained()
-        if self.outputs.requests:
-            log.warning("drain: %d requests still running; ending them", self.num_in_flight)
-        self.outputs.fail_all(EngineDeadError("server is shutting down"), Outcome.SHUTDOWN)
         await self.worker.stop()
+        self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
 
     # ---- tokenizer ----------------------------------------------------------------------
 
-    async def encode(self, text: str) -> list[int]:
-        return await asyncio.to_thread(self.tokenizer.encode, text)
+    async def encode(self, text: str, *, max_tokens: int | None = None) -> list[int]:
+        if max_tokens is not None and self.tokenizer.max_token_bytes is not None:
+            check_text_fits(text, self.tokenizer.max_token_bytes, max_tokens)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._tokenize_pool, self.tokenizer.encode, text)
 
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens)
@@ -181,6 +207,7 @@ class AsyncEngine:
             error,
             self.num_in_flight,
         )
+        self.last_stats = None  # the dead worker's batch and KV are gone with it
         self.outputs.fail_all(
             EngineDeadError(
                 f"engine worker died (exit code {exitcode}); the request was lost, retry it"

@@ -8,6 +8,7 @@ the context window.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,6 +43,24 @@ def validate_request(
             "or lower max_tokens",
         )
     return AddRequest(request_id, tuple(prompt_ids), params, handle)
+
+
+def check_text_fits(text: str, max_token_bytes: int, max_tokens: int) -> None:
+    """Refuse, without tokenizing it, a text that needs more than max_tokens tokens whatever
+    its tokenization: each token stands for at most max_token_bytes bytes of text, so L bytes
+    need at least ceil(L / max_token_bytes) tokens. Never refuses a text that could fit."""
+    if len(text) * 4 <= max_token_bytes * max_tokens:  # at most 4 UTF-8 bytes per character
+        return
+    num_bytes = len(text.encode("utf-8"))
+    least = math.ceil(num_bytes / max_token_bytes)
+    if least > max_tokens:
+        raise InvalidRequestError(
+            "prompt",
+            f"the text is {num_bytes} bytes; a token of this model covers at most "
+            f"{max_token_bytes} bytes, so it needs at least {least} tokens, more than the "
+            f"{max_tokens} a prompt may have in the context window; shorten it, or ask for "
+            "truncation (truncate_prompt_tokens, or TGI's truncate)",
+        )
 
 
 def check_token_ids(field: str, ids: Sequence[int], vocab_size: int) -> None:

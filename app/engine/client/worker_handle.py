@@ -11,6 +11,7 @@ import asyncio
 import logging
 import multiprocessing as mp
 import pickle
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,13 @@ from app.engine.config import EngineConfig
 from app.engine.protocol import ModelInfo, Shutdown, WorkerFailed, WorkerReady
 
 log = logging.getLogger(__name__)
+# How long a worker told to stop may take to finish its step and exit before it is terminated,
+# then killed: part of the shutdown's bound (docs/operations.md).
+STOP_SECONDS = 3.0
 RESTART_BACKOFF_SECONDS = (1.0, 2.0, 5.0, 10.0)
+# A worker that served this long before it died starts the backoff over: the crashes are not
+# in a row, and readiness should not wait 10 s for an isolated one.
+STABLE_SECONDS = 60.0
 
 
 class WorkerProcess:
@@ -71,14 +78,17 @@ class WorkerProcess:
     def kill(self) -> None:
         self._process.kill()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = STOP_SECONDS) -> None:
         """Ask the worker to exit and wait for it (blocking: call it from a thread)."""
         self.send(Shutdown())
         self._process.join(timeout)
         if self._process.is_alive():
-            log.warning("engine worker did not stop in %.0fs; terminating", timeout)
+            log.warning("engine worker did not stop in %.0fs; terminating it", timeout)
             self._process.terminate()
-            self._process.join(5)
+            self._process.join(1)
+        if self._process.is_alive():  # stopped (SIGSTOP) or stuck where SIGTERM cannot reach
+            self._process.kill()
+            self._process.join(1)
 
     def _readable(self) -> None:
         try:
@@ -123,7 +133,10 @@ class WorkerHandle:
         self._start_error: str | None = None
         self._closing = False
         self.info: ModelInfo | None = None
-        self.restarts = 0
+        self.restarts = 0  # in this process's lifetime
+        self._backoff = 0  # crashes in a row: index into RESTART_BACKOFF_SECONDS
+        self._ready_at: float | None = None
+        self._clock = time.monotonic
 
     @property
     def is_ready(self) -> bool:
@@ -152,8 +165,11 @@ class WorkerHandle:
         if self._process is not None:
             self._process.send(msg)
 
-    def kill(self) -> None:
-        """Kill the worker outright (tests of the restart path)."""
+    def kill(self, *, restart: bool = True) -> None:
+        """Kill the worker outright (tests of the restart path; the second signal, with no
+        restart)."""
+        if not restart:
+            self._closing = True
         if self._process is not None:
             self._process.kill()
 
@@ -166,6 +182,7 @@ class WorkerHandle:
         assert self._loop is not None
         loop = self._loop
         self._start_error = None
+        self._ready_at = None
         self._process = WorkerProcess(
             self._config, self._model_id, loop, on_message=self._dispatch, on_exit=self._on_exit
         )
@@ -173,6 +190,7 @@ class WorkerHandle:
     def _dispatch(self, msg: Any) -> None:
         if isinstance(msg, WorkerReady):
             self.info = msg.info
+            self._ready_at = self._clock()
             self._ready.set()
             log.info(
                 "engine ready: %s on %s (%s)", msg.info.model_id, msg.info.device, msg.info.dtype
@@ -189,7 +207,10 @@ class WorkerHandle:
             self._start_error = error or f"worker exited with code {exitcode}"
             return
         self._on_lost(exitcode, error)
-        delay = RESTART_BACKOFF_SECONDS[min(self.restarts, len(RESTART_BACKOFF_SECONDS) - 1)]
+        if self._ready_at is not None and self._clock() - self._ready_at >= STABLE_SECONDS:
+            self._backoff = 0
+        delay = RESTART_BACKOFF_SECONDS[min(self._backoff, len(RESTART_BACKOFF_SECONDS) - 1)]
+        self._backoff += 1
         self.restarts += 1
         assert self._loop is not None
         self._loop.call_later(delay, self._restart)

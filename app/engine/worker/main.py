@@ -12,6 +12,7 @@ import logging
 import os
 import pickle
 import queue
+import signal
 from multiprocessing.connection import Connection
 from multiprocessing.queues import Queue
 from typing import Any
@@ -38,6 +39,8 @@ def run_worker(config: EngineConfig, model_id: str, inbox: Queue[Any], outbox: C
     the engine reports includes it)."""
     from app.request_log import configure_logging  # stdlib only: same format as the API
 
+    # Ctrl+C reaches the whole process group: the API process drains, then stops this worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(
         os.environ.get("GPT2_LOG_FORMAT", "json"), os.environ.get("GPT2_LOG_LEVEL", "INFO")
     )

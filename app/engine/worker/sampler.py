@@ -10,6 +10,7 @@ generator keyed by (seed, output index) alone, so its tokens do not depend on it
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ import torch
 
 from app.engine.protocol import SamplingParams, TokenLogprobs
 from app.engine.worker.host_to_device import to_device
+
+log = logging.getLogger(__name__)
 
 
 def row_argmax(x: torch.Tensor) -> torch.Tensor:
@@ -56,6 +59,22 @@ class Sampler:
         if any(_modifies_logits(r) for r in rows):  # copy only when something edits them
             logits = self._apply_penalties_and_masks(raw.clone(), rows)
         greedy = row_argmax(logits)
+        bad = invalid_rows(logits, greedy)
+        if bad:  # never draw from NaN: see repair_logits
+            log.error(
+                "sampler: %d of %d rows had NaN or infinite logits (NaN taken as impossible, "
+                "+inf as certain, no finite logit at all: end of text)",
+                len(bad),
+                len(rows),
+            )
+            edited = logits is not raw
+            raw = raw.clone()  # never edit the model's output buffer
+            logits = logits if edited else raw
+            for i in bad:
+                repair_logits(raw[i], self.eos_token_id)
+                if edited:
+                    repair_logits(logits[i], self.eos_token_id)
+            greedy = row_argmax(logits)
         if all(r.params.is_greedy for r in rows):
             chosen = greedy
         else:
@@ -204,6 +223,33 @@ def token_logprobs(
         )
         for i, k in enumerate(top_k)
     ]
+
+
+def invalid_rows(logits: torch.Tensor, greedy: torch.Tensor) -> list[int]:
+    """Rows that are no distribution: a NaN or +inf anywhere, or no finite logit at all.
+
+    Free of a pass over the vocabulary: argmax returns a NaN's index when the row has one (NaN
+    compares as the largest), else a +inf's, and the value there is -inf only when all are."""
+    top = logits.gather(1, greedy.unsqueeze(1)).squeeze(1)
+    bad = ~torch.isfinite(top)
+    if not bool(bad.any()):
+        return []
+    return [int(i) for i in bad.nonzero().flatten().tolist()]
+
+
+def repair_logits(row: torch.Tensor, eos_token_id: int) -> None:
+    """In place, the limit of softmax over `row`: +inf logits share all the mass, NaN ones
+    have none; with no finite logit, the row ends the text (EOS). "None" is the dtype's lowest
+    finite value rather than -inf, so logprobs reported from the row stay finite numbers."""
+    low = torch.finfo(row.dtype).min
+    infinite = row == math.inf
+    if bool(infinite.any()):
+        row.copy_(torch.where(infinite, 0.0, low))
+    elif not bool(torch.isfinite(row).any()):
+        row.fill_(low)
+        row[eos_token_id] = 0.0
+    else:
+        row.nan_to_num_(nan=low, neginf=low)
 
 
 def _modifies_logits(r: SamplingRow) -> bool:
