@@ -7,6 +7,7 @@ worker's inbox, in order, and are applied when it resumes (SIGCONT)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Iterator
@@ -21,7 +22,8 @@ class Pause:
 
     def resume(self) -> None:
         if self.stopped:
-            os.kill(self.pid, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):  # killed meanwhile: nothing to resume
+                os.kill(self.pid, signal.SIGCONT)
             self.stopped = False
 
 

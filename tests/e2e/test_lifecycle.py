@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.e2e.server import Server
 from tests.processes import paused
@@ -177,16 +176,6 @@ def test_drain_timeout_ends_what_is_still_running_then_exits(
         server.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "gap: DrainingServer hands a second SIGTERM or SIGINT to uvicorn, which only sets "
-        "should_exit (a force quit takes a third SIGINT); the shutdown then waits for the open "
-        "stream up to timeout_graceful_shutdown (drain timeout + 1 s) and the lifespan's drain "
-        "up to the first signal's deadline, so the process does not exit at once "
-        "(README: 'A second signal exits at once')"
-    ),
-)
 def test_a_second_signal_exits_at_once(tiny_model_dir: Path, tmp_path: Path) -> None:
     """A 600 s drain is under way with a request that cannot finish (its worker is paused): a
     second signal lets the request go and the process exit within seconds, not 600."""
