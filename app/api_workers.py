@@ -108,11 +108,12 @@ class Supervisor:
             loop.add_signal_handler(sig, self._signal)
         starting = asyncio.ensure_future(worker.start())  # the API processes start meanwhile
         self._spawn_api(listener, address)
+        port = listener.getsockname()[1]
         listener.close()  # the API processes hold it now
         log.info(
             "serving on http://%s:%d with %d API processes (pids %s) and one engine worker",
             settings.host,
-            settings.port,
+            port,
             len(self.api),
             ", ".join(str(p.pid) for p in self.api),
         )
