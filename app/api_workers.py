@@ -48,6 +48,10 @@ from app.engine.client.worker_handle import WorkerHandle
 
 log = logging.getLogger("gpt2_serve")
 KILL_AFTER_DRAIN_SECONDS = 15.0  # past the drain timeout, API processes still there are killed
+# After an API process's drain (the engine's deadline), what uvicorn still gives open
+# connections before it cancels them: the drain already was their time, so only a moment more,
+# and the whole shutdown stays within the drain timeout and a few seconds.
+AFTER_DRAIN_SECONDS = 3
 
 
 def serve_api_workers(settings: Settings, server_class: Any) -> int:
@@ -211,7 +215,7 @@ def run_api_process(
         app,
         log_config=None,
         log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=int(settings.drain_timeout_seconds) + 1,
+        timeout_graceful_shutdown=AFTER_DRAIN_SECONDS,
     )
     server_class(config, app, settings.drain_timeout_seconds).run(sockets=[listener])
 

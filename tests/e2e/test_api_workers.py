@@ -324,3 +324,37 @@ def test_sigterm_drains_every_process_then_the_worker_stops(
             assert not Path(f"/proc/{pid}").exists(), pid
     finally:
         server.stop()
+
+
+def test_sigterm_with_more_work_than_the_drain_allows_exits_in_time(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """One request runs and three wait behind it (max_num_seqs 1): far more than a 1 s drain
+    lets finish. Every process still exits, and the server with it, in the drain and a few
+    seconds."""
+    drain = 1.0
+    server = Server(
+        tiny_model_dir,
+        tmp_path / "log",
+        api_workers=2,
+        max_num_seqs=1,
+        max_queued_requests=8,
+        drain_timeout_seconds=drain,
+    )
+    try:
+        monitor = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        busy = [conn for _ in range(2) for conn in connection_per_process(server).values()]
+        body = json.dumps({**LONG, "max_tokens": 1000})
+        for conn in busy:
+            conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+        _wait(
+            lambda: scrape(monitor).value("gpt2_num_requests_in_flight") == len(busy),
+            what="every request admitted",
+        )
+        monitor.close()
+        server.proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert server.proc.wait(drain + 15) == 0, server.log_path.read_text()[-3000:]
+        assert time.monotonic() - started < drain + 8
+    finally:
+        server.stop()
