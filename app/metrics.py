@@ -250,7 +250,10 @@ class EngineStateCollector(Collector):
         s = self.last_step
         alive = engine is not None and engine.is_worker_alive
         in_flight = engine.num_in_flight if engine is not None else None
-        idle = not alive or (self._local_in_flight and in_flight == 0)
+        if self._local_in_flight:
+            idle = not alive or in_flight == 0
+        else:  # the worker's own word: its last step left nothing running or waiting
+            idle = not alive or (s is not None and s.num_running + s.num_waiting == 0)
         running = 0 if idle or s is None else s.num_running
         waiting = 0 if idle or s is None else s.num_waiting
         batch = 0 if idle or s is None else s.batch_size

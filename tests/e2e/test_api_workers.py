@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,8 @@ from typing import Any
 import pytest
 
 from tests.e2e.server import Server
-from tests.observability.conftest import Scrape
+from tests.observability.conftest import Scrape, promtool
+from tests.observability.test_exposition import COUNTERS, GAUGES, HISTOGRAMS
 
 OUTCOMES = ("gpt2_request_success_total", "gpt2_request_failure_total")
 LONG = {"prompt": "x", "max_tokens": 900, "ignore_eos": True, "stream": True}
@@ -185,6 +187,28 @@ def test_two_processes_serve_one_port_and_metrics_count_each_request_once(
     steps = [scrape(conn).value("gpt2_engine_step_seconds_count") for conn in conns.values()]
     assert steps[0] == steps[1] > 0
     for conn in conns.values():
+        conn.close()
+
+
+def test_every_metric_is_exposed_by_each_process_and_promtool_accepts_it(
+    server2: Server,
+) -> None:
+    for conn in connection_per_process(server2).values():
+        status, _, body = request(conn, "GET", "/metrics")
+        assert status == 200
+        s = Scrape(body.decode())
+        for name in HISTOGRAMS:
+            assert s.families[name].type == "histogram", name
+        for name in COUNTERS:
+            assert s.families[name].type == "counter", name
+        for name in GAUGES:
+            assert s.families[name].type == "gauge", name
+        assert len(s.text.splitlines()) == len(set(s.text.splitlines()))  # no family twice
+        tool = promtool()
+        checked = subprocess.run(
+            [tool, "check", "metrics"], input=body.decode(), capture_output=True, text=True
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
         conn.close()
 
 
