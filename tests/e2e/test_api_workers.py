@@ -145,7 +145,14 @@ def served(s: Scrape) -> float:
 @pytest.fixture(scope="module")
 def server2(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("logs") / "server.log"
-    s = Server(tiny_model_dir, log, api_workers=2, max_num_seqs=4, max_queued_requests=4)
+    s = Server(
+        tiny_model_dir,
+        log,
+        api_workers=2,
+        max_num_seqs=4,
+        max_queued_requests=4,
+        drain_timeout_seconds=5,  # a failed test's streams must not outlast the stop
+    )
     yield s
     assert s.stop() == 0, s.log_path.read_text()[-3000:]
 
@@ -183,9 +190,15 @@ def test_two_processes_serve_one_port_and_metrics_count_each_request_once(
         ttft = after.value("gpt2_time_to_first_token_seconds_count")
         assert ttft - before[pid].value("gpt2_time_to_first_token_seconds_count") == sent
         assert after.value("gpt2_worker_up") == 1 and after.value("gpt2_ready") == 1
+
     # The worker's steps are counted once (by one process), not once per process.
-    steps = [scrape(conn).value("gpt2_engine_step_seconds_count") for conn in conns.values()]
-    assert steps[0] == steps[1] > 0
+    def steps() -> list[float]:
+        return [scrape(c).value("gpt2_engine_step_seconds_count") for c in conns.values()]
+
+    _wait(lambda: len(set(steps())) == 1, what="both processes' scrapes agree")
+    counted = steps()[0] - next(iter(before.values())).value("gpt2_engine_step_seconds_count")
+    # Counted once: 5 tokens are 5 steps a request (6 with slack), twice would be 10.
+    assert 0 < counted <= 6 * sent, counted
     for conn in conns.values():
         conn.close()
 
@@ -218,8 +231,10 @@ def test_disconnect_aborts_through_either_process(server2: Server) -> None:
     before = scrape(probe)
     streams = [start_stream(conn, LONG) for conn in conns.values()]
     assert len(streams) == 2
-    _, _, body = request(probe, "GET", "/v1/engine/stats")
-    assert json.loads(body)["num_running"] == 2
+    _wait(  # the worker's figures reach each process with the next step
+        lambda: json.loads(request(probe, "GET", "/v1/engine/stats")[2])["num_running"] == 2,
+        what="both requests running in the worker",
+    )
     for conn in conns.values():
         conn.close()  # hang up mid-stream
 
@@ -290,7 +305,14 @@ def test_killed_worker_fails_every_process_requests_then_recovers(server2: Serve
 def small(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Room for 1 running + 1 queued request in all: a share of 1 for each of the 2 processes."""
     log = tmp_path_factory.mktemp("logs") / "small.log"
-    s = Server(tiny_model_dir, log, api_workers=2, max_num_seqs=1, max_queued_requests=1)
+    s = Server(
+        tiny_model_dir,
+        log,
+        api_workers=2,
+        max_num_seqs=1,
+        max_queued_requests=1,
+        drain_timeout_seconds=5,
+    )
     yield s
     assert s.stop() == 0, s.log_path.read_text()[-3000:]
 
