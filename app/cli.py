@@ -78,6 +78,13 @@ def serve(settings: Settings) -> None:
     # The worker process inherits the environment: same level and format there (flags too).
     os.environ["GPT2_LOG_LEVEL"] = settings.log_level
     os.environ["GPT2_LOG_FORMAT"] = settings.log_format
+    if settings.api_workers > 1:  # a supervisor, a worker and N HTTP processes
+        from app.api_workers import serve_api_workers
+
+        code = serve_api_workers(settings, DrainingServer)
+        if code:
+            raise SystemExit(code)
+        return
     app = create_app(settings)
     server = DrainingServer(uvicorn_config(app, settings), app, settings.drain_timeout_seconds)
     server.run()

@@ -165,6 +165,14 @@ class Settings(_EngineSettings):
     keep_alive_seconds: float = Field(
         default=15.0, gt=0, description="SSE comment lines this often while a stream is idle"
     )
+    api_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="HTTP processes in front of the one engine worker, all on the same port, "
+        "each with its own share of the admission limits (1: one process, which starts the "
+        "worker itself)",
+    )
 
     # --- observability ------------------------------------------------------------------------
     log_format: Literal["json", "text"] = Field(

@@ -26,7 +26,9 @@ from app.api.streams import ClientDisconnected
 from app.api.telemetry import Telemetry, TelemetryMiddleware
 from app.config import BUNDLED_MODEL, Settings, to_engine_config
 from app.engine.client.async_engine import AsyncEngine
+from app.engine.client.remote_worker import ApiProcess
 from app.engine.protocol import EngineClient
+from app.metrics import multiprocess_dir
 
 logger = logging.getLogger(__name__)
 GC_YOUNG_THRESHOLD = 20_000
@@ -45,12 +47,16 @@ def create_app(
     settings: Settings | None = None,
     engine: EngineClient | None = None,
     telemetry: Telemetry | None = None,
+    *,
+    api_process: ApiProcess | None = None,
 ) -> FastAPI:
     """Build the app. Without `engine`, the lifespan creates an AsyncEngine from the settings,
     starts it (the worker loads and warms up the model) and drains it on shutdown. An engine
     passed in belongs to the caller, who starts and stops it (tests pass fakes this way) and
     who feeds app.state.telemetry's on_step / on_record if it wants metrics from it.
-    `telemetry` (metrics, request log, tracing) is built from the settings when not given."""
+    `telemetry` (metrics, request log, tracing) is built from the settings when not given.
+    `api_process`: this app is one of --api-workers' HTTP processes (app/api_workers.py): its
+    engine connects to the worker the supervisor runs, and its metrics are multiprocess."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -70,12 +76,14 @@ def create_app(
             max_queued_tokens=settings.max_queued_tokens,
             stats_sink=app.state.telemetry.on_step,
             request_sink=app.state.telemetry.on_record,
+            api_process=api_process,
         )
         logger.info("starting the engine for %s", config.model)
         await client.start()
         _settle_garbage_collector()
         info = client.info
-        logger.info(
+        logger.log(
+            logging.INFO if api_process is None or api_process.index == 0 else logging.DEBUG,
             "serving model %r from %s%s: %s%s on %s, context %d tokens, %d sequences at once",
             info.model_id,
             info.model_path,
@@ -107,7 +115,10 @@ def create_app(
     app.state.engine = engine
     app.state.started_at = int(time.time())
     app.state.telemetry = telemetry or Telemetry(
-        settings, engine=lambda: getattr(app.state, "engine", None)
+        settings,
+        engine=lambda: getattr(app.state, "engine", None),
+        count_steps=api_process is None or api_process.index == 0,
+        multiprocess=multiprocess_dir() if api_process is not None else None,
     )
 
     for module in (completions, chat, generate, models, tokenize, health, stats):

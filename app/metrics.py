@@ -23,10 +23,20 @@ What is counted, and when (the unit is one engine request: one prompt, one choic
 - Gauges from the worker's last step; when nothing is in flight they read 0 (the worker sends
   no statistics while idle), and worker_up / ready / restarts are read from the client at
   scrape time.
+
+With --api-workers N > 1 (app/api_workers.py) every HTTP process counts what it served in
+prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR: a fresh directory per server
+run, set by the supervisor), and /metrics, whichever process answers, adds up the files of all of
+them: each request still counts once. The worker's per-step figures (step time and batch
+histograms, shared prefix tokens, host seconds) reach every process; process 0 alone counts them.
+Requests in flight are a livesum gauge each process sets at every step and request end; the
+other gauges are the worker's and read the same from any process. The per-process collectors
+(process_*, python_gc_*) are left out: one process's figures would pass for the server's.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import (
@@ -39,6 +49,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from app.engine.protocol import (
@@ -54,6 +65,12 @@ TOKEN_BUCKETS = tuple(float(2**k) for k in range(15))  # 1 .. 16384
 BATCH_BUCKETS = tuple(float(2**k) for k in range(11))  # 1 .. 1024 sequences per step
 
 
+def multiprocess_dir() -> str | None:
+    """Where the HTTP processes of --api-workers keep their metrics (prometheus_client reads it
+    from the environment when it is imported); None for one process."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
 class Metrics:
     def __init__(
         self,
@@ -63,20 +80,38 @@ class Metrics:
         max_queued_requests: int | None = None,
         registry: CollectorRegistry | None = None,
         process_metrics: bool = True,
+        count_steps: bool = True,
+        multiprocess: str | None = None,
     ) -> None:
-        self.registry = registry or CollectorRegistry(auto_describe=True)
+        """`count_steps`: count the worker's per-step figures here (one process of several
+        does). `multiprocess`: the directory of prometheus_client's multiprocess mode; then
+        `registry` (what /metrics exposes) adds up every process's files."""
+        own = registry or CollectorRegistry(auto_describe=True)
+        self.registry = own
+        self.count_steps = count_steps
         self._declare_histograms(tuple(latency_buckets))
         self._declare_counters()
         if max_queued_requests is not None:
             limit = Gauge(
                 "gpt2_max_queued_requests",
                 "Admission limit: requests that may wait beyond the running batch.",
-                registry=self.registry,
+                registry=own,
+                multiprocess_mode="max",
             )
             limit.set(max_queued_requests)
-        self.state = EngineStateCollector(engine)
+        self.in_flight: Gauge | None = None
+        if multiprocess is not None:
+            self.in_flight = Gauge(
+                "gpt2_num_requests_in_flight",
+                "Requests the API processes hold: waiting, running or streaming out.",
+                registry=own,
+                multiprocess_mode="livesum",
+            )
+            self.registry = CollectorRegistry(auto_describe=False)
+            MultiProcessCollector(self.registry, path=multiprocess)  # type: ignore[no-untyped-call]
+        self.state = EngineStateCollector(engine, local_in_flight=multiprocess is None)
         self.registry.register(self.state)
-        if process_metrics:
+        if process_metrics and multiprocess is None:
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)
             GCCollector(registry=self.registry)
@@ -157,12 +192,19 @@ class Metrics:
 
     def record_step(self, stats: StepStats) -> None:
         """Once per worker step (AsyncEngine's stats_sink)."""
+        self.state.last_step = stats
+        if not self.count_steps:
+            return
         self.step.observe(stats.step_seconds)
         if stats.batch_size:
             self.step_batch.observe(stats.batch_size)
         self.shared_prefix_tokens.inc(stats.num_shared_prefix_tokens)
         self.host_seconds.inc(stats.host_seconds)
-        self.state.last_step = stats
+
+    def set_in_flight(self, engine: EngineClient | None) -> None:
+        """This process's requests in flight, in multiprocess mode (a no-op otherwise)."""
+        if self.in_flight is not None and engine is not None:
+            self.in_flight.set(engine.num_in_flight)
 
     def record_work(self, record: RequestRecord) -> None:
         """Tokens and latencies of one finished request; its outcome is counted separately."""
@@ -189,10 +231,15 @@ class Metrics:
 
 
 class EngineStateCollector(Collector):
-    """Gauges read at scrape time: the worker's last step, and the client's own state."""
+    """Gauges read at scrape time: the worker's last step, and the client's own state.
+    `local_in_flight`: this process holds every request (one HTTP process): it reports them,
+    and the worker's figures read 0 when it holds none."""
 
-    def __init__(self, engine: Callable[[], EngineClient | None]) -> None:
+    def __init__(
+        self, engine: Callable[[], EngineClient | None], local_in_flight: bool = True
+    ) -> None:
         self._engine = engine
+        self._local_in_flight = local_in_flight
         self.last_step: StepStats | None = None
 
     def describe(self) -> Iterable[Metric]:
@@ -203,7 +250,10 @@ class EngineStateCollector(Collector):
         s = self.last_step
         alive = engine is not None and engine.is_worker_alive
         in_flight = engine.num_in_flight if engine is not None else None
-        idle = not alive or in_flight == 0
+        if self._local_in_flight:
+            idle = not alive or in_flight == 0
+        else:  # the worker's own word: its last step left nothing running or waiting
+            idle = not alive or (s is not None and s.num_running + s.num_waiting == 0)
         running = 0 if idle or s is None else s.num_running
         waiting = 0 if idle or s is None else s.num_waiting
         batch = 0 if idle or s is None else s.batch_size
@@ -221,11 +271,12 @@ class EngineStateCollector(Collector):
         yield _gauge(
             "gpt2_kv_cache_usage_perc", "Fraction of KV cache slots in use (0 to 1).", usage
         )
-        yield _gauge(
-            "gpt2_num_requests_in_flight",
-            "Requests the API process holds: waiting, running or streaming out.",
-            in_flight or 0,
-        )
+        if self._local_in_flight:
+            yield _gauge(
+                "gpt2_num_requests_in_flight",
+                "Requests the API process holds: waiting, running or streaming out.",
+                in_flight or 0,
+            )
         yield _gauge("gpt2_worker_up", "1 while the engine worker process is alive.", alive)
         yield _gauge(
             "gpt2_ready",

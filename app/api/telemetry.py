@@ -54,11 +54,18 @@ class Telemetry:
         settings: Settings,
         engine: Callable[[], EngineClient | None] = lambda: None,
         tracing: Tracing | None = None,
+        *,
+        count_steps: bool = True,
+        multiprocess: str | None = None,
     ) -> None:
+        """`count_steps` and `multiprocess`: see Metrics (one of --api-workers' processes)."""
+        self._engine = engine
         self.metrics = Metrics(
             settings.latency_buckets,
             engine=engine,
             max_queued_requests=settings.max_queued_requests,
+            count_steps=count_steps,
+            multiprocess=multiprocess,
         )
         self.tracing = tracing if tracing is not None else Tracing.from_env()
         self.log_prompts = settings.log_prompts
@@ -68,9 +75,13 @@ class Telemetry:
 
     def on_step(self, stats: StepStats) -> None:
         self.metrics.record_step(stats)
+        if self.metrics.in_flight is not None:
+            self.metrics.set_in_flight(self._engine())
 
     def on_record(self, record: RequestRecord) -> None:
         self.metrics.record_work(record)
+        if self.metrics.in_flight is not None:
+            self.metrics.set_in_flight(self._engine())
         ctx = self.pending.pop(record.request_id, None)
         if ctx is None:  # not started by a tracked HTTP request: count it on its own
             self.metrics.record_outcome(record.outcome)

@@ -4,6 +4,11 @@ A request is admitted while the requests not yet finished fit the running batch 
 queue, and the prompt tokens of requests not yet started fit the waiting-token budget. Beyond
 that it is refused at once (HTTP 429), with Retry-After estimated from how fast requests have
 been finishing lately, rather than left to wait without bound.
+
+With --api-workers N each HTTP process counts only its own requests, against its share of the
+limits: ceil(limit / N) of the requests in flight (max_num_seqs + max_queued_requests) and of the
+waiting prompt tokens. The shares never add up to less than the limits (at most N - 1 more),
+and a process whose share is full refuses even while another's has room.
 """
 
 from __future__ import annotations
@@ -21,10 +26,17 @@ class AdmissionControl:
     """Counts what is in flight (accepted, not yet finished) and the prompt tokens still waiting
     to be scheduled, and refuses what would pass the limits."""
 
-    def __init__(self, max_running: int, max_queued_requests: int, max_queued_tokens: int) -> None:
-        self.max_in_flight = max_running + max_queued_requests
+    def __init__(
+        self,
+        max_running: int,
+        max_queued_requests: int,
+        max_queued_tokens: int,
+        processes: int = 1,
+    ) -> None:
+        self.max_in_flight = -(-(max_running + max_queued_requests) // processes)
         self.max_queued_requests = max_queued_requests
-        self.max_queued_tokens = max_queued_tokens
+        self.max_queued_tokens = -(-max_queued_tokens // processes)
+        self.processes = processes
         self.in_flight = 0
         self.queued_tokens = 0  # prompt tokens of requests the worker has not scheduled yet
         self._finished_at: deque[float] = deque()
@@ -48,16 +60,17 @@ class AdmissionControl:
 
     def check(self, in_flight: int, queued_tokens: int, prompt_tokens: int) -> None:
         """Raise OverloadedError if one more request of prompt_tokens would not fit."""
+        share = "" if self.processes == 1 else f", this process's share over {self.processes}"
         if in_flight + 1 > self.max_in_flight:
             raise OverloadedError(
                 f"server overloaded: {in_flight} requests in flight, the limit is "
-                f"{self.max_in_flight} (max_num_seqs + max_queued_requests); retry later",
+                f"{self.max_in_flight} (max_num_seqs + max_queued_requests{share}); retry later",
                 self.retry_after(in_flight + 1 - self.max_in_flight),
             )
         if queued_tokens + prompt_tokens > self.max_queued_tokens:
             raise OverloadedError(
                 f"server overloaded: {queued_tokens} prompt tokens waiting, + {prompt_tokens} "
-                f"would pass the limit of {self.max_queued_tokens} (max_queued_tokens)",
+                f"would pass the limit of {self.max_queued_tokens} (max_queued_tokens{share})",
                 self.retry_after(1),
             )
 

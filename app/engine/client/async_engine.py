@@ -1,7 +1,9 @@
 """AsyncEngine: the EngineClient the HTTP layer uses, over an engine in a worker process.
 
 It only composes the three jobs of the API process's side, each in its own class:
-- WorkerHandle (worker_handle.py): spawn the worker, restart it when it dies;
+- WorkerHandle (worker_handle.py): spawn the worker, restart it when it dies; or, as one of
+  several API processes (--api-workers), RemoteWorker (remote_worker.py): connect to the worker
+  the supervisor runs, and again after it is restarted;
 - AdmissionControl (admission.py): bound what is in flight, with Retry-After;
 - OutputProcessor (output_processor.py): per-step token ids -> per-request text deltas.
 Plus the tokenizer, the drain, and the operator's view (stats). No torch here.
@@ -20,6 +22,7 @@ from typing import Any
 
 from app.engine.client.admission import AdmissionControl
 from app.engine.client.output_processor import OutputProcessor
+from app.engine.client.remote_worker import ApiProcess, RemoteWorker
 from app.engine.client.tokenizer import GPT2Tokenizer, load_tokenizer
 from app.engine.client.validation import ModelLimits, check_text_fits, validate_request
 from app.engine.client.worker_handle import WorkerHandle
@@ -53,10 +56,14 @@ class AsyncEngine:
         max_queued_tokens: int = 262144,
         stats_sink: Callable[[StepStats], None] | None = None,
         request_sink: Callable[[RequestRecord], None] | None = None,
+        api_process: ApiProcess | None = None,
     ) -> None:
         self.tokenizer: GPT2Tokenizer = load_tokenizer(resolve_model_dir(config.model))
         self.admission = AdmissionControl(
-            config.max_num_seqs, max_queued_requests, max_queued_tokens
+            config.max_num_seqs,
+            max_queued_requests,
+            max_queued_tokens,
+            processes=api_process.count if api_process is not None else 1,
         )
         self.outputs = OutputProcessor(
             self.tokenizer.token_bytes,
@@ -65,8 +72,10 @@ class AsyncEngine:
             abort=self._abort,
             record_sink=request_sink,
         )
-        self.worker = WorkerHandle(
-            config, model_id or config.model, self._on_message, self._on_worker_lost
+        self.worker: WorkerHandle | RemoteWorker = (
+            WorkerHandle(config, model_id or config.model, self._on_message, self._on_worker_lost)
+            if api_process is None
+            else RemoteWorker(api_process.worker_address, self._on_message, self._on_worker_lost)
         )
         self._stats_sink = stats_sink
         self._handles = itertools.count(1)  # AddRequest.handle

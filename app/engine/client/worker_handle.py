@@ -1,8 +1,11 @@
-"""The worker as seen from the API process.
+"""The worker as seen from the process that owns it.
 
-WorkerProcess is one spawned process: a command queue in, a pipe out. WorkerHandle keeps a
-worker running: it spawns one, says when it is ready, and when it dies reports the loss and
-starts a new one after a backoff.
+WorkerProcess is one spawned process and the owner's end of a socket pair to it. WorkerHandle
+keeps a worker running: it spawns one, says when it is ready, and when it dies reports the loss
+and starts a new one after a backoff. The owner is the API process itself (one API process: the
+socket pair also carries its requests and the step results), or with --api-workers the
+supervisor (app/api_workers.py), whose worker listens for the API processes on a Unix socket
+(remote_worker.py); the restart logic is this one either way.
 """
 
 from __future__ import annotations
@@ -10,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing as mp
-import pickle
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
+from app.engine.client.channel import Channel
 from app.engine.config import EngineConfig
 from app.engine.protocol import ModelInfo, Shutdown, WorkerFailed, WorkerReady
 
@@ -31,38 +35,39 @@ STABLE_SECONDS = 60.0
 class WorkerProcess:
     """Starts run_worker in a fresh interpreter (spawn: torch and CUDA never see a fork).
 
-    Commands go down a multiprocessing queue; the worker answers on a pipe whose read end the
-    event loop watches (add_reader), so a step's message is read and handled on the loop
-    itself, with no thread hand-off. Only the worker holds the write end: when it exits the
-    pipe reports EOF, and on_exit fires once, on the loop."""
+    Messages both ways are frames on a socket pair; the event loop reads the owner's end
+    (channel.py), so a step's message is read and handled on the loop itself. Only the worker
+    holds the other end: when it exits the socket reports EOF, and on_exit fires once, on the
+    loop."""
 
     def __init__(
         self,
         config: EngineConfig,
         model_id: str,
+        listen: str | None,
         loop: asyncio.AbstractEventLoop,
         on_message: Callable[[Any], object],
         on_exit: Callable[[int | None, str | None], object],
     ) -> None:
         ctx = mp.get_context("spawn")
-        self._inbox: Any = ctx.Queue()
-        reader, writer = ctx.Pipe(duplex=False)
+        mine, theirs = socket.socketpair()
         from app.engine.worker.main import run_worker
 
         self._process = ctx.Process(
             target=run_worker,
-            args=(config, model_id, self._inbox, writer),
+            args=(config, model_id, theirs, listen),
             name="gpt2-engine-worker",
             daemon=True,
         )
         self._process.start()
-        writer.close()
-        self._conn = reader
+        theirs.close()
         self._loop = loop
         self._on_message, self._on_exit = on_message, on_exit
         self._error: str | None = None
-        self._reading = True
-        loop.add_reader(reader.fileno(), self._readable)
+        self._channel = Channel(self._received, self._closed)
+        self._opening = loop.create_task(
+            loop.create_unix_connection(lambda: self._channel, sock=mine)
+        )
 
     @property
     def pid(self) -> int | None:
@@ -72,15 +77,17 @@ class WorkerProcess:
         return self._process.is_alive()
 
     def send(self, msg: Any) -> None:
-        if self._reading:
-            self._inbox.put(msg)
+        self._channel.send(msg)
 
     def kill(self) -> None:
         self._process.kill()
 
-    def stop(self, timeout: float = STOP_SECONDS) -> None:
-        """Ask the worker to exit and wait for it (blocking: call it from a thread)."""
+    async def stop(self, timeout: float = STOP_SECONDS) -> None:
+        """Ask the worker to exit and wait for it (then terminate, then kill)."""
         self.send(Shutdown())
+        await asyncio.to_thread(self._join, timeout)
+
+    def _join(self, timeout: float) -> None:
         self._process.join(timeout)
         if self._process.is_alive():
             log.warning("engine worker did not stop in %.0fs; terminating it", timeout)
@@ -90,23 +97,13 @@ class WorkerProcess:
             self._process.kill()
             self._process.join(1)
 
-    def _readable(self) -> None:
-        try:
-            while self._conn.poll():  # every whole message that has arrived
-                msg = pickle.loads(self._conn.recv_bytes())
-                if isinstance(msg, WorkerFailed):
-                    self._error = msg.error
-                self._on_message(msg)
-        except (EOFError, OSError):
-            self._closed()
+    def _received(self, msg: Any) -> None:
+        if isinstance(msg, WorkerFailed):
+            self._error = msg.error
+        self._on_message(msg)
 
     def _closed(self) -> None:
-        if not self._reading:
-            return
-        self._reading = False
-        self._loop.remove_reader(self._conn.fileno())
-        self._conn.close()
-        # The pipe is closed once the process is gone or going: reap it off the loop.
+        # The socket is closed once the process is gone or going: reap it off the loop.
         waiting = self._loop.run_in_executor(None, self._process.join, 5.0)
         waiting.add_done_callback(lambda _: self._on_exit(self._process.exitcode, self._error))
 
@@ -122,9 +119,12 @@ class WorkerHandle:
         model_id: str,
         on_message: Callable[[Any], None],
         on_lost: Callable[[int | None, str | None], None],
+        *,
+        listen: str | None = None,
     ) -> None:
         self._config = config
         self._model_id = model_id
+        self._listen = listen  # the worker's socket for the API processes (--api-workers)
         self._on_message = on_message
         self._on_lost = on_lost
         self._process: WorkerProcess | None = None
@@ -176,7 +176,7 @@ class WorkerHandle:
     async def stop(self) -> None:
         self._closing = True
         if self._process is not None:
-            await asyncio.to_thread(self._process.stop)
+            await self._process.stop()
 
     def _spawn(self) -> None:
         assert self._loop is not None
@@ -184,7 +184,12 @@ class WorkerHandle:
         self._start_error = None
         self._ready_at = None
         self._process = WorkerProcess(
-            self._config, self._model_id, loop, on_message=self._dispatch, on_exit=self._on_exit
+            self._config,
+            self._model_id,
+            self._listen,
+            loop,
+            on_message=self._dispatch,
+            on_exit=self._on_exit,
         )
 
     def _dispatch(self, msg: Any) -> None:

@@ -1,42 +1,43 @@
 """The worker process: owns the model, the KV cache and the scheduler; steps as long as there is
-work, and sleeps on its inbox when there is none.
+work, and sleeps on its sockets when there is none.
 
 Started with the spawn method (app/engine/client/worker_handle.py): torch is imported here, in a
 fresh interpreter, never in the API process. Requests arrive validated (AddRequest); the worker
-applies them as they are.
+applies them as they are. Who sends them, and who gets which rows back: clients.py.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import pickle
-import queue
 import signal
-from multiprocessing.connection import Connection
-from multiprocessing.queues import Queue
+import socket
 from typing import Any
 
 from app.engine.config import EngineConfig
 from app.engine.protocol import (
-    AbortRequest,
     AddRequest,
     ModelInfo,
     SamplingParams,
-    Shutdown,
     StepResult,
     WorkerFailed,
     WorkerReady,
 )
+from app.engine.worker.clients import Clients
 
 log = logging.getLogger(__name__)
 PARENT_CHECK_SECONDS = 1.0
 
 
-def run_worker(config: EngineConfig, model_id: str, inbox: Queue[Any], outbox: Connection) -> None:
-    """The worker's life. Commands arrive on `inbox`; every message out is one pickled frame
-    on the `outbox` pipe, encoded here on the step loop's thread (so the host cost per token
-    the engine reports includes it)."""
+def run_worker(
+    config: EngineConfig, model_id: str, owner: socket.socket, listen: str | None = None
+) -> None:
+    """The worker's life. `owner` is the spawning process's end of a socket pair: WorkerReady
+    or WorkerFailed go there, Shutdown comes from there, and its closing ends the worker. Without
+    `listen` the owner is also the one client (its requests and every step's results travel on
+    it); with it, the API processes connect to a Unix socket at that path (clients.py). Every
+    message is one frame, pickled on the step loop's thread (so the host cost per token the
+    engine reports includes it)."""
     from app.request_log import configure_logging  # stdlib only: same format as the API
 
     # Ctrl+C reaches the whole process group: the API process drains, then stops this worker.
@@ -44,6 +45,10 @@ def run_worker(config: EngineConfig, model_id: str, inbox: Queue[Any], outbox: C
     configure_logging(
         os.environ.get("GPT2_LOG_FORMAT", "json"), os.environ.get("GPT2_LOG_LEVEL", "INFO")
     )
+    # Ctrl-C reaches the whole process group: the owner decides when the worker stops (after
+    # draining), by Shutdown or by going away.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    clients = Clients(owner, owner_is_client=listen is None)
     try:
         from app.engine.worker.engine_core import EngineCore
 
@@ -51,48 +56,33 @@ def run_worker(config: EngineConfig, model_id: str, inbox: Queue[Any], outbox: C
         _warm_up(core)
     except Exception as exc:  # report, don't hang the parent waiting for "ready"
         log.exception("worker failed to start")
-        send(outbox, WorkerFailed(f"{type(exc).__name__}: {exc}"))
+        clients.send_owner(WorkerFailed(f"{type(exc).__name__}: {exc}"))
         return
-    send(outbox, WorkerReady(_model_info(core, model_id)))
+    ready = WorkerReady(_model_info(core, model_id), os.getpid())
+    if listen is not None:
+        clients.listen(listen, ready)
+    if not clients.send_owner(ready):
+        return
+    try:
+        _serve(core, clients)
+    finally:
+        clients.close()
+
+
+def _serve(core: Any, clients: Clients) -> None:
     parent = os.getppid()
     while True:
-        try:
-            if not _apply_inbox(core, inbox, block=not core.has_unfinished()):
-                return
-        except queue.Empty:  # idle and nothing came: is the parent still there?
+        busy = core.has_unfinished()
+        came = clients.poll(core, 0 if busy else PARENT_CHECK_SECONDS)
+        if came is False:  # Shutdown, or the owner is gone
+            return
+        if came is None and not busy:  # idle and nothing came: is the parent still there?
             if os.getppid() != parent:
                 return
             continue
         result: StepResult = core.step()
-        if len(result) or result.stats is not None:
-            try:
-                send(outbox, result)
-            except (BrokenPipeError, OSError):  # the API process is gone
-                return
-
-
-def send(outbox: Connection, msg: object) -> None:
-    outbox.send_bytes(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
-
-
-def _apply_inbox(core: Any, inbox: Queue[Any], block: bool) -> bool:
-    """Apply every queued command; returns False on Shutdown. Raises queue.Empty on an idle
-    timeout so the caller can check on its parent."""
-    msg = inbox.get(timeout=PARENT_CHECK_SECONDS) if block else _get_nowait(inbox)
-    while msg is not None:
-        if isinstance(msg, Shutdown):
-            return False
-        if isinstance(msg, AddRequest | AbortRequest):
-            core.apply(msg)
-        msg = _get_nowait(inbox)
-    return True
-
-
-def _get_nowait(inbox: Queue[Any]) -> Any:
-    try:
-        return inbox.get_nowait()
-    except queue.Empty:
-        return None
+        if (len(result) or result.stats is not None) and not clients.send_step(result, core):
+            return  # the owner, the one client, is gone
 
 
 def _warm_up(core: Any) -> None:
