@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # CUDA build from the Docker image instead; pyproject.toml admits both.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: install test lint unit serve bench serve-bench clean demo-model mutation
+.PHONY: install test lint unit serve bench serve-bench clean demo-model mutation soak
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -52,6 +52,13 @@ bench: install
 # The HTTP promises (issue 6): sweep, seed baseline side by side, mixed load, ceiling. ~15 min.
 serve-bench: install
 	$(PY) -m benchmarks.serve_bench $(ARGS)
+
+# Soak and chaos (issue 16; not part of `test`): the demo model on 127.0.0.1 at twice a small
+# capacity for SOAK_SECONDS (default 600), disconnects, deadlines, oversized inputs, a worker kill
+# every 200 s, a SIGTERM at the end; checks and prints a summary (docs/operations.md).
+SOAK_SECONDS ?= 600
+soak: install
+	$(PY) scripts/soak.py --seconds $(SOAK_SECONDS) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache mutants

@@ -130,6 +130,7 @@ class DrainingServer(uvicorn.Server):
         self.app, self.grace_seconds = app, grace_seconds
         self.draining = self.forced = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_task: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()

@@ -12,7 +12,8 @@ The envelope serves both client families:
 - The X-Error-Message header carries the message as plain text, which huggingface_hub puts in
   the text of the HTTP errors it raises.
 
-Status codes: 422 bad input, 401 bad key, 404 unknown route or model, 413 body too large,
+Status codes: 422 bad input, 401 bad key, 404 unknown route or model, 408 request too slow to
+arrive, 413 body too large,
 429 overloaded (with Retry-After), 503 not ready / draining / worker lost, 500 a bug of ours.
 """
 
@@ -47,6 +48,7 @@ _KINDS: dict[int, tuple[ErrorKind, ErrorType]] = {
     403: ("permission_error", "authentication"),
     404: ("not_found_error", "not_found"),
     405: ("invalid_request_error", "validation"),
+    408: ("invalid_request_error", "validation"),
     413: ("invalid_request_error", "validation"),
     415: ("invalid_request_error", "validation"),
     422: ("invalid_request_error", "validation"),

@@ -89,7 +89,7 @@ def failure_reason(exc: BaseException) -> Outcome | None:
 def reason_for_status(status: int) -> Outcome | None:
     """A failure reason from an HTTP status alone (499, the caller leaving, is not one: the
     engine reports those requests as disconnected)."""
-    if status in (400, 404, 413, 415, 422):
+    if status in (400, 404, 408, 413, 415, 422):
         return Outcome.VALIDATION
     if status == 429:
         return Outcome.OVERLOADED

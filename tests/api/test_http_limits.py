@@ -72,13 +72,24 @@ def test_a_connection_that_sends_no_headers_in_time_is_closed(port: int) -> None
     assert time.monotonic() - started < TIMEOUT * 5
 
 
+def _failures(port: int) -> float:
+    metrics = _get(port, "/metrics").decode()
+    [line] = [x for x in metrics.splitlines() if x.startswith(VALIDATION_FAILURES)]
+    return float(line.split()[-1])
+
+
+VALIDATION_FAILURES = 'gpt2_request_failure_total{reason="validation"}'
+
+
 def test_a_body_that_does_not_arrive_in_time_is_a_408(port: int) -> None:
+    before = _failures(port)
     s = _connect(port)
     s.sendall(_request(b'{"prompt"', "Content-Length: 100"))  # 9 of the 100 bytes, then nothing
     answer = _read_all(s)
     assert answer.startswith(b"HTTP/1.1 408"), answer
     body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
     assert "did not arrive within 0.5 s" in body["error"]["message"]
+    assert _failures(port) == before + 1  # counted once, as bad input
 
 
 def test_content_length_with_transfer_encoding_is_refused_and_closed(port: int) -> None:
@@ -94,6 +105,12 @@ def test_content_length_with_transfer_encoding_is_refused_and_closed(port: int) 
     assert answer.startswith(b"HTTP/1.1 400"), answer
     assert answer.count(b"HTTP/1.1") == 1 and b"connection: close" in answer.lower()
     assert b"ambiguous framing" in answer or b"Invalid HTTP request" in answer
+
+
+def _get(port: int, path: str) -> bytes:
+    s = _connect(port)
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+    return _read_all(s)
 
 
 def test_a_normal_request_and_keep_alive_still_work(port: int) -> None:
