@@ -12,9 +12,11 @@ compile and shell blocks pass `bash -n`. tests/docs/test_blocks.py shows each ch
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -42,6 +44,16 @@ def test_the_docs_have_code_blocks_to_check() -> None:
     assert len(PAGES) >= 7 and len(CODE) >= 20  # README + docs/: a failed read is not a pass
     run = [b for b in CODE if b.skip_reason is None]
     assert any("curl" in b.text for b in run) and any(b.lang in PYTHON for b in run)
+
+
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")  # [text](path#anchor): the path part
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_point_at_files_that_exist(page: Path) -> None:
+    targets = [t for t in LINK.findall(page.read_text()) if "://" not in t]
+    missing = [t for t in targets if not (page.parent / t).exists()]
+    assert not missing, f"{page.relative_to(ROOT)} links to missing files: {missing}"
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=lambda b: b.where)
