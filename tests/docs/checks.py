@@ -25,8 +25,9 @@ PYTHONS = {"python", "python3"}
 OUR_PACKAGES = ("app.", "benchmarks.", "baselines.", "scripts.")
 
 
-class Parsed(Exception):
-    """Raised by parse_args once it has parsed: the program stops before doing anything."""
+class Parsed(BaseException):
+    """Raised by parse_args once it has parsed: the program stops before doing anything. A
+    BaseException, so that a program's `except Exception` around its start cannot swallow it."""
 
 
 @contextlib.contextmanager
