@@ -62,6 +62,39 @@ def test_huggingface_hub_stream_with_details(base_url: str) -> None:
     assert tokens == [" ", "t"]
 
 
+def test_huggingface_hub_chat_completion(base_url: str) -> None:
+    """Given a URL, the client sends "model": "dummy", TGI's placeholder for "the model"."""
+    from huggingface_hub import InferenceClient
+
+    client = InferenceClient(base_url=base_url)
+    messages = [{"role": "user", "content": "Hi"}]
+    out = client.chat_completion(messages, max_tokens=3)
+    assert out.choices[0].message.content == " th"
+    assert out.model == "fake-gpt2"
+    assert out.usage.completion_tokens == 3
+    chunks = list(client.chat_completion(messages, max_tokens=3, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == " th"
+    assert chunks[-1].choices[0].finish_reason == "length"
+    chunks = list(
+        client.chat_completion(
+            messages, max_tokens=2, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 19 + 2
+
+
+def test_huggingface_hub_chat_completion_errors(base_url: str) -> None:
+    from huggingface_hub import InferenceClient
+    from huggingface_hub.errors import BadRequestError
+
+    client = InferenceClient(base_url=base_url)
+    messages = [{"role": "user", "content": "Hi"}]
+    with pytest.raises(BadRequestError, match="This model's maximum context length is 128"):
+        client.chat_completion(messages, max_tokens=500)
+    with pytest.raises(BadRequestError, match="Unrecognized request argument supplied: foo"):
+        client.chat_completion(messages, max_tokens=2, extra_body={"foo": 1})
+
+
 def test_huggingface_hub_errors_are_typed(base_url: str, fake: FakeEngineClient) -> None:
     from huggingface_hub import InferenceClient
     from huggingface_hub.errors import OverloadedError, ValidationError
@@ -101,7 +134,36 @@ def test_openai_client(base_url: str) -> None:
         stream=True,
     )
     assert "".join(c.choices[0].delta.content or "" for c in chat_stream) == " t"
-    with pytest.raises(openai.UnprocessableEntityError, match="less than or equal to 2"):
+
+
+def test_openai_client_errors(base_url: str) -> None:
+    """OpenAI's statuses and codes, as the client raises them: 400 for bad input (not 422),
+    404 model_not_found, 400 context_length_exceeded, and an unknown field named."""
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="less than or equal to 2") as bad:
         client.completions.create(model="fake-gpt2", prompt="Hi", temperature=3)
-    with pytest.raises(openai.NotFoundError):
+    assert bad.value.param == "temperature"
+    with pytest.raises(openai.NotFoundError) as missing:
         client.completions.create(model="gpt-4", prompt="Hi")
+    assert missing.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError, match="maximum context length is 128") as over:
+        client.chat.completions.create(
+            model="fake-gpt2", messages=[{"role": "user", "content": "Hi"}], max_tokens=500
+        )
+    assert over.value.code == "context_length_exceeded"
+    with pytest.raises(
+        openai.BadRequestError, match="Unrecognized request argument supplied: max_token"
+    ):
+        client.completions.create(model="fake-gpt2", prompt="Hi", extra_body={"max_token": 4})
+    # Documented OpenAI fields this server does not implement are accepted.
+    chat = client.chat.completions.create(
+        model="fake-gpt2",
+        messages=[{"role": "user", "content": "Hi"}],
+        max_completion_tokens=2,
+        store=False,
+        metadata={"k": "v"},
+        service_tier="auto",
+        parallel_tool_calls=False,
+    )
+    assert chat.choices[0].message.content == " t"

@@ -77,9 +77,10 @@ def stream(r: Any, chunk: type[BaseModel], *, done: bool = True) -> list[Any]:
     return [conforms(chunk, raw) for raw in data]
 
 
-def error(r: Any, status: int) -> ErrorResponse:
+def error(r: Any, status: int, code: str | None = None) -> ErrorResponse:
+    """The envelope; its code is OpenAI's `code` where given, else the status."""
     envelope: ErrorResponse = answer(r, ErrorResponse, status)
-    assert envelope.error.code == status
+    assert envelope.error.code == (code or status)
     return envelope
 
 
@@ -379,12 +380,17 @@ def test_engine_stats_model_covers_the_engine_view(stepped: bool) -> None:
 
 
 def test_error_envelopes(client: TestClient, fake: FakeEngineClient) -> None:
-    assert error(client.post("/v1/completions", json={"n": 17}), 422).error.param == "n"
+    assert error(client.post("/v1/completions", json={"n": 17}), 400).error.param == "n"
     assert error(client.post("/generate", json={}), 422).error_type == "validation"
     assert error(client.get("/nowhere"), 404).error_type == "not_found"
-    assert (
-        error(client.post("/v1/completions", json={"model": "gpt-4"}), 404).error.param == "model"
-    )
+    r = client.post("/v1/completions", json={"model": "gpt-4"})
+    assert error(r, 404, "model_not_found").error.param == "model"
+    r = client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 200})
+    assert error(r, 400, "context_length_exceeded").error.param == "max_tokens"
+    r = client.post("/v1/completions", json={"prompt": "Hi", "max_token": 4})
+    assert error(r, 400).error.param == "max_token"
+    r = client.post("/generate", json={"inputs": "Hi", "parameters": {"max_token": 4}})
+    assert error(r, 422).error.param == "parameters.max_token"
     assert error(client.get("/v1/completions"), 405).error_type == "validation"
     fake.overloaded = True
     assert error(client.post("/generate", json={"inputs": "Hi"}), 429).error_type == "overloaded"

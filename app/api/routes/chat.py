@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from app.api.capacity import check_choices, check_prompt_tokens
 from app.api.choices import ChoicePlan, fold, log_request, new_id, open_streams, usage
 from app.api.deps import EngineDep, RequestIdDep, SettingsDep
+from app.api.dialect import use_field_names
 from app.api.logprobs import chat_logprobs
 from app.api.openai_stream import ChunkBuilder, base_chunk, openai_events, openai_response
 from app.api.prompts import (
@@ -51,6 +52,7 @@ async def create_chat_completion(
     request_id: RequestIdDep,
 ) -> Response:
     check_model(body.model, settings)
+    use_field_names(request, _field_names(body))
     check_choices(1, body.n, engine, settings)
     info = engine.info
     prompt = render_chat(body.messages, settings)
@@ -137,6 +139,17 @@ async def create_chat_completion(
     ]
     head = base_chunk(response_id, OBJECT, created, settings.model_name)
     return openai_response(ChatResponse, head, choices, plans, results)
+
+
+def _field_names(body: ChatCompletionRequest) -> dict[str, str]:
+    """The engine's field names in this caller's words (see app/api/dialect.py)."""
+    if body.max_completion_tokens is not None:
+        max_tokens = "max_completion_tokens"
+    elif body.max_tokens is not None:
+        max_tokens = "max_tokens"
+    else:  # the rest of the window: an overflow is the messages'
+        max_tokens = "messages"
+    return {"prompt": "messages", "max_tokens": max_tokens}
 
 
 def _chunk_builder(

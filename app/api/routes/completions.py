@@ -18,6 +18,7 @@ from app.api.choices import (
     usage,
 )
 from app.api.deps import EngineDep, RequestIdDep, SettingsDep
+from app.api.dialect import use_field_names
 from app.api.logprobs import completion_logprobs, vllm_prompt_logprobs
 from app.api.openai_stream import base_chunk, openai_events, openai_response
 from app.api.prompts import check_model, completion_prompts, truncate_prompt
@@ -52,6 +53,8 @@ async def create_completion(
     request_id: RequestIdDep,
 ) -> Response:
     check_model(body.model, settings)
+    if body.max_tokens is None:  # the rest of the window: an overflow is the prompt's
+        use_field_names(request, {"max_tokens": "prompt"})
     check_choices(count_prompts(body.prompt), body.n, engine, settings)
     info = engine.info
     prompts = [

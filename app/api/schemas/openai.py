@@ -36,9 +36,17 @@ from app.api.schemas.common import (
     omitted_if_none,
     only,
 )
+from app.api.schemas.known_fields import (
+    OPENAI_CHAT_UNUSED,
+    OPENAI_STREAM_OPTIONS_UNUSED,
+    TGI_CHAT_UNUSED,
+    KnownFieldsOnly,
+)
 
 
-class StreamOptions(StrictModel):
+class StreamOptions(KnownFieldsOnly, StrictModel):
+    accepted_unused = OPENAI_STREAM_OPTIONS_UNUSED
+
     include_usage: bool = False
 
 
@@ -121,7 +129,7 @@ class CompletionRequest(SamplingFields):
         description=(
             "vLLM extension: each choice gets prompt_logprobs, per prompt token (null for the "
             "first) its logprob and rank and the N most likely tokens there. Not with "
-            "stream=true: both together answer 422"
+            "stream=true: both together answer 400"
         ),
         json_schema_extra={"x-not-with": {"stream": True}},
     )
@@ -182,6 +190,8 @@ class TextFormat(StrictModel):
 
 
 class ChatCompletionRequest(SamplingFields):
+    accepted_unused = OPENAI_CHAT_UNUSED | TGI_CHAT_UNUSED
+
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: PositiveInt | None = Field(
         default=None, description="Deprecated alias of max_completion_tokens"
@@ -193,11 +203,14 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: Annotated[int, Field(ge=0, le=20), Integral] | None = Field(
         default=None,
         description="The N most likely tokens at each position. Needs logprobs=true: "
-        "without it, 422",
+        "without it, 400",
         json_schema_extra={"x-requires": {"logprobs": True}},
     )
     tools: Annotated[list[Any], Field(max_length=0)] | None = Field(
         default=None, description="Not supported; must be null or empty"
+    )
+    functions: Annotated[list[Any], Field(max_length=0)] | None = Field(
+        default=None, description="Deprecated form of tools; not supported: null or empty"
     )
     response_format: TextFormat | None = Field(default=None, description="Only {'type': 'text'}")
 
@@ -208,7 +221,7 @@ class ChatCompletionRequest(SamplingFields):
             raise PydanticCustomError("logprobs", "needs logprobs set to true")
         return value
 
-    @field_validator("tools", mode="before")
+    @field_validator("tools", "functions", mode="before")
     @classmethod
     def _no_tools(cls, value: Any) -> Any:
         if value:
