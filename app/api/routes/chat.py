@@ -85,6 +85,8 @@ async def create_chat_completion(
     if body.stream:
         await streams.start(settings.keep_alive_seconds, request)
         base = base_chunk(response_id, CHUNK_OBJECT, created, settings.model_name)
+        # vLLM's continuous_usage_stats: every chunk carries its choice's usage so far.
+        continuous = {"usage": usage(plans[:1], [0])} if body.continuous_usage else {}
         # The role goes first, once per choice, before any text (as OpenAI streams it).
         prelude = [
             build(
@@ -99,13 +101,16 @@ async def create_chat_completion(
                             "finish_reason": None,
                         }
                     ],
+                    **continuous,
                 },
             )
             for choice in range(body.n)
         ]
         events = openai_events(
             streams,
-            build_chunk=_chunk_builder(engine, base, body.logprobs, top_n),
+            build_chunk=_chunk_builder(
+                engine, base, body.logprobs, top_n, plans if body.continuous_usage else None
+            ),
             keep_alive_seconds=settings.keep_alive_seconds,
             prelude=prelude,
             usage_chunk=(
@@ -153,8 +158,13 @@ def _field_names(body: ChatCompletionRequest) -> dict[str, str]:
 
 
 def _chunk_builder(
-    engine: EngineClient, base: dict[str, Any], logprobs: bool, top_n: int
+    engine: EngineClient,
+    base: dict[str, Any],
+    logprobs: bool,
+    top_n: int,
+    usage_of: list[ChoicePlan] | None,
 ) -> ChunkBuilder:
+    """`usage_of`: the plans, when every chunk carries its choice's usage (continuous)."""
     text_events: dict[int, TextEventTemplate] = {}
 
     def chunk(index: int, content: dict[str, str], lps: Any, finish: str | None) -> dict[str, Any]:
@@ -164,7 +174,9 @@ def _chunk_builder(
     def build_chunk(index: int, delta: GenerationDelta) -> ChatCompletionChunk | bytes | None:
         if not delta.text and not delta.logprobs and delta.finish_reason is None:
             return None  # text held back (a partial character or a possible stop string)
-        if delta.text and not logprobs and delta.finish_reason is None:  # once per token
+        if (
+            delta.text and not logprobs and delta.finish_reason is None and usage_of is None
+        ):  # once per token
             template = text_events.get(index)
             if template is None:
                 marker = {"content": TextEventTemplate.chunk_text()}
@@ -175,6 +187,8 @@ def _chunk_builder(
         lps = {"content": chat_logprobs(engine, delta.logprobs, top_n)} if logprobs else None
         content = {"content": delta.text} if delta.text else {}
         built = chunk(index, content, lps, delta.finish_reason)
+        if usage_of is not None:
+            built["usage"] = usage([usage_of[index]], [delta.num_output_tokens])
         if delta.timings is not None:
             built["timings"] = timings_ms(delta.timings)
         return build(ChatCompletionChunk, built)

@@ -147,6 +147,7 @@ class _ChunkBuilder:
         self.started = [False] * len(plans)
         self.offsets = [0] * len(plans)
         self.text_events: dict[int, TextEventTemplate] = {}
+        self.continuous_usage = body.continuous_usage
 
     def text_event(self, index: int, text: str) -> bytes:
         """The event for new text alone (no logprobs, not the last), from its template."""
@@ -176,6 +177,7 @@ class _ChunkBuilder:
             and self.started[index]
             and self.body.logprobs is None
             and delta.finish_reason is None
+            and not self.continuous_usage
         ):
             return self.text_event(index, text)  # the common case, once per token
         echo_ids: list[int] = []
@@ -197,6 +199,8 @@ class _ChunkBuilder:
         if not text and not delta.logprobs and not echo_ids and delta.finish_reason is None:
             return None  # text held back (a partial character or a possible stop string)
         chunk = self._chunk(index, text, logprobs, delta.finish_reason)
+        if self.continuous_usage:  # vLLM's: this choice's usage so far
+            chunk["usage"] = usage([plan], [delta.num_output_tokens])
         if delta.timings is not None:
             chunk["timings"] = timings_ms(delta.timings)
         return build(CompletionChunk, chunk)

@@ -48,6 +48,12 @@ class StreamOptions(KnownFieldsOnly, StrictModel):
     accepted_unused = OPENAI_STREAM_OPTIONS_UNUSED
 
     include_usage: bool = False
+    continuous_usage_stats: bool = Field(
+        default=False,
+        description=(
+            "vLLM's: with include_usage, every chunk carries the usage of its choice so far"
+        ),
+    )
 
 
 class SamplingFields(RequestBody):
@@ -98,6 +104,13 @@ class SamplingFields(RequestBody):
     @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
+
+    @property
+    def continuous_usage(self) -> bool:
+        """Usage in every chunk: vLLM's continuous_usage_stats, which needs include_usage."""
+        return self.include_usage and bool(
+            self.stream_options and self.stream_options.continuous_usage_stats
+        )
 
 
 Prompt = (
@@ -299,7 +312,10 @@ class CompletionChunk(ResponseModel):
     created: int
     model: str
     choices: list[CompletionStreamChoice]
-    usage: Usage | None = omitted_if_none("Only in the usage chunk, which has no choices")
+    usage: Usage | None = omitted_if_none(
+        "In the usage chunk, which has no choices; with stream_options.continuous_usage_stats, "
+        "in every chunk too (its choice's usage so far)"
+    )
     timings: Timings | None = omitted_if_none("Non-standard: with a choice's finish_reason")
 
 
@@ -360,7 +376,10 @@ class ChatCompletionChunk(ResponseModel):
     created: int
     model: str
     choices: list[ChatChunkChoice]
-    usage: Usage | None = omitted_if_none("Only in the usage chunk, which has no choices")
+    usage: Usage | None = omitted_if_none(
+        "In the usage chunk, which has no choices; with stream_options.continuous_usage_stats, "
+        "in every chunk too (its choice's usage so far)"
+    )
     timings: Timings | None = omitted_if_none("Non-standard: with a choice's finish_reason")
 
 
