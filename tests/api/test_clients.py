@@ -37,6 +37,7 @@ def test_huggingface_hub_text_generation(base_url: str) -> None:
 
     client = InferenceClient(model=base_url)
     assert client.text_generation("Hi", max_new_tokens=3, return_full_text=False) == " th"
+    assert client.text_generation("Hi", max_new_tokens=3, return_full_text=True) == "Hi th"
     out = client.text_generation("Hi", max_new_tokens=3, details=True, return_full_text=False)
     assert out.generated_text == " th"
     assert out.details is not None
@@ -60,6 +61,24 @@ def test_huggingface_hub_stream_with_details(base_url: str) -> None:
     assert events[-1].details.generated_tokens == len(" the quick brown fox") + 1
     tokens = list(client.text_generation("Hi", max_new_tokens=2, stream=True))
     assert tokens == [" ", "t"]
+
+
+def test_huggingface_hub_text_generation_defaults_are_tgis(base_url: str) -> None:
+    """The client posts to the base URL (TGI's POST /) and leaves return_full_text unset. TGI
+    then answers as the transformers pipeline does for a text-generation model: the prompt and
+    the completion; a stream's tokens are the new ones only, and its last event's
+    generated_text is the full text. /generate defaults to the completion alone."""
+    from huggingface_hub import InferenceClient
+
+    client = InferenceClient(model=base_url)
+    assert client.text_generation("Hi", max_new_tokens=3) == "Hi th"
+    assert list(client.text_generation("Hi", max_new_tokens=3, stream=True)) == [" ", "t", "h"]
+    events = list(client.text_generation("Hi", max_new_tokens=3, stream=True, details=True))
+    assert events[-1].generated_text == "Hi th"
+    details = client.text_generation("Hi", max_new_tokens=3, details=True)
+    assert details.generated_text == "Hi th"
+    generate = InferenceClient(model=f"{base_url}/generate")
+    assert generate.text_generation("Hi", max_new_tokens=3) == " th"
 
 
 def test_huggingface_hub_chat_completion(base_url: str) -> None:
