@@ -90,7 +90,8 @@ class FakeEngineClient:
             dtype="float32",
             device="cpu",
             max_num_seqs=4,
-            kv_slots=4,
+            kv_blocks=64,
+            kv_block_size=16,
         )
         self.admission = AdmissionControl(
             self.info.max_num_seqs, self.max_queued_requests, self.max_queued_tokens

@@ -64,7 +64,7 @@ def test_concurrent_staggered_greedy_equals_transformers_and_solo(
         ids, max_tokens = PROMPTS[i]
         (solo,) = llm.generate([ids], _greedy(max_tokens))
         assert solo.token_ids == got[i]
-    assert llm.core.slots.num_used == 0
+    assert llm.core.kv.num_used == 0
 
 
 def test_generate_returns_text_and_finish_reason(make_llm: Any) -> None:

@@ -108,9 +108,9 @@ async def create_chat_completion(
             prelude=prelude,
             usage_chunk=(
                 (
-                    lambda outputs: build(
+                    lambda outputs, cached: build(
                         ChatCompletionChunk,
-                        {**base, "choices": [], "usage": usage(plans, outputs)},
+                        {**base, "choices": [], "usage": usage(plans, outputs, cached)},
                     )
                 )
                 if body.include_usage

@@ -198,8 +198,8 @@ class _ChunkBuilder:
             chunk["timings"] = timings_ms(delta.timings)
         return build(CompletionChunk, chunk)
 
-    def usage_chunk(self, outputs: list[int]) -> CompletionChunk:
-        chunk = {**self.base, "choices": [], "usage": usage(self.plans, outputs)}
+    def usage_chunk(self, outputs: list[int], cached: list[int]) -> CompletionChunk:
+        chunk = {**self.base, "choices": [], "usage": usage(self.plans, outputs, cached)}
         return build(CompletionChunk, chunk)
 
 
