@@ -104,6 +104,7 @@ class Scheduler:
     def schedule(self, now: float) -> ScheduledBatch:
         batch = ScheduledBatch()
         budget = self.max_num_batched_tokens
+        preempted_before = self.num_preemptions
         # decode, oldest first: a sequence that cannot get a block preempts the newest
         for seq in list(self.running):
             if seq.status is not Status.RUNNING or not seq.is_decoding:
@@ -133,8 +134,10 @@ class Scheduler:
             if not seq.is_decoding and (n := chunk(seq)) > 0:
                 batch.items.append((seq, n))
         # admit, in arrival order (a long prompt with no room this step waits at the head)
+        # (not in a step that had to preempt: the blocks it freed are for the running)
         while (
             self.waiting
+            and self.num_preemptions == preempted_before
             and budget > 0
             and len(self.running) < self.max_num_seqs
             and (self.waiting[0].num_tokens <= threshold or long_budget > 0)
