@@ -218,8 +218,8 @@ class ModelInfo:
     device: str
     max_num_seqs: int
     kv_blocks: int  # KV cache blocks in the worker's pool
-    kv_block_size: int  # tokens per block
     quantization: str = "none"
+    kv_block_size: int = 16  # tokens per block
 
 
 @dataclass(frozen=True)

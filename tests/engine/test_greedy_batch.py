@@ -95,7 +95,7 @@ def test_static_padded_decode_path_matches_eager(make_llm: Any) -> None:
     llm: LLM = make_llm(max_num_seqs=8)
     runner = llm.core.runner
     runner.static_decode = StaticDecode(
-        runner.model, runner.kv, [1, 4, 8], runner.max_model_len, capture=False
+        runner.model, runner.kv, [1, 4, 8], runner.max_blocks_per_seq, capture=False
     )
     calls = []
     original = runner.static_decode.run

@@ -79,7 +79,9 @@ def test_prefix_cache_hits_give_transformers_tokens_and_skip_their_prefill(
     cached.core.kv.check([])
 
 
-def test_siblings_wait_for_the_prefix_and_reuse_it(make_llm: Any, hf_model: GPT2LMHeadModel) -> None:
+def test_siblings_wait_for_the_prefix_and_reuse_it(
+    make_llm: Any, hf_model: GPT2LMHeadModel
+) -> None:
     """The n choices of one request arrive together: the first computes the prompt, the others
     wait a step and reuse its blocks."""
     prompt = _prompts()[0]

@@ -11,15 +11,13 @@ context, other processes) and that step's transient peak.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 
 from app.engine.config import EngineConfig
 from app.model.attention import AttnBatch, KVCache, PrefillChunk, bytes_per_block
-
-if TYPE_CHECKING:
-    from app.engine.worker.model_runner import ModelRunner
+from app.model.gpt2 import GPT2
 
 log = logging.getLogger(__name__)
 DEFAULT_KV_CACHE_TOKENS = 32 * 1024
@@ -27,7 +25,18 @@ DEFAULT_KV_CACHE_TOKENS = 32 * 1024
 TYPICAL_SEQUENCE_TOKENS = 160
 
 
-def num_blocks(runner: ModelRunner, config: EngineConfig) -> int:
+@dataclass(frozen=True)
+class Loaded:
+    """What sizing needs of the runner: the loaded model and where it runs."""
+
+    model: GPT2
+    device: torch.device
+    dtype: torch.dtype
+    block_size: int
+    max_model_len: int
+
+
+def num_blocks(runner: Loaded, config: EngineConfig) -> int:
     c = runner.model.config
     per_block = bytes_per_block(c.n_layer, c.n_head, c.head_dim, runner.block_size, runner.dtype)
     if config.kv_cache_tokens is not None or runner.device.type != "cuda":
@@ -72,7 +81,7 @@ def log_capacity(blocks: int, block_size: int, max_model_len: int) -> None:
 
 
 @torch.inference_mode()
-def _profile_free_bytes(runner: ModelRunner, config: EngineConfig) -> int:
+def _profile_free_bytes(runner: Loaded, config: EngineConfig) -> int:
     """Bytes the KV cache may take on this CUDA device."""
     c = runner.model.config
     device = runner.device

@@ -89,7 +89,12 @@ class ModelRunner:
         self.max_model_len = min(config.max_model_len or mcfg.n_positions, mcfg.n_positions)
         self.block_size = config.block_size
         self.max_blocks_per_seq = -(-self.max_model_len // self.block_size)
-        self.num_blocks = kv_cache_sizing.num_blocks(self, config)
+        self.num_blocks = kv_cache_sizing.num_blocks(
+            kv_cache_sizing.Loaded(
+                self.model, self.device, self.dtype, self.block_size, self.max_model_len
+            ),
+            config,
+        )
         # One more physical block than the pool hands out: block 0 is the scratch block.
         self.kv = KVCache(
             mcfg.n_layer,
