@@ -105,7 +105,9 @@ def ttft(args: argparse.Namespace, model: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", choices=["capacity", "ttft"])
-    parser.add_argument("--shape", choices=["small", "124m"], help="default: capacity small, ttft 124m")
+    parser.add_argument(
+        "--shape", choices=["small", "124m"], help="default: capacity small, ttft 124m"
+    )
     parser.add_argument("--streams", type=int, default=256)
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--gen-len", type=int, help="default: capacity 128, ttft 4")

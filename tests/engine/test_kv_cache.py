@@ -122,11 +122,11 @@ def test_admission_takes_every_block_of_the_prompt() -> None:
 def test_a_later_request_reuses_the_cached_prefix_of_a_finished_one() -> None:
     s = _scheduler(blocks=16)
     system = list(range(100, 112))  # three full blocks
-    first = _seq("first", system + [1, 2], max_tokens=1)
+    first = _seq("first", [*system, 1, 2], max_tokens=1)
     s.add(first)
     _finish_all(s)
     assert first.is_finished and s.kv.num_used == 0  # blocks free, still cached
-    full = _seq("full", system + [1, 2])  # the same prompt: 12 of its 14 tokens cached
+    full = _seq("full", [*system, 1, 2])  # the same prompt: 12 of its 14 tokens cached
     partly = _seq("partly", system[:8] + [50] * 6)  # two blocks in common
     miss = _seq("miss", [60] * 14)
     for seq in (full, partly, miss):
@@ -155,7 +155,7 @@ def test_generated_tokens_are_cached_for_the_next_turn() -> None:
     turn1 = _seq("t1", list(range(100, 106)), max_tokens=6, ignore_eos=True)
     s.add(turn1)
     _finish_all(s)
-    turn2 = _seq("t2", turn1.token_ids + [1, 2, 3])  # 12 tokens of history + 3 new
+    turn2 = _seq("t2", [*turn1.token_ids, 1, 2, 3])  # 12 tokens of history + 3 new
     s.add(turn2)
     s.schedule(0.0)
     assert turn2.num_cached_tokens == 8  # prompt and answer: the two full blocks computed
