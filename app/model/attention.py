@@ -27,6 +27,25 @@ import torch.nn.functional as F
 NULL_BLOCK = 0  # scratch block: padding rows write here, nothing live reads it
 
 
+class GatherBuffers:
+    """Two reusable buffers the decode gather copies keys and values into, grown on demand.
+    On CPU a fresh multi-megabyte tensor per layer paid its page faults every time: gathering
+    32 rows x 96 tokens of GPT-2 124M took 2.8 ms into a new tensor and 0.4 ms into a reused
+    one, 24 times a step. (CUDA's caching allocator has no such cost; graphs use none.)"""
+
+    def __init__(self) -> None:
+        self.flat: list[torch.Tensor | None] = [None, None]
+
+    def take(self, which: int, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        numel = 1
+        for n in shape:
+            numel *= n
+        buf = self.flat[which]
+        if buf is None or buf.numel() < numel or buf.dtype != like.dtype:
+            buf = self.flat[which] = torch.empty(numel, dtype=like.dtype, device=like.device)
+        return buf[:numel].view(shape)
+
+
 @dataclass
 class DecodeRows:
     """Rows [0, n) of the batch: one token each, attending over its own blocks."""
@@ -34,6 +53,7 @@ class DecodeRows:
     block_tables: torch.Tensor  # (n, max_blocks) long: each row's blocks, NULL_BLOCK-padded
     positions: torch.Tensor  # (n,) long: position of each row's token
     bias: torch.Tensor  # (n, 1, L) float, L = max_blocks * block_size: 0 where visible, -inf not
+    buffers: GatherBuffers | None = None  # where the gather copies to; None: fresh tensors
 
 
 @dataclass
@@ -132,11 +152,16 @@ def attend(
     return out
 
 
-def gather(cache: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
-    """(H, blocks, bs, D) cache, (n, m) tables -> (H, n, m * bs, D), one copy."""
+def gather(
+    cache: torch.Tensor, block_tables: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(H, blocks, bs, D) cache, (n, m) tables -> (H, n, m * bs, D), one copy (into `out`,
+    shaped (H, n * m, bs, D), when given)."""
     h, _, bs, d = cache.shape
     n, m = block_tables.shape
-    return cache.index_select(1, block_tables.reshape(-1)).view(h, n, m * bs, d)
+    if out is None:
+        return cache.index_select(1, block_tables.reshape(-1)).view(h, n, m * bs, d)
+    return torch.index_select(cache, 1, block_tables.reshape(-1), out=out).view(h, n, m * bs, d)
 
 
 def _attend_decode(
@@ -145,8 +170,13 @@ def _attend_decode(
     cache_v: torch.Tensor,
     d: DecodeRows,
 ) -> torch.Tensor:
-    keys = gather(cache_k, d.block_tables)  # (H, n, L, D)
-    values = gather(cache_v, d.block_tables)
+    out_k = out_v = None
+    if d.buffers is not None:
+        h, _, bs, hd = cache_k.shape
+        shape = (h, d.block_tables.numel(), bs, hd)
+        out_k, out_v = d.buffers.take(0, shape, cache_k), d.buffers.take(1, shape, cache_v)
+    keys = gather(cache_k, d.block_tables, out_k)  # (H, n, L, D)
+    values = gather(cache_v, d.block_tables, out_v)
     # Two batched mat-vec products: for one query row this ran faster on CPU than SDPA's
     # flash kernel, and the additive mask is built once per step rather than once per layer.
     qh = q.transpose(0, 1).unsqueeze(2)  # (H, n, 1, D)

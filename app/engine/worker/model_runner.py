@@ -21,6 +21,7 @@ from app.model.attention import (
     NULL_BLOCK,
     AttnBatch,
     DecodeRows,
+    GatherBuffers,
     KVCache,
     PrefillChunk,
     decode_bias,
@@ -105,6 +106,8 @@ class ModelRunner:
             self.dtype,
             self.device,
         )
+        # Reused across layers and steps on CPU (see GatherBuffers); CUDA allocates its own.
+        self.gather_buffers = GatherBuffers() if self.device.type == "cpu" else None
         self.static_decode: StaticDecode | None = None
         if self.device.type == "cuda" and config.cuda_graphs:
             sizes = [b for b in config.cuda_graph_batch_sizes if b <= config.max_num_seqs]
@@ -243,6 +246,7 @@ class ModelRunner:
             block_tables=self._tensor([b for t in tables for b in t]).view(len(singles), width),
             positions=positions,
             bias=decode_bias(positions + 1, width * self.block_size, self.dtype),
+            buffers=self.gather_buffers,
         )
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
