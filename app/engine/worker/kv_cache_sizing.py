@@ -1,7 +1,7 @@
 """How many KV blocks the worker allocates, and what they allow.
 
 On CPU (or whenever kv_cache_tokens is set) the pool holds kv_cache_tokens tokens: by default
-32 x 1024, the memory today's default of 32 full-length slots took. On CUDA it is sized from the
+32 x 1024, the memory the former default of 32 full-length slots took. On CUDA it is sized from the
 device, as vLLM does: run the worst step the scheduler can produce (max_num_batched_tokens of
 prompt, max_num_seqs rows of logits) on the loaded weights, then give the KV cache what is left
 of gpu_memory_utilization x the device's memory after everything in use now (weights, CUDA
