@@ -3,7 +3,8 @@
 Every step, in this order, until the step's token budget is spent:
 1. every decoding sequence gets one token (running streams are never starved by prefill);
 2. sequences part-way through their prompt get their next chunk (chunked prefill);
-3. waiting sequences are admitted in arrival order while their KV blocks and a running place are free.
+3. waiting sequences are admitted in arrival order while their KV blocks and a running place
+   are free.
 
 While any sequence decodes, long prompts (more than `max_prefill_tokens_while_decoding` tokens
 left) share at most that many tokens of the step (a fixed setting, or set before each step by
