@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from scripts.compat.clients import Client, Target
@@ -24,7 +25,7 @@ from scripts.compat.clients.aiperf import Aiperf
 from scripts.compat.clients.guidellm import Guidellm
 from scripts.compat.clients.inference_perf import InferencePerf
 from scripts.compat.clients.litellm import Litellm
-from scripts.compat.server import DEMO_MODEL, LocalServer
+from scripts.compat.server import DEMO_MODEL, LocalServer, Server
 from scripts.compat.venvs import CACHE, ensure_venv, find_python
 from scripts.compat.verdict import Verdict, detail_lines, judge, summary_line
 
@@ -52,6 +53,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output-tokens", type=int, default=16)
     p.add_argument(
         "--client-timeout", type=float, default=300, help="seconds before a client is killed"
+    )
+    p.add_argument(
+        "--url",
+        help="use the gpt2-serve already running at this local URL instead of starting one "
+        "(nothing else may use it meanwhile: its counters are compared)",
+    )
+    p.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=DEMO_MODEL,
+        help="tokenizer directory the clients load (default: the demo model's)",
     )
     p.add_argument("--work-dir", type=Path, default=None, help="logs and reports (default: new)")
     args = p.parse_args(argv)
@@ -108,7 +120,7 @@ def install(client: Client, work: Path) -> tuple[Path | None, str | None]:
 
 
 def run_client(
-    client: Client, bin_dir: Path, server: LocalServer, target: Target, work: Path, timeout: float
+    client: Client, bin_dir: Path, server: Server, target: Target, work: Path, timeout: float
 ) -> Verdict:
     out_dir = work / client.name
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -132,6 +144,44 @@ def run_client(
     return judge(client.name, client.version, report, after.minus(before), failure=failure)
 
 
+class TooLong(Exception):
+    """The workload does not fit the model's context window."""
+
+
+def serving(args: argparse.Namespace, work: Path) -> AbstractContextManager[Server]:
+    if args.url:
+        print(f"[compat] using the server at {args.url}", flush=True)
+        return nullcontext(Server(args.url))
+    print("[compat] starting the server on the demo model", flush=True)
+    return LocalServer(work / "server.log")
+
+
+def run_all(
+    installed: list[tuple[Client, Path]], server: Server, args: argparse.Namespace, work: Path
+) -> list[Verdict]:
+    window = server.context_window()
+    if args.prompt_tokens + args.output_tokens + PROMPT_MARGIN > window:
+        raise TooLong(
+            f"--prompt-tokens ({args.prompt_tokens}) + --output-tokens ({args.output_tokens}) "
+            f"+ {PROMPT_MARGIN} for templates must fit the model's context window of {window} "
+            "tokens"
+        )
+    target = Target(
+        url=server.url,
+        model=server.model_name(),
+        tokenizer=args.tokenizer,
+        context_window=window,
+        requests=args.requests,
+        concurrency=args.concurrency,
+        prompt_tokens=args.prompt_tokens,
+        output_tokens=args.output_tokens,
+    )
+    return [
+        run_client(client, bin_dir, server, target, work, args.client_timeout)
+        for client, bin_dir in installed
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     chosen = [c for c in CLIENTS if not args.only or c.name in args.only]
@@ -148,31 +198,12 @@ def main(argv: list[str] | None = None) -> int:
             installed.append((client, bin_dir))
 
     if installed:
-        print("[compat] starting the server on the demo model", flush=True)
-        with LocalServer(work / "server.log") as server:
-            window = server.context_window()
-            if args.prompt_tokens + args.output_tokens + PROMPT_MARGIN > window:
-                print(
-                    f"--prompt-tokens ({args.prompt_tokens}) + --output-tokens "
-                    f"({args.output_tokens}) + {PROMPT_MARGIN} for templates must fit the "
-                    f"model's context window of {window} tokens",
-                    file=sys.stderr,
-                )
-                return 2
-            target = Target(
-                url=server.url,
-                model=server.model_name(),
-                tokenizer=DEMO_MODEL,
-                context_window=window,
-                requests=args.requests,
-                concurrency=args.concurrency,
-                prompt_tokens=args.prompt_tokens,
-                output_tokens=args.output_tokens,
-            )
-            for client, bin_dir in installed:
-                verdicts.append(
-                    run_client(client, bin_dir, server, target, work, args.client_timeout)
-                )
+        try:
+            with serving(args, work) as server:
+                verdicts += run_all(installed, server, args, work)
+        except TooLong as exc:
+            print(exc, file=sys.stderr)
+            return 2
 
     order = {c.name: i for i, c in enumerate(CLIENTS)}
     verdicts.sort(key=lambda v: order[v.name])

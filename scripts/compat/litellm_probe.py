@@ -81,7 +81,7 @@ def overflow(args: argparse.Namespace) -> dict[str, Any]:
     except Exception as exc:
         return {
             "exception": type(exc).__name__,
-            "bases": [c.__name__ for c in type(exc).__mro__[1:4]],
+            "bases": [f"{c.__module__}.{c.__name__}" for c in type(exc).__mro__[1:4]],
             "status": getattr(exc, "status_code", None),
             "message": str(exc)[:300],
             "is_context_window_error": isinstance(exc, litellm.ContextWindowExceededError),

@@ -44,13 +44,40 @@ def parse_samples(text: str) -> dict[str, float]:
     return samples
 
 
-class LocalServer:
+class Server:
+    """A server already running at `url` (`--url`): only read, never started or stopped."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+
+    def model_name(self) -> str:
+        models = httpx.get(self.url + "/v1/models", timeout=10).json()
+        return str(models["data"][0]["id"])
+
+    def context_window(self) -> int:
+        models = httpx.get(self.url + "/v1/models", timeout=10).json()
+        return int(models["data"][0]["max_model_len"])
+
+    def counts(self) -> ServerCounts:
+        """The counters once nothing is in flight: they move when a request ends, which can be
+        a moment after its client has the last byte."""
+        deadline = time.monotonic() + IDLE_SECONDS
+        while time.monotonic() < deadline:
+            stats = httpx.get(self.url + "/v1/engine/stats", timeout=10).json()
+            if stats["requests_in_flight"] == 0:
+                break
+            time.sleep(0.2)
+        text = httpx.get(self.url + "/metrics", timeout=10).text
+        return counts_from_samples(parse_samples(text))
+
+
+class LocalServer(Server):
     """`with LocalServer(log_path) as server:` starts gpt2-serve and stops it (SIGTERM, then
     SIGKILL) on the way out, whatever happened inside."""
 
     def __init__(self, log_path: Path, extra_args: list[str] | None = None) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(f"http://127.0.0.1:{self.port}")
         self.log_path = log_path
         self.extra_args = extra_args or []
         self.process: subprocess.Popen[bytes] | None = None
@@ -107,23 +134,3 @@ class LocalServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-
-    def model_name(self) -> str:
-        models = httpx.get(self.url + "/v1/models", timeout=10).json()
-        return str(models["data"][0]["id"])
-
-    def context_window(self) -> int:
-        models = httpx.get(self.url + "/v1/models", timeout=10).json()
-        return int(models["data"][0]["max_model_len"])
-
-    def counts(self) -> ServerCounts:
-        """The counters once nothing is in flight: they move when a request ends, which can be
-        a moment after its client has the last byte."""
-        deadline = time.monotonic() + IDLE_SECONDS
-        while time.monotonic() < deadline:
-            stats = httpx.get(self.url + "/v1/engine/stats", timeout=10).json()
-            if stats["requests_in_flight"] == 0:
-                break
-            time.sleep(0.2)
-        text = httpx.get(self.url + "/metrics", timeout=10).text
-        return counts_from_samples(parse_samples(text))

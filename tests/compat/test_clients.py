@@ -262,3 +262,33 @@ def test_a_client_exit_status_is_reported(tmp_path: Path) -> None:
     assert (
         runner.run_bounded([sys.executable, "-c", "pass"], {}, tmp_path, tmp_path / "l", 30) == ""
     )
+
+
+class _StubServer:
+    url = "http://127.0.0.1:5555"
+
+    def context_window(self) -> int:
+        return 256
+
+    def model_name(self) -> str:
+        return "gpt2-demo"
+
+
+def test_a_workload_longer_than_the_context_window_is_refused_naming_the_flags() -> None:
+    args = runner.parse_args(["--prompt-tokens", "200", "--output-tokens", "40"])
+    with pytest.raises(runner.TooLong, match=r"--prompt-tokens \(200\) \+ --output-tokens \(40\)"):
+        runner.run_all([], _StubServer(), args, Path("/nowhere"))  # type: ignore[arg-type]
+
+
+def test_bad_sizes_are_refused_at_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        runner.parse_args(["--requests", "0"])
+    assert "--requests must be at least 1" in capsys.readouterr().err
+
+
+def test_with_url_the_running_server_is_used_and_nothing_is_started(tmp_path: Path) -> None:
+    args = runner.parse_args(["--url", "http://127.0.0.1:5555/"])
+    with runner.serving(args, tmp_path) as server:
+        assert type(server) is runner.Server
+        assert server.url == "http://127.0.0.1:5555"
+    assert list(tmp_path.iterdir()) == []  # no server log: nothing was started
