@@ -45,7 +45,6 @@ from typing import Any
 from app.config import Settings, to_engine_config
 from app.engine.client.remote_worker import ApiProcess
 from app.engine.client.worker_handle import WorkerHandle
-from app.preflight import address_error
 from app.startup_errors import StartupError, describe
 
 log = logging.getLogger("gpt2_serve")
@@ -82,12 +81,6 @@ class Supervisor:
         self._api_failed = asyncio.Event()
 
     async def run(self, listener: socket.socket) -> int:
-        settings = self.settings
-        try:
-            listener.listen(2048)
-        except OSError as exc:  # another process listens there since our bind
-            self.startup_error = address_error(settings.host, settings.port, exc)
-            return int(self.startup_error.status)
         listener.set_inheritable(True)
         run_dir = tempfile.mkdtemp(prefix="gpt2-serve-")
         try:

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from app.cli_flags import add_engine_flags, add_settings_flags, settings_from
 from app.config import Settings, to_engine_config
-from app.preflight import address_error, bind_listener, check_model
+from app.preflight import bind_listener, check_model
 from app.startup_errors import EXIT_STATUSES, StartupError, describe
 
 log = logging.getLogger("gpt2_serve")
@@ -151,12 +151,6 @@ class DrainingServer(uvicorn.Server):
             lifespan.logger = _ErrorsAtDebug(loud, {})
         try:
             await super().startup(sockets)
-        except OSError as exc:
-            # Another process began listening on the port between our bind and our listen
-            # (two servers started at once): the same answer as a port found taken at start.
-            await lifespan.shutdown()
-            host, port = self.address or ("?", 0)
-            raise address_error(host, port, exc) from exc
         finally:
             if loud is not None:
                 lifespan.logger = loud

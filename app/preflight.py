@@ -13,12 +13,14 @@ import socket
 from app.hub import ModelNotFoundError, check_checkpoint, looks_like_path, resolve_model_dir
 from app.startup_errors import ExitStatus, StartupError
 
+BACKLOG = 2048  # uvicorn's default
+
 
 def bind_listener(host: str, port: int) -> socket.socket:
-    """The server's socket, bound now and kept: the port is ours while the model loads, and
-    uvicorn (or --api-workers' processes) listens on this very socket, so nothing can take the
-    port in between. Not listening yet: until the server is up, connections are refused rather
-    than left waiting in the backlog."""
+    """The server's socket, bound and listening now, before the model loads: a taken port is
+    known at once, and the port is ours while the model loads (uvicorn, or --api-workers'
+    processes, accept on this very socket). Connections made meanwhile wait in the backlog and
+    are answered once the server is up, as with gunicorn, rather than refused."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -33,7 +35,10 @@ def bind_listener(host: str, port: int) -> socket.socket:
     # As uvicorn does: a restart may bind while the last run's connections are in TIME_WAIT.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
+        # Listening at once, not only bound: two bound sockets may share a port (SO_REUSEADDR)
+        # until one listens, and a server that found out only then would have loaded for nothing.
         sock.bind(address)
+        sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
         raise address_error(host, port, exc) from exc
