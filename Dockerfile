@@ -67,7 +67,7 @@ RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))
     && pip install --no-cache-dir -r /tmp/requirements.txt
 
 # The source: the only layers rebuilt when app/ changes.
-COPY README.md ./
+COPY README.md LICENSE ./
 COPY app ./app
 RUN pip install --no-cache-dir --no-deps . \
     && gpt2-serve --help >/dev/null

@@ -69,17 +69,23 @@ def create_app(
                 app.state.telemetry.close()
             return
         config = to_engine_config(settings)
-        client = AsyncEngine(
-            config,
-            model_id=settings.model_name,
-            max_queued_requests=settings.max_queued_requests,
-            max_queued_tokens=settings.max_queued_tokens,
-            stats_sink=app.state.telemetry.on_step,
-            request_sink=app.state.telemetry.on_record,
-            api_process=api_process,
-        )
-        logger.info("starting the engine for %s", config.model)
-        await client.start()
+        try:
+            client = AsyncEngine(
+                config,
+                model_id=settings.model_name,
+                max_queued_requests=settings.max_queued_requests,
+                max_queued_tokens=settings.max_queued_tokens,
+                stats_sink=app.state.telemetry.on_step,
+                request_sink=app.state.telemetry.on_record,
+                api_process=api_process,
+            )
+            logger.info("starting the engine for %s", config.model)
+            await client.start()
+        except Exception as exc:
+            # uvicorn only logs a failed startup (the CLI quiets that to DEBUG); the CLI reads
+            # the cause here to report it in one line with its exit status (app/startup_errors).
+            app.state.startup_error = exc
+            raise
         _settle_garbage_collector()
         info = client.info
         logger.log(
@@ -113,6 +119,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.engine = engine
+    app.state.startup_error = None
     app.state.started_at = int(time.time())
     app.state.telemetry = telemetry or Telemetry(
         settings,
@@ -163,14 +170,17 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
 
 
 def _install_openapi(app: FastAPI) -> None:
-    """The schema FastAPI builds, plus the one limit known only once the model is loaded: the
-    largest token id, written into every field marked as a token id."""
+    """The schema FastAPI builds, less the 422 answers FastAPI adds to every route with a body
+    (the OpenAI routes answer bad input with 400, which they declare), plus the one limit known
+    only once the model is loaded: the largest token id, written into every field marked as a
+    token id."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
             return app.openapi_schema
         schema = build()
+        _drop_default_validation_answers(schema)
         engine = app.state.engine
         if engine is None:
             app.openapi_schema = None  # build again once the engine is there
@@ -179,6 +189,21 @@ def _install_openapi(app: FastAPI) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+_FASTAPI_422 = "#/components/schemas/HTTPValidationError"
+
+
+def _drop_default_validation_answers(schema: dict[str, Any]) -> None:
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            answer = operation.get("responses", {}).get("422", {})
+            ref = answer.get("content", {}).get("application/json", {}).get("schema", {})
+            if ref.get("$ref") == _FASTAPI_422:
+                del operation["responses"]["422"]
+    components = schema.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
 
 
 def _set_token_id_maximum(node: Any, maximum: int) -> None:

@@ -9,16 +9,25 @@ from app.api.schemas.openai import ChatMessage, Prompt
 from app.config import Settings
 from app.engine.protocol import EngineClient
 
+# Names clients send when they cannot know a single-model server's model: TGI's documented
+# "tgi" (its router serves the loaded model for it), and huggingface_hub's "dummy", which its
+# InferenceClient sends to /v1/chat/completions when it was given a URL rather than a model id.
+PLACEHOLDER_MODELS = frozenset({"tgi", "dummy"})
+
 
 def check_model(requested: str | None, settings: Settings) -> None:
-    """A "model" field must name this server's model (as OpenAI and vLLM answer: 404): its
-    served name only, never the path it was loaded from."""
-    if requested is None or requested == settings.model_name:
+    """A "model" field must name this server's model or be a placeholder (PLACEHOLDER_MODELS):
+    its served name only, never the path it was loaded from. Another name is OpenAI's 404
+    model_not_found, which litellm, for one, maps to its NotFoundError."""
+    if requested is None or requested == settings.model_name or requested in PLACEHOLDER_MODELS:
         return
     raise APIError(
         404,
-        f"model {requested!r} is not served here; this server serves {settings.model_name!r}",
+        f"The model {requested!r} does not exist: this server serves {settings.model_name!r} "
+        f"(as do the placeholders {', '.join(sorted(PLACEHOLDER_MODELS))})",
         param="model",
+        code="model_not_found",
+        kind="invalid_request_error",
     )
 
 

@@ -6,6 +6,8 @@ servers and report latency, throughput, errors and (for gpt2-serve) the server's
     gpt2-serve bench --url http://127.0.0.1:8000 --baseline-url http://127.0.0.1:8001 \\
         --compare llama.cpp=http://127.0.0.1:8080 --request-rate 1 2 4 --duration 60
     gpt2-serve bench --url http://127.0.0.1:8000 --mixed    # long prompts amid 32 streams
+    gpt2-serve bench --url http://127.0.0.1:8000 --chat --chat-conversations 16 \\
+        --chat-turns 4 --chat-system-prompt-len 200 --chat-user-len 32 --output-len 32
 
 See docs/bench.md.
 """
@@ -21,6 +23,8 @@ from pathlib import Path
 
 import httpx
 
+from app.bench.chat import ChatResult, ChatSettings, run_chat
+from app.bench.chat_report import chat_json, render_chat
 from app.bench.client import served_model
 from app.bench.metrics_check import Tolerance
 from app.bench.mixed import MixedResult, MixedSettings, run_mixed
@@ -96,11 +100,23 @@ def build_parser() -> argparse.ArgumentParser:
     w = p.add_argument_group("workload")
     prompt = w.add_mutually_exclusive_group()
     prompt.add_argument("--prompt-len", type=_positive_int, help="prompt tokens (default 32)")
-    prompt.add_argument("--prompt-len-range", type=_positive_int, nargs=2, metavar=("LO", "HI"))
+    prompt.add_argument(
+        "--prompt-len-range",
+        type=_positive_int,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="prompt tokens drawn uniformly from LO..HI",
+    )
     prompt.add_argument("--dataset", type=Path, help='JSONL: {"prompt": ..., "output_len": ...}')
     output = w.add_mutually_exclusive_group()
     output.add_argument("--output-len", type=_positive_int, help="max_tokens (default 128)")
-    output.add_argument("--output-len-range", type=_positive_int, nargs=2, metavar=("LO", "HI"))
+    output.add_argument(
+        "--output-len-range",
+        type=_positive_int,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="max_tokens drawn uniformly from LO..HI",
+    )
     w.add_argument(
         "--shared-prefix-len",
         type=_non_negative_int,
@@ -135,7 +151,93 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--mixed-streams", type=_positive_int, default=32, help="decoding streams (32)")
     m.add_argument("--mixed-probe-len", type=_positive_int, default=512, help="probe prompt (512)")
     m.add_argument("--mixed-probes", type=_positive_int, default=3, help="probes per phase (3)")
+
+    c = p.add_argument_group("multi-turn chat (instead of a sweep; see app/bench/chat.py)")
+    c.add_argument(
+        "--chat",
+        action="store_true",
+        help="conversations whose every turn resends the conversation so far: TTFT by turn "
+        "and the server's prefix cache hit rate (answers: --output-len)",
+    )
+    c.add_argument("--chat-conversations", type=_positive_int, default=16, help="run at once (16)")
+    c.add_argument(
+        "--chat-turns", type=_positive_int, default=4, help="per conversation, one by one (4)"
+    )
+    c.add_argument(
+        "--chat-system-prompt-len",
+        type=_non_negative_int,
+        default=0,
+        help="tokens of a system prompt every conversation starts with (0: none)",
+    )
+    c.add_argument(
+        "--chat-user-len", type=_positive_int, default=32, help="tokens of each user message (32)"
+    )
+    c.add_argument(
+        "--chat-max-model-len",
+        type=_positive_int,
+        help="the context window a conversation stops at (default: the server's GET /v1/models)",
+    )
     return p
+
+
+# Sweep flags that mean nothing to --chat: refused rather than silently ignored.
+_NOT_WITH_CHAT = {
+    "mixed": "--mixed",
+    "concurrency": "--concurrency",
+    "request_rate": "--request-rate",
+    "num_requests": "--num-requests",
+    "duration": "--duration",
+    "prompt_len": "--prompt-len",
+    "prompt_len_range": "--prompt-len-range",
+    "dataset": "--dataset",
+    "shared_prefix_len": "--shared-prefix-len",
+    "output_len_range": "--output-len-range",
+    "plot_dir": "--plot-dir",
+}
+
+
+def chat_settings_from(args: argparse.Namespace) -> ChatSettings:
+    for name, flag in _NOT_WITH_CHAT.items():
+        if getattr(args, name):
+            raise WorkloadError(
+                f"{flag} does not apply to --chat (conversations: --chat-conversations, user "
+                "messages: --chat-user-len, system prompt: --chat-system-prompt-len)"
+            )
+    if args.processes != 1:
+        raise WorkloadError("--processes does not apply to --chat (one client process)")
+    return ChatSettings(
+        conversations=args.chat_conversations,
+        turns=args.chat_turns,
+        system_prompt_len=args.chat_system_prompt_len,
+        user_len=args.chat_user_len,
+        output_len=args.output_len or 128,
+        ignore_eos=args.ignore_eos,
+        temperature=args.temperature,
+        warmup=args.warmup,
+        timeout=args.timeout,
+        seed=args.seed,
+        max_model_len=args.chat_max_model_len,
+        metrics_check=not args.no_metrics_check,
+        tolerance=Tolerance(absolute=args.metrics_tolerance[0], relative=args.metrics_tolerance[1]),
+    )
+
+
+async def _run_chats(targets: list[Target], settings: ChatSettings) -> list[ChatResult]:
+    return [await run_chat(target, settings) for target in targets]
+
+
+def _main_chat(parser: argparse.ArgumentParser, args: argparse.Namespace, command: str) -> int:
+    try:
+        settings = chat_settings_from(args)
+        targets = targets_from(args)
+    except WorkloadError as exc:
+        parser.error(str(exc))
+    results = asyncio.run(_run_chats(targets, settings))
+    print(render_chat(command, results), flush=True)
+    if args.json is not None:
+        write_json(args.json, chat_json(command, results))
+        print(f"wrote {args.json}")
+    return 0
 
 
 async def _run_mixed(args: argparse.Namespace) -> MixedResult:
@@ -206,6 +308,8 @@ def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     command = shlex.join(["gpt2-serve", "bench", *argv])
+    if args.chat:
+        return _main_chat(parser, args, command)
     if args.mixed:
         mixed = asyncio.run(_run_mixed(args))
         print("\n".join([f"$ {command}", *mixed.lines()]), flush=True)

@@ -33,6 +33,7 @@ class RequestResult:
     send_time: float
     first_token_time: float | None = None
     token_times: list[float] = field(default_factory=list)  # arrival of each chunk with text
+    chunks: list[str] = field(default_factory=list)  # the text of each of those chunks
     end_time: float | None = None
     output_tokens: int = 0
     prompt_tokens: int | None = None  # from usage, when the server reports it
@@ -45,6 +46,11 @@ class RequestResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def text(self) -> str:
+        """The answer as streamed (a multi-turn conversation sends it back in the next prompt)."""
+        return "".join(self.chunks)
 
     @property
     def ttft(self) -> float | None:
@@ -154,6 +160,7 @@ async def stream_into(
             for choice in chunk.get("choices") or ():
                 if choice.get("text"):
                     result.token_times.append(now)
+                    result.chunks.append(choice["text"])
                     break
                 if choice.get("finish_reason") is not None:
                     finish_time = now

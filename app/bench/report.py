@@ -109,6 +109,10 @@ def render(command: str, workload: dict[str, Any], targets: Sequence[TargetResul
             f", warm-up errors {t.warmup_errors})"
         )
         out.append(_table(POINT_HEADER, [_point_row(p) for p in t.points]))
+        failure = t.first_failure()
+        if failure is not None:  # why requests fail is the first thing a reader must see
+            where, r = failure
+            out.append(f"first error: {r.error} {r.detail} ({where})")
         checks = [line for p in t.points for line in _check_lines(p)]
         if checks:
             out += ["server metrics (server/client):", *checks]

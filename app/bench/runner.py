@@ -99,6 +99,17 @@ class TargetResult:
     model: str | None
     warmup_errors: int
     points: list[PointResult]
+    warmup_failure: RequestResult | None = None  # the first warm-up request that failed
+
+    def first_failure(self) -> tuple[str, RequestResult] | None:
+        """The first request that failed, and where: the warm-up's, else a point's."""
+        if self.warmup_failure is not None:
+            return "the warm-up's", self.warmup_failure
+        for p in self.points:
+            for r in p.results:
+                if not r.ok:
+                    return p.point.name, r
+        return None
 
 
 class Budget:
@@ -197,7 +208,8 @@ async def run_target(
         )
         if start is not None:  # the warm-up must be counted before the first point's scrape
             await scrape_settled(client, base, start, sum(r.ok for r in warm))
-        outcome = TargetResult(target, model, sum(not r.ok for r in warm), [])
+        failed = [r for r in warm if not r.ok]
+        outcome = TargetResult(target, model, len(failed), [], failed[0] if failed else None)
         for point in points:
             outcome.points.append(
                 await _run_point(client, base, send, point, workload, settings, target, model)

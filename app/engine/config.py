@@ -1,10 +1,11 @@
 """Engine configuration: a frozen, validated dataclass. The engine never reads the environment.
 
-Every engine option is declared here once. Each field's metadata carries its help text and its
-bounds (`_option`); app/config.py turns the fields into Settings fields (GPT2_<NAME> in the
-environment) and app/cli.py turns those into flags (--<name>), so a field added here is a setting,
-an environment variable and a flag with no other edit. `Literal` types are the choices. Stdlib
-only: the worker process imports this, and nothing here may pull in pydantic.
+Every engine option is declared here once. Each field's metadata carries its help text, its
+bounds and its section of the help (`_option`); app/config.py turns the fields into Settings
+fields (GPT2_<NAME> in the environment) and app/cli_flags.py turns those into flags (--<name>),
+so a field added here is a setting, an environment variable and a flag with no other edit.
+`Literal` types are the choices. Stdlib only: the worker process imports this, and nothing here
+may pull in pydantic.
 """
 
 from __future__ import annotations
@@ -20,27 +21,47 @@ Quantization = Literal["none", "int8"]
 
 
 def _option(
-    help: str, *, ge: int | None = None, gt: float | None = None, le: float | None = None
+    help: str,
+    *,
+    ge: int | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    group: str = "engine",
+    metavar: str | None = None,
 ) -> dict[str, Any]:
-    """A field's metadata: what it does (the flag's help) and its bounds, if any."""
-    bounds = {"ge": ge, "gt": gt, "le": le}
-    return {"help": help, **{k: v for k, v in bounds.items() if v is not None}}
+    """A field's metadata: what it does (the flag's help), its bounds if any, the section
+    of `gpt2-serve serve --help` it is listed in ("engine" unless said), and how the flag's
+    value is shown there when the type alone does not say (a str with known forms)."""
+    metadata: dict[str, Any] = {"help": help, "group": group}
+    for name, bound in (("ge", ge), ("gt", gt), ("le", le)):
+        if bound is not None:
+            metadata[name] = bound
+    if metavar is not None:
+        metadata["metavar"] = metavar
+    return metadata
 
 
 @dataclass(frozen=True)
 class EngineConfig:
     model: str = field(
-        metadata=_option("Hugging Face hub id or local directory of a GPT-2 checkpoint")
+        metadata=_option(
+            "Hugging Face hub id or local directory of a GPT-2 checkpoint", group="model"
+        )
     )
     device: str = field(
         default="auto",
-        metadata=_option("auto (CUDA when available, else CPU) | cpu | cuda | cuda:N"),
+        metadata=_option(
+            "auto: CUDA when available, else CPU",
+            group="model",
+            metavar="{auto,cpu,cuda,cuda:N}",
+        ),
     )
     dtype: Dtype = field(
         default="auto",
         metadata=_option(
             "weights and activations; auto: bfloat16 (float16 without bf16) on CUDA, "
-            "bfloat16 on CPUs with native bf16, float32 on other CPUs"
+            "bfloat16 on CPUs with native bf16, float32 on other CPUs",
+            group="model",
         ),
     )
     max_num_seqs: int = field(
@@ -111,7 +132,8 @@ class EngineConfig:
         default="none",
         metadata=_option(
             "int8: int8 weights and per-token int8 activations on CPU (app/model/int8.py); "
-            "faster, but no longer equal to the fp32 model"
+            "faster, but no longer equal to the fp32 model",
+            group="model",
         ),
     )
     cuda_graphs: bool = field(

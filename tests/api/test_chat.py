@@ -103,7 +103,7 @@ def test_logprobs_off_by_default(client: TestClient, fake: FakeEngineClient) -> 
 
 def test_top_logprobs_needs_logprobs(client: TestClient) -> None:
     r = client.post("/v1/chat/completions", json={"messages": HI, "top_logprobs": 2})
-    assert r.status_code == 422
+    assert r.status_code == 400
     assert r.json()["error"]["param"] == "top_logprobs"
     assert "logprobs" in r.json()["error"]["message"]
 
@@ -118,7 +118,7 @@ def test_chat_validation(client: TestClient) -> None:
     ]
     for body, param in cases:
         r = client.post("/v1/chat/completions", json=body)
-        assert r.status_code == 422, body
+        assert r.status_code == 400, body
         assert r.json()["error"]["param"] == param, r.json()
 
 

@@ -37,6 +37,7 @@ def test_huggingface_hub_text_generation(base_url: str) -> None:
 
     client = InferenceClient(model=base_url)
     assert client.text_generation("Hi", max_new_tokens=3, return_full_text=False) == " th"
+    assert client.text_generation("Hi", max_new_tokens=3, return_full_text=True) == "Hi th"
     out = client.text_generation("Hi", max_new_tokens=3, details=True, return_full_text=False)
     assert out.generated_text == " th"
     assert out.details is not None
@@ -60,6 +61,57 @@ def test_huggingface_hub_stream_with_details(base_url: str) -> None:
     assert events[-1].details.generated_tokens == len(" the quick brown fox") + 1
     tokens = list(client.text_generation("Hi", max_new_tokens=2, stream=True))
     assert tokens == [" ", "t"]
+
+
+def test_huggingface_hub_text_generation_defaults_are_tgis(base_url: str) -> None:
+    """The client posts to the base URL (TGI's POST /) and leaves return_full_text unset. TGI
+    then answers as the transformers pipeline does for a text-generation model: the prompt and
+    the completion; a stream's tokens are the new ones only, and its last event's
+    generated_text is the full text. /generate defaults to the completion alone."""
+    from huggingface_hub import InferenceClient
+
+    client = InferenceClient(model=base_url)
+    assert client.text_generation("Hi", max_new_tokens=3) == "Hi th"
+    assert list(client.text_generation("Hi", max_new_tokens=3, stream=True)) == [" ", "t", "h"]
+    events = list(client.text_generation("Hi", max_new_tokens=3, stream=True, details=True))
+    assert events[-1].generated_text == "Hi th"
+    details = client.text_generation("Hi", max_new_tokens=3, details=True)
+    assert details.generated_text == "Hi th"
+    generate = InferenceClient(model=f"{base_url}/generate")
+    assert generate.text_generation("Hi", max_new_tokens=3) == " th"
+
+
+def test_huggingface_hub_chat_completion(base_url: str) -> None:
+    """Given a URL, the client sends "model": "dummy", TGI's placeholder for "the model"."""
+    from huggingface_hub import InferenceClient
+
+    client = InferenceClient(base_url=base_url)
+    messages = [{"role": "user", "content": "Hi"}]
+    out = client.chat_completion(messages, max_tokens=3)
+    assert out.choices[0].message.content == " th"
+    assert out.model == "fake-gpt2"
+    assert out.usage.completion_tokens == 3
+    chunks = list(client.chat_completion(messages, max_tokens=3, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == " th"
+    assert chunks[-1].choices[0].finish_reason == "length"
+    chunks = list(
+        client.chat_completion(
+            messages, max_tokens=2, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 19 + 2
+
+
+def test_huggingface_hub_chat_completion_errors(base_url: str) -> None:
+    from huggingface_hub import InferenceClient
+    from huggingface_hub.errors import BadRequestError
+
+    client = InferenceClient(base_url=base_url)
+    messages = [{"role": "user", "content": "Hi"}]
+    with pytest.raises(BadRequestError, match="This model's maximum context length is 128"):
+        client.chat_completion(messages, max_tokens=500)
+    with pytest.raises(BadRequestError, match="Unrecognized request argument supplied: foo"):
+        client.chat_completion(messages, max_tokens=2, extra_body={"foo": 1})
 
 
 def test_huggingface_hub_errors_are_typed(base_url: str, fake: FakeEngineClient) -> None:
@@ -101,7 +153,36 @@ def test_openai_client(base_url: str) -> None:
         stream=True,
     )
     assert "".join(c.choices[0].delta.content or "" for c in chat_stream) == " t"
-    with pytest.raises(openai.UnprocessableEntityError, match="less than or equal to 2"):
+
+
+def test_openai_client_errors(base_url: str) -> None:
+    """OpenAI's statuses and codes, as the client raises them: 400 for bad input (not 422),
+    404 model_not_found, 400 context_length_exceeded, and an unknown field named."""
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="less than or equal to 2") as bad:
         client.completions.create(model="fake-gpt2", prompt="Hi", temperature=3)
-    with pytest.raises(openai.NotFoundError):
+    assert bad.value.param == "temperature"
+    with pytest.raises(openai.NotFoundError) as missing:
         client.completions.create(model="gpt-4", prompt="Hi")
+    assert missing.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError, match="maximum context length is 128") as over:
+        client.chat.completions.create(
+            model="fake-gpt2", messages=[{"role": "user", "content": "Hi"}], max_tokens=500
+        )
+    assert over.value.code == "context_length_exceeded"
+    with pytest.raises(
+        openai.BadRequestError, match="Unrecognized request argument supplied: max_token"
+    ):
+        client.completions.create(model="fake-gpt2", prompt="Hi", extra_body={"max_token": 4})
+    # Documented OpenAI fields this server does not implement are accepted.
+    chat = client.chat.completions.create(
+        model="fake-gpt2",
+        messages=[{"role": "user", "content": "Hi"}],
+        max_completion_tokens=2,
+        store=False,
+        metadata={"k": "v"},
+        service_tier="auto",
+        parallel_tool_calls=False,
+    )
+    assert chat.choices[0].message.content == " t"

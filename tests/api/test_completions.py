@@ -107,9 +107,9 @@ def test_token_id_prompts(client: TestClient, fake: FakeEngineClient) -> None:
     assert [call.prompt_ids for call in fake.calls] == [[72, 105], [72], [105, 33]]
 
 
-def test_token_ids_outside_vocab_are_422(client: TestClient) -> None:
+def test_token_ids_outside_vocab_are_400(client: TestClient) -> None:
     r = client.post("/v1/completions", json={"prompt": [1, 257]})
-    assert r.status_code == 422
+    assert r.status_code == 400
     assert r.json()["error"]["param"] == "prompt"
     assert "[0, 257)" in r.json()["error"]["message"]
 
@@ -176,25 +176,33 @@ def test_top_k_minus_one_means_off(client: TestClient, fake: FakeEngineClient) -
 
 def test_logit_bias_keys_must_be_token_ids(client: TestClient) -> None:
     r = client.post("/v1/completions", json={"prompt": "Hi", "logit_bias": {"abc": 1}})
-    assert r.status_code == 422
+    assert r.status_code == 400
     assert r.json()["error"]["param"] == "logit_bias.abc"
     assert "should match pattern '^[0-9]+$'" in r.json()["error"]["message"]
     r = client.post("/v1/completions", json={"prompt": "Hi", "logit_bias": {"300": 1}})
-    assert r.status_code == 422
+    assert r.status_code == 400
     assert "token id 300 is outside the vocabulary [0, 257)" in r.json()["error"]["message"]
 
 
-def test_context_overflow_is_422_naming_the_window(client: TestClient) -> None:
+def test_context_overflow_is_openais_400_context_length_exceeded(client: TestClient) -> None:
+    """OpenAI's (and vLLM's) status, code and wording, which litellm matches to raise its
+    ContextWindowExceededError (the router's context-window fallbacks key on it)."""
     r = client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 127})
-    assert r.status_code == 422
+    assert r.status_code == 400
     error = r.json()["error"]
-    assert error["param"] == "max_tokens"
-    assert "context window of 128 tokens" in error["message"]
+    assert error == {
+        "message": "This model's maximum context length is 128 tokens. However, you requested "
+        "129 tokens (2 in the messages, 127 in the completion). Please reduce the length of the "
+        "messages or completion.",
+        "type": "invalid_request_error",
+        "param": "max_tokens",
+        "code": "context_length_exceeded",
+    }
 
 
-def test_min_tokens_above_max_tokens_is_422(client: TestClient) -> None:
+def test_min_tokens_above_max_tokens_is_400(client: TestClient) -> None:
     r = client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2, "min_tokens": 5})
-    assert r.status_code == 422
+    assert r.status_code == 400
     assert r.json()["error"]["param"] == "min_tokens"
 
 
@@ -248,7 +256,7 @@ def test_vllm_prompt_logprobs_per_prompt_token(client: TestClient, fake: FakeEng
 
 def test_vllm_prompt_logprobs_refused_when_streaming(client: TestClient) -> None:
     r = client.post("/v1/completions", json={"prompt": "Hi", "prompt_logprobs": 1, "stream": True})
-    assert r.status_code == 422
+    assert r.status_code == 400
     assert r.json()["error"]["param"] == "prompt_logprobs"
     assert "stream" in r.json()["error"]["message"]
 

@@ -13,12 +13,13 @@ from tests.api.conftest import sse_events
 from tests.api.fakes import FakeEngineClient
 
 
-def error_of(r: Any, status: int) -> dict[str, Any]:
+def error_of(r: Any, status: int, code: str | None = None) -> dict[str, Any]:
+    """The envelope's error (with error_type); `code`: OpenAI's, else the status."""
     assert r.status_code == status, r.text
     body = r.json()
     assert set(body) == {"error", "error_type"}
     assert set(body["error"]) == {"message", "type", "param", "code"}
-    assert body["error"]["code"] == status
+    assert body["error"]["code"] == (code or status)
     assert r.headers["x-error-message"]
     return dict(body["error"]) | {"error_type": body["error_type"]}
 
@@ -62,7 +63,7 @@ def post_raw(client: TestClient, path: str, body: dict[str, Any]) -> Any:
 def test_completion_validation_names_field_and_limit(
     client: TestClient, body: dict[str, Any], param: str, fragment: str
 ) -> None:
-    error = error_of(post_raw(client, "/v1/completions", {"prompt": "Hi", **body}), 422)
+    error = error_of(post_raw(client, "/v1/completions", {"prompt": "Hi", **body}), 400)
     assert error["param"] == param
     assert error["message"].startswith(f"{param}: ")
     assert fragment in error["message"]
@@ -70,29 +71,31 @@ def test_completion_validation_names_field_and_limit(
     assert error["error_type"] == "validation"
 
 
-def test_lone_surrogates_in_chat_and_tgi_are_422(client: TestClient) -> None:
+def test_lone_surrogates_in_chat_and_tgi_are_refused(client: TestClient) -> None:
     body = {"messages": [{"role": "user", "content": "\ud83d"}]}
-    error = error_of(post_raw(client, "/v1/chat/completions", body), 422)
+    error = error_of(post_raw(client, "/v1/chat/completions", body), 400)
     assert error["param"] == "messages.0.content"
     error = error_of(post_raw(client, "/generate", {"inputs": "\ud83d"}), 422)
     assert error["param"] == "inputs"
-    error = error_of(post_raw(client, "/tokenize", {"prompt": "\ud83d"}), 422)
+    error = error_of(post_raw(client, "/tokenize", {"prompt": "\ud83d"}), 400)
     assert error["param"] == "prompt"
 
 
-def test_invalid_json_is_422(client: TestClient) -> None:
+def test_invalid_json_is_bad_input(client: TestClient) -> None:
     r = client.post(
         "/v1/completions", content=b"{not json", headers={"content-type": "application/json"}
     )
-    error = error_of(r, 422)
+    error = error_of(r, 400)
     assert error["param"] == "body"
     assert "not valid JSON" in error["message"]
 
 
-def test_undecodable_body_is_422(client: TestClient) -> None:
+def test_undecodable_body_is_bad_input(client: TestClient) -> None:
     r = client.post(
         "/v1/completions", content=b"\xff\xfe{", headers={"content-type": "application/json"}
     )
+    assert error_of(r, 400)["param"] == "body"
+    r = client.post("/generate", content=b"\xff\xfe{", headers={"content-type": "application/json"})
     assert error_of(r, 422)["param"] == "body"
 
 
@@ -113,11 +116,26 @@ def test_unknown_route_and_method_use_the_envelope(client: TestClient) -> None:
     assert error_of(client.get("/v1/completions"), 405)["message"] == "Method Not Allowed"
 
 
-def test_wrong_model_is_404(client: TestClient) -> None:
-    error = error_of(client.post("/v1/completions", json={"prompt": "x", "model": "gpt-4"}), 404)
+def test_wrong_model_is_openais_404_model_not_found(client: TestClient) -> None:
+    r = client.post("/v1/completions", json={"prompt": "x", "model": "gpt-4"})
+    error = error_of(r, 404, "model_not_found")
     assert error["param"] == "model"
+    assert error["type"] == "invalid_request_error"  # OpenAI's type for it; litellm reads both
     assert "'fake-gpt2'" in error["message"]
     assert client.post("/v1/completions", json={"model": "fake-gpt2"}).status_code == 200
+
+
+@pytest.mark.parametrize("model", ["tgi", "dummy"])
+def test_placeholder_model_names_are_the_served_model(client: TestClient, model: str) -> None:
+    """TGI serves its model for "tgi", and huggingface_hub sends "dummy" when given a URL."""
+    r = client.post("/v1/completions", json={"prompt": "Hi", "model": model, "max_tokens": 2})
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == "fake-gpt2"
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "model": model, "max_tokens": 2}
+    r = client.post("/v1/chat/completions", json=chat)
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == "fake-gpt2"
+    assert client.post("/tokenize", json={"prompt": "Hi", "model": model}).status_code == 200
 
 
 def test_overloaded_is_429_with_retry_after_from_the_drain_rate(
@@ -220,9 +238,9 @@ def test_engine_death_mid_tgi_stream(client: TestClient, fake: FakeEngineClient)
 
 
 def test_token_ids_checked_against_vocab(client: TestClient) -> None:
-    error = error_of(client.post("/detokenize", json={"tokens": [1, 999]}), 422)
+    error = error_of(client.post("/detokenize", json={"tokens": [1, 999]}), 400)
     assert error["param"] == "tokens"
     error = error_of(
-        client.post("/v1/completions", json={"prompt": "a", "stop_token_ids": [300]}), 422
+        client.post("/v1/completions", json={"prompt": "a", "stop_token_ids": [300]}), 400
     )
     assert error["param"] == "stop_token_ids"

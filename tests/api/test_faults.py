@@ -27,21 +27,22 @@ def test_models_shows_the_served_name_and_model_refuses_the_path(fake: FakeEngin
 
 
 def test_openapi_states_the_cross_field_rules(client: TestClient) -> None:
-    """Both rules answer 422; the schema says so, in words and machine-readably."""
+    """Both rules answer 400; the schema says so, in words and machine-readably."""
     schemas: dict[str, Any] = client.get("/openapi.json").json()["components"]["schemas"]
     top = schemas["ChatCompletionRequest"]["properties"]["top_logprobs"]
     assert top["x-requires"] == {"logprobs": True}
-    assert "logprobs=true" in top["description"] and "422" in top["description"]
+    assert "logprobs=true" in top["description"] and "400" in top["description"]
     prompt = schemas["CompletionRequest"]["properties"]["prompt_logprobs"]
     assert prompt["x-not-with"] == {"stream": True}
-    assert "stream=true" in prompt["description"] and "422" in prompt["description"]
+    assert "stream=true" in prompt["description"] and "400" in prompt["description"]
 
 
-def test_a_request_larger_than_the_server_is_a_422_before_anything_is_admitted(
+def test_a_request_larger_than_the_server_is_bad_input_before_anything_is_admitted(
     fake: FakeEngineClient,
 ) -> None:
     """More choices than max_num_seqs + max_queued_requests (4 + 16 here), or more prompt tokens
-    than max_queued_tokens, can never be admitted: 422 naming the limit, not a 429 forever, and
+    than max_queued_tokens, can never be admitted: bad input (400; 422 on TGI's routes) naming
+    the limit, not a 429 forever, and
     nothing reaches the engine (10,000 prompts are not even tokenized)."""
     settings = Settings(model="fake-gpt2", max_queued_requests=16, max_queued_tokens=40)
     with TestClient(create_app(settings, fake)) as client:
@@ -52,13 +53,13 @@ def test_a_request_larger_than_the_server_is_a_422_before_anything_is_admitted(
             {"prompt": ["x"] * 10_000},
         ):
             r = client.post("/v1/completions", json=body)
-            assert r.status_code == 422, r.text
+            assert r.status_code == 400, r.text
             assert "max_num_seqs 4 + max_queued_requests 16" in r.json()["error"]["message"]
         r = client.post(
             "/v1/chat/completions",
             json={"messages": [{"role": "user", "content": "hi"}], "n": 16},  # 16 x 12 tokens
         )
-        assert r.status_code == 422 and "max_queued_tokens" in r.json()["error"]["message"]
+        assert r.status_code == 400 and "max_queued_tokens" in r.json()["error"]["message"]
         r = client.post("/generate", json={"inputs": "y" * 41})
         assert r.status_code == 422 and "max_queued_tokens" in r.json()["error"]["message"]
         assert fake.calls == []
@@ -69,15 +70,22 @@ def test_a_request_larger_than_the_server_is_a_422_before_anything_is_admitted(
 def test_text_that_cannot_fit_is_refused_unless_truncation_is_asked(client: TestClient) -> None:
     """The fake tokenizes one token per byte, with a context of 128 tokens."""
     long = "x" * 900_000
-    for path, body in (
-        ("/v1/completions", {"prompt": long}),
-        ("/v1/chat/completions", {"messages": [{"role": "user", "content": long}]}),
-        ("/generate", {"inputs": long}),
+    for path, body, status, param, wording in (
+        ("/v1/completions", {"prompt": long}, 400, "prompt", "maximum context length is 128"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": long}]},
+            400,
+            "messages",
+            "maximum context length is 128",
+        ),
+        ("/generate", {"inputs": long}, 422, "inputs", "`inputs` must have less than 128"),
     ):
         r = client.post(path, json=body)
-        assert r.status_code == 422, r.text
+        assert r.status_code == status, r.text
         error = r.json()["error"]
-        assert error["param"] == "prompt" and "at least 900" in error["message"], error
+        assert error["param"] == param and "at least 900" in error["message"], error
+        assert wording in error["message"]
     r = client.post(
         "/v1/completions", json={"prompt": "x" * 500, "truncate_prompt_tokens": 8, "max_tokens": 1}
     )

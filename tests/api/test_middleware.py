@@ -26,7 +26,7 @@ def test_request_id_is_echoed_or_made(client: TestClient) -> None:
 
 def test_request_id_on_errors_and_streams(client: TestClient) -> None:
     r = client.post("/v1/completions", json={"n": 99}, headers={"X-Request-Id": "r1"})
-    assert (r.status_code, r.headers["x-request-id"]) == (422, "r1")
+    assert (r.status_code, r.headers["x-request-id"]) == (400, "r1")
     r = client.post("/v1/completions", json={"stream": True}, headers={"X-Request-Id": "r2"})
     assert r.headers["x-request-id"] == "r2"
 

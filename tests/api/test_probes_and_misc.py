@@ -49,7 +49,7 @@ def test_tokenize_and_detokenize(client: TestClient) -> None:
     assert client.post("/tokenize", json={"prompt": ""}).json()["tokens"] == []
     r = client.post("/detokenize", json={"tokens": [72, 195, 169, 256]})
     assert r.json() == {"prompt": "Hé<|endoftext|>"}
-    assert client.post("/tokenize", json={"prompt": 5}).status_code == 422
+    assert client.post("/tokenize", json={"prompt": 5}).status_code == 400
 
 
 def test_openapi_documents_event_streams(client: TestClient) -> None:
@@ -59,7 +59,9 @@ def test_openapi_documents_event_streams(client: TestClient) -> None:
         assert "text/event-stream" in content, path
     completions = spec["paths"]["/v1/completions"]["post"]["responses"]
     assert "application/json" in completions["200"]["content"]
-    assert {"401", "413", "422", "429", "503"} <= set(completions)
+    assert {"400", "401", "413", "429", "503"} <= set(completions)
+    generate = spec["paths"]["/generate"]["post"]["responses"]
+    assert {"401", "413", "422", "429", "503"} <= set(generate)
 
 
 def test_openapi_knows_the_largest_token_id(client: TestClient) -> None:

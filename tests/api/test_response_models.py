@@ -77,9 +77,10 @@ def stream(r: Any, chunk: type[BaseModel], *, done: bool = True) -> list[Any]:
     return [conforms(chunk, raw) for raw in data]
 
 
-def error(r: Any, status: int) -> ErrorResponse:
+def error(r: Any, status: int, code: str | None = None) -> ErrorResponse:
+    """The envelope; its code is OpenAI's `code` where given, else the status."""
     envelope: ErrorResponse = answer(r, ErrorResponse, status)
-    assert envelope.error.code == status
+    assert envelope.error.code == (code or status)
     return envelope
 
 
@@ -215,6 +216,36 @@ def test_completion_stream_plain_keeps_nulls(client: TestClient) -> None:
     assert "usage" not in first and "timings" not in first
 
 
+def continuous(stream_options: dict[str, bool] | None = None) -> dict[str, Any]:
+    options = {"include_usage": True, "continuous_usage_stats": True, **(stream_options or {})}
+    return {"stream": True, "stream_options": options}
+
+
+def test_completion_stream_continuous_usage(client: TestClient) -> None:
+    """vLLM's continuous_usage_stats: every chunk carries its choice's usage so far (its prompt,
+    the tokens it has generated), and the last chunk the whole request's."""
+    body = {"prompt": ["Hi", "Hey"], "max_tokens": 3, **continuous()}
+    chunks = stream(client.post("/v1/completions", json=body), CompletionChunk)
+    *texts, last = chunks
+    assert last.choices == [] and last.usage is not None
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (2 + 3, 6)
+    seen: dict[int, int] = {}
+    for chunk in texts:
+        choice, usage = chunk.choices[0], chunk.usage
+        assert usage is not None, chunk
+        assert usage.prompt_tokens == (2 if choice.index == 0 else 3)
+        assert usage.completion_tokens == seen.get(choice.index, 0) + 1  # one token each
+        assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+        seen[choice.index] = usage.completion_tokens
+    assert seen == {0: 3, 1: 3}
+
+
+def test_continuous_usage_needs_include_usage_as_in_vllm(client: TestClient) -> None:
+    body = {"prompt": "Hi", "max_tokens": 2, **continuous({"include_usage": False})}
+    chunks = stream(client.post("/v1/completions", json=body), CompletionChunk)
+    assert all(chunk.usage is None for chunk in chunks)
+
+
 # ---- OpenAI chat -----------------------------------------------------------------------------
 
 
@@ -258,6 +289,25 @@ def test_chat_stream(client: TestClient, logprobs: bool) -> None:
     for chunk in texts[2:]:
         assert (chunk.choices[0].logprobs is not None) is logprobs
         assert (chunk.timings is not None) is (chunk.choices[0].finish_reason is not None)
+
+
+def test_chat_stream_continuous_usage(client: TestClient) -> None:
+    body = {"messages": CHAT, "max_tokens": 2, "n": 2, **continuous()}
+    chunks = stream(client.post("/v1/chat/completions", json=body), ChatCompletionChunk)
+    *texts, last = chunks
+    assert last.choices == [] and last.usage is not None and last.usage.completion_tokens == 4
+    prompt = last.usage.prompt_tokens
+    roles = [c for c in texts if c.choices[0].delta.role is not None]
+    assert len(roles) == 2
+    assert all(c.usage is not None and c.usage.completion_tokens == 0 for c in roles)
+    counts = [
+        (c.choices[0].index, c.usage.completion_tokens)
+        for c in texts
+        if c.usage is not None and c.choices[0].delta.role is None
+    ]
+    assert len(counts) == len(texts) - 2  # every chunk has it
+    assert sorted(counts) == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert all(c.usage is not None and c.usage.prompt_tokens == prompt for c in texts)
 
 
 # ---- TGI -------------------------------------------------------------------------------------
@@ -379,12 +429,17 @@ def test_engine_stats_model_covers_the_engine_view(stepped: bool) -> None:
 
 
 def test_error_envelopes(client: TestClient, fake: FakeEngineClient) -> None:
-    assert error(client.post("/v1/completions", json={"n": 17}), 422).error.param == "n"
+    assert error(client.post("/v1/completions", json={"n": 17}), 400).error.param == "n"
     assert error(client.post("/generate", json={}), 422).error_type == "validation"
     assert error(client.get("/nowhere"), 404).error_type == "not_found"
-    assert (
-        error(client.post("/v1/completions", json={"model": "gpt-4"}), 404).error.param == "model"
-    )
+    r = client.post("/v1/completions", json={"model": "gpt-4"})
+    assert error(r, 404, "model_not_found").error.param == "model"
+    r = client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 200})
+    assert error(r, 400, "context_length_exceeded").error.param == "max_tokens"
+    r = client.post("/v1/completions", json={"prompt": "Hi", "max_token": 4})
+    assert error(r, 400).error.param == "max_token"
+    r = client.post("/generate", json={"inputs": "Hi", "parameters": {"max_token": 4}})
+    assert error(r, 422).error.param == "parameters.max_token"
     assert error(client.get("/v1/completions"), 405).error_type == "validation"
     fake.overloaded = True
     assert error(client.post("/generate", json={"inputs": "Hi"}), 429).error_type == "overloaded"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import subprocess
 import sys
@@ -142,3 +143,35 @@ def test_bench_spreads_a_point_over_client_processes(
     assert len(point["client_cpu_seconds"]) == 2 and all(c > 0 for c in point["client_cpu_seconds"])
     assert point["metrics_check"]["agree"] is True
     assert "2 client process(es)" in capsys.readouterr().out
+
+
+def test_bench_chat_against_gpt2_serve(
+    servers: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--chat on the real service (64-token window): each turn's prompt grows by the answer and
+    the next message, /tokenize counts it, conversations stop before the turn that would not
+    fit, and the server's histograms agree with the client (the /tokenize calls are not
+    generation requests)."""
+    out = tmp_path / "chat.json"
+    argv = ["bench", "--url", servers[0], "--chat", "--chat-conversations", "2",
+            "--chat-turns", "5", "--chat-system-prompt-len", "8", "--chat-user-len", "4",
+            "--output-len", "4", "--ignore-eos", "--warmup", "1", "--json", str(out),
+            "--metrics-tolerance", "1.0", "0.5"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    (target,) = json.loads(out.read_text())["targets"]
+    assert target["max_model_len"] == 64 and target["prompt_lengths"] == "tokenize"
+    conversations = target["conversations"]
+    assert all(c["stopped_before_turn"] is not None for c in conversations)
+    for c in conversations:
+        prompts = [t["prompt_tokens"] for t in c["turns"]]
+        # system "system" ":" 8 words "\n", then "user" ":" 4 words "\n" "ass" "istant" ":"
+        assert prompts[0] == 11 + 10
+        # each later turn: the 4-token answer, "\n" and the next 10-token message
+        assert [b - a for a, b in itertools.pairwise(prompts)] == [15] * (len(prompts) - 1)
+        assert all(p + 4 <= 64 for p in prompts) and prompts[-1] + 15 + 4 > 64
+        assert [t["output_tokens"] for t in c["turns"]] == [4] * len(prompts)
+    assert target["metrics_check"]["agree"] is True, json.dumps(target["metrics_check"])
+    assert "prefix cache hit rate: " in printed and "stopped at the context window" in printed

@@ -224,3 +224,22 @@ def test_sweep_report_json_and_plots(clock: VirtualClock, tmp_path: Path) -> Non
     paths = write_plots(tmp_path / "plots", [ours, theirs], "cmd")
     assert [p.name for p in paths] == ["throughput_latency.png", "ttft_cdf.png", "itl_cdf.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
+
+
+def test_the_report_shows_the_first_errors_status_and_detail(clock: VirtualClock) -> None:
+    """A run whose requests all fail says why on the console, not only in the JSON."""
+    from app.bench import report
+
+    refused = FakeOpenAI(scenario="status", status=422)
+    failed = _run(clock, refused, warmup=1)
+    text = report.render("gpt2-serve bench --url x", {"seed": 0}, [failed])
+    assert 'first error: http_422 {"error":{"message":"queue full"}}' in text
+    assert "(the warm-up's)" in text  # the warm-up failed first, before any point
+
+    in_a_point = _run(clock, FakeOpenAI(scenario="stream_error"))
+    text = report.render("cmd", {}, [in_a_point])
+    detail = '{"message": "worker lost", "code": 503}'
+    assert f"first error: stream_error {detail} (concurrency=2)" in text
+
+    ok = _run(clock, FakeOpenAI())
+    assert "first error" not in report.render("cmd", {}, [ok])

@@ -17,13 +17,19 @@ from typing import Any, TypeVar
 
 import pytest
 
+import app.bench.chat
 import app.bench.client
 import app.bench.mixed
 import app.bench.runner
 
 T = TypeVar("T")
 # Modules of app/bench that read time.perf_counter for their measurements.
-TIMED: tuple[ModuleType, ...] = (app.bench.client, app.bench.mixed, app.bench.runner)
+TIMED: tuple[ModuleType, ...] = (
+    app.bench.chat,
+    app.bench.client,
+    app.bench.mixed,
+    app.bench.runner,
+)
 
 
 class VirtualClock:

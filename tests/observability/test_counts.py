@@ -78,7 +78,7 @@ def _post(client: TestClient, path: str, body: dict[str, Any]) -> int:
 @pytest.mark.parametrize(
     ("setup", "path", "body", "status", "reason"),
     [
-        (None, "/v1/completions", {"prompt": "Hi", "max_tokens": "x"}, 422, "validation"),
+        (None, "/v1/completions", {"prompt": "Hi", "max_tokens": "x"}, 400, "validation"),
         (
             None,
             "/generate",
@@ -87,7 +87,7 @@ def _post(client: TestClient, path: str, body: dict[str, Any]) -> int:
             "validation",
         ),
         # The engine refuses it: prompt + max_tokens over the fake's 128-token window.
-        (None, "/v1/completions", {"prompt": "Hi" * 60, "max_tokens": 20}, 422, "validation"),
+        (None, "/v1/completions", {"prompt": "Hi" * 60, "max_tokens": 20}, 400, "validation"),
         ("overloaded", "/v1/completions", {"prompt": "Hi", "max_tokens": 3}, 429, "overloaded"),
         (
             "overloaded",
@@ -183,7 +183,7 @@ def test_rejected_choice_is_one_failure_not_a_disconnect_of_its_siblings(
 
 def test_non_generation_routes_are_not_counted(client: TestClient) -> None:
     before = scrape(client)
-    assert client.post("/tokenize", json={"x": 1}).status_code == 422
+    assert client.post("/tokenize", json={"x": 1}).status_code == 400
     assert client.get("/v1/models").status_code == 200
     after = scrape(client)
     assert _served(before, after) == 0

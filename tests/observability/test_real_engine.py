@@ -165,9 +165,9 @@ def test_counts_agree_with_what_the_real_engine_served(live: Live) -> None:
 
 def test_failures_by_reason_over_the_real_engine(live: Live) -> None:
     before = live.scrape()
-    # Over the context window (1024): refused with 422.
+    # Over the context window (1024): refused with 400.
     r = live.http.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2000})
-    assert r.status_code == 422
+    assert r.status_code == 400
     # A deadline that runs out: 200, finish_reason timeout; counted as a failure, not a success.
     body = {"prompt": "Hi", "max_tokens": 1000, "ignore_eos": True, "timeout": 0.05}
     r = live.http.post("/v1/completions", json=body)

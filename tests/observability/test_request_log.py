@@ -89,7 +89,7 @@ def test_failures_and_streams_get_their_line(
     client.get("/v1/models")  # not a generation request: no line
     lines = json_lines.json()
     assert [(x["status"], x["outcome"]) for x in lines] == [
-        (422, "validation"),
+        (400, "validation"),
         (429, "overloaded"),
         (200, "success"),
     ]

@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from app.api.capacity import check_choices, check_prompt_tokens
 from app.api.choices import ChoicePlan, fold, log_request, new_id, open_streams, usage
 from app.api.deps import EngineDep, RequestIdDep, SettingsDep
+from app.api.dialect import use_field_names
 from app.api.logprobs import chat_logprobs
 from app.api.openai_stream import ChunkBuilder, base_chunk, openai_events, openai_response
 from app.api.prompts import (
@@ -51,6 +52,7 @@ async def create_chat_completion(
     request_id: RequestIdDep,
 ) -> Response:
     check_model(body.model, settings)
+    use_field_names(request, _field_names(body))
     check_choices(1, body.n, engine, settings)
     info = engine.info
     prompt = render_chat(body.messages, settings)
@@ -83,6 +85,8 @@ async def create_chat_completion(
     if body.stream:
         await streams.start(settings.keep_alive_seconds, request)
         base = base_chunk(response_id, CHUNK_OBJECT, created, settings.model_name)
+        # vLLM's continuous_usage_stats: every chunk carries its choice's usage so far.
+        continuous = {"usage": usage(plans[:1], [0])} if body.continuous_usage else {}
         # The role goes first, once per choice, before any text (as OpenAI streams it).
         prelude = [
             build(
@@ -97,13 +101,16 @@ async def create_chat_completion(
                             "finish_reason": None,
                         }
                     ],
+                    **continuous,
                 },
             )
             for choice in range(body.n)
         ]
         events = openai_events(
             streams,
-            build_chunk=_chunk_builder(engine, base, body.logprobs, top_n),
+            build_chunk=_chunk_builder(
+                engine, base, body.logprobs, top_n, plans if body.continuous_usage else None
+            ),
             keep_alive_seconds=settings.keep_alive_seconds,
             prelude=prelude,
             usage_chunk=(
@@ -139,9 +146,25 @@ async def create_chat_completion(
     return openai_response(ChatResponse, head, choices, plans, results)
 
 
+def _field_names(body: ChatCompletionRequest) -> dict[str, str]:
+    """The engine's field names in this caller's words (see app/api/dialect.py)."""
+    if body.max_completion_tokens is not None:
+        max_tokens = "max_completion_tokens"
+    elif body.max_tokens is not None:
+        max_tokens = "max_tokens"
+    else:  # the rest of the window: an overflow is the messages'
+        max_tokens = "messages"
+    return {"prompt": "messages", "max_tokens": max_tokens}
+
+
 def _chunk_builder(
-    engine: EngineClient, base: dict[str, Any], logprobs: bool, top_n: int
+    engine: EngineClient,
+    base: dict[str, Any],
+    logprobs: bool,
+    top_n: int,
+    usage_of: list[ChoicePlan] | None,
 ) -> ChunkBuilder:
+    """`usage_of`: the plans, when every chunk carries its choice's usage (continuous)."""
     text_events: dict[int, TextEventTemplate] = {}
 
     def chunk(index: int, content: dict[str, str], lps: Any, finish: str | None) -> dict[str, Any]:
@@ -151,7 +174,9 @@ def _chunk_builder(
     def build_chunk(index: int, delta: GenerationDelta) -> ChatCompletionChunk | bytes | None:
         if not delta.text and not delta.logprobs and delta.finish_reason is None:
             return None  # text held back (a partial character or a possible stop string)
-        if delta.text and not logprobs and delta.finish_reason is None:  # once per token
+        if (
+            delta.text and not logprobs and delta.finish_reason is None and usage_of is None
+        ):  # once per token
             template = text_events.get(index)
             if template is None:
                 marker = {"content": TextEventTemplate.chunk_text()}
@@ -162,6 +187,8 @@ def _chunk_builder(
         lps = {"content": chat_logprobs(engine, delta.logprobs, top_n)} if logprobs else None
         content = {"content": delta.text} if delta.text else {}
         built = chunk(index, content, lps, delta.finish_reason)
+        if usage_of is not None:
+            built["usage"] = usage([usage_of[index]], [delta.num_output_tokens])
         if delta.timings is not None:
             built["timings"] = timings_ms(delta.timings)
         return build(ChatCompletionChunk, built)

@@ -18,6 +18,7 @@ from app.api.choices import (
     usage,
 )
 from app.api.deps import EngineDep, RequestIdDep, SettingsDep
+from app.api.dialect import use_field_names
 from app.api.logprobs import completion_logprobs, vllm_prompt_logprobs
 from app.api.openai_stream import base_chunk, openai_events, openai_response
 from app.api.prompts import check_model, completion_prompts, truncate_prompt
@@ -52,6 +53,8 @@ async def create_completion(
     request_id: RequestIdDep,
 ) -> Response:
     check_model(body.model, settings)
+    if body.max_tokens is None:  # the rest of the window: an overflow is the prompt's
+        use_field_names(request, {"max_tokens": "prompt"})
     check_choices(count_prompts(body.prompt), body.n, engine, settings)
     info = engine.info
     prompts = [
@@ -144,6 +147,7 @@ class _ChunkBuilder:
         self.started = [False] * len(plans)
         self.offsets = [0] * len(plans)
         self.text_events: dict[int, TextEventTemplate] = {}
+        self.continuous_usage = body.continuous_usage
 
     def text_event(self, index: int, text: str) -> bytes:
         """The event for new text alone (no logprobs, not the last), from its template."""
@@ -173,6 +177,7 @@ class _ChunkBuilder:
             and self.started[index]
             and self.body.logprobs is None
             and delta.finish_reason is None
+            and not self.continuous_usage
         ):
             return self.text_event(index, text)  # the common case, once per token
         echo_ids: list[int] = []
@@ -194,6 +199,8 @@ class _ChunkBuilder:
         if not text and not delta.logprobs and not echo_ids and delta.finish_reason is None:
             return None  # text held back (a partial character or a possible stop string)
         chunk = self._chunk(index, text, logprobs, delta.finish_reason)
+        if self.continuous_usage:  # vLLM's: this choice's usage so far
+            chunk["usage"] = usage([plan], [delta.num_output_tokens])
         if delta.timings is not None:
             chunk["timings"] = timings_ms(delta.timings)
         return build(CompletionChunk, chunk)

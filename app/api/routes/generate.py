@@ -25,13 +25,15 @@ from app.api.choices import (
     open_streams,
 )
 from app.api.deps import EngineDep, RequestIdDep, SettingsDep
+from app.api.dialect import use_field_names
 from app.api.errors import to_api_error
 from app.api.logprobs import tgi_prefill_token, tgi_token, tgi_top_tokens
 from app.api.prompts import encode_text, truncate_prompt
 from app.api.request_context import note_error
 from app.api.responses import build, json_response
 from app.api.sampling import tgi_params
-from app.api.schemas import ERROR_RESPONSES, GenerateRequest, GenerateResponse, StreamResponse
+from app.api.schemas import GenerateRequest, GenerateResponse, StreamResponse
+from app.api.schemas.common import TGI_ERROR_RESPONSES
 from app.api.schemas.tgi import DEFAULT_MAX_NEW_TOKENS
 from app.api.sse import KEEP_ALIVE, EventStreamResponse, event, sse_openapi
 from app.api.streams import ChoiceStreams, collect_unless_disconnected
@@ -56,7 +58,25 @@ class _Prepared:
         self.params = body.params
 
 
-async def _prepare(body: GenerateRequest, engine: EngineClient, *, stream: bool) -> _Prepared:
+# The engine's names for the sampling fields TGI nests under "parameters".
+_PARAMETERS = ("temperature", "top_k", "top_p", "repetition_penalty", "frequency_penalty", "seed")
+
+
+def _field_names(body: GenerateRequest) -> dict[str, str]:
+    """The engine's field names in TGI's words (see app/api/dialect.py)."""
+    names = {name: f"parameters.{name}" for name in _PARAMETERS}
+    names["prompt"] = "inputs"
+    # Unset, max_new_tokens is what fits (at most 100): then an overflow is the inputs'.
+    sent = body.params.max_new_tokens is not None
+    names["max_tokens"] = "parameters.max_new_tokens" if sent else "inputs"
+    names["stop"] = "parameters.stop"
+    return names
+
+
+async def _prepare(
+    body: GenerateRequest, request: Request, engine: EngineClient, *, stream: bool
+) -> _Prepared:
+    use_field_names(request, _field_names(body))
     p = body.params
     info = engine.info
     encoded = await encode_text(engine, body.inputs, truncating=p.truncate is not None)
@@ -89,7 +109,7 @@ def tgi_finish_reason(finish_reason: FinishReason | None, stop_reason: str | int
 @router.post(
     "/generate",
     response_model=None,
-    responses={**ERROR_RESPONSES, 200: {"model": GenerateResponse, "description": "Generated"}},
+    responses={**TGI_ERROR_RESPONSES, 200: {"model": GenerateResponse, "description": "Generated"}},
 )
 async def generate(
     body: GenerateRequest,
@@ -104,7 +124,7 @@ async def generate(
 @router.post(
     "/generate_stream",
     response_model=None,
-    responses={**ERROR_RESPONSES, **sse_openapi("One event per token", StreamResponse)},
+    responses={**TGI_ERROR_RESPONSES, **sse_openapi("One event per token", StreamResponse)},
 )
 async def generate_stream(
     body: GenerateRequest,
@@ -120,7 +140,7 @@ async def generate_stream(
     "/",
     response_model=None,
     responses={
-        **ERROR_RESPONSES,
+        **TGI_ERROR_RESPONSES,
         **sse_openapi(
             "stream=false: a list with one generation; stream=true: /generate_stream's events",
             list[GenerateResponse],
@@ -158,7 +178,7 @@ async def _generate_json(
     *,
     compat: bool,
 ) -> Response:
-    prepared = await _prepare(body, engine, stream=False)
+    prepared = await _prepare(body, request, engine, stream=False)
     check_prompt_tokens([len(prepared.ids)], settings)
     response_id = new_id("gen")
     log_request(response_id, request_id, [prepared.ids], 1, body.inputs, settings.log_prompts)
@@ -213,7 +233,7 @@ async def _generate_stream(
     *,
     compat: bool,
 ) -> Response:
-    prepared = await _prepare(body, engine, stream=True)
+    prepared = await _prepare(body, request, engine, stream=True)
     check_prompt_tokens([len(prepared.ids)], settings)
     response_id = new_id("gen")
     log_request(response_id, request_id, [prepared.ids], 1, body.inputs, settings.log_prompts)
@@ -253,11 +273,11 @@ async def _tgi_events(
                 yield event(build(StreamResponse, payload))
     except Exception as exc:
         note_error(exc)
-        error = to_api_error(exc)
+        error = to_api_error(exc, "tgi")
         if error.status_code >= 500:
             logger.warning("generate_stream failed mid-way: %s", exc, exc_info=exc)
         # TGI's clients look at error_type; the mid-stream kind in TGI's words is "generation".
-        yield event(error.body(error_type="generation"))
+        yield event(error.body("tgi", error_type="generation"))
     finally:
         await streams.aclose()
 

@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from app.api.schemas.known_fields import KnownFieldsOnly
+
 MAX_STOP_SEQUENCES = 4
 MAX_N = 16
 SEED_LIMIT = 2**63  # the engine's seeds are in [0, 2**63)
@@ -16,9 +18,9 @@ SEED_LIMIT = 2**63  # the engine's seeds are in [0, 2**63)
 class StrictModel(BaseModel):
     """Request bodies: "1" is not a number and 1.5 is not an integer (an int is a valid float).
 
-    Unknown fields are ignored, as OpenAI's and TGI's clients send fields this server has no
-    use for (user, metadata, ...); fields that would change the answer and are not supported
-    are declared and rejected explicitly instead.
+    Top-level bodies (RequestBody) and TGI's `parameters` refuse fields they do not know
+    (KnownFieldsOnly); parts nested deeper (a chat message's extra keys) are ignored. Fields that
+    would change the answer and are not supported are declared and rejected explicitly.
     """
 
     model_config = ConfigDict(strict=True, extra="ignore")
@@ -29,8 +31,9 @@ class StrictModel(BaseModel):
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-class RequestBody(StrictModel):
-    """A top-level request body: also rejects strings that are not valid Unicode."""
+class RequestBody(KnownFieldsOnly, StrictModel):
+    """A top-level request body: refuses unknown fields, and strings that are not valid
+    Unicode."""
 
     @model_validator(mode="before")
     @classmethod
@@ -158,7 +161,12 @@ class ErrorObject(ResponseModel):
     message: str
     type: ErrorKind
     param: str | None = Field(description="The request field at fault, when one is")
-    code: int = Field(description="The HTTP status")
+    code: str | int = Field(
+        description=(
+            "OpenAI's error code where it has one (model_not_found, context_length_exceeded), "
+            "otherwise the HTTP status"
+        )
+    )
 
 
 class ErrorResponse(ResponseModel):
@@ -169,14 +177,20 @@ class ErrorResponse(ResponseModel):
     error_type: ErrorType
 
 
-ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
-    status: {"model": ErrorResponse, "description": description}
-    for status, description in (
-        (401, "Missing or invalid API key"),
-        (404, "The requested model is not served here"),
-        (413, "Request body too large"),
-        (422, "Invalid request: the message names the field and the limit"),
-        (429, "Overloaded: retry after the Retry-After header's seconds"),
-        (503, "Not ready, draining, or the engine was lost"),
-    )
-}
+def _error_responses(bad_input: int) -> dict[int | str, dict[str, object]]:
+    return {
+        status: {"model": ErrorResponse, "description": description}
+        for status, description in (
+            (bad_input, "Invalid request: the message names the field and the limit"),
+            (401, "Missing or invalid API key"),
+            (404, "The requested model is not served here"),
+            (413, "Request body too large"),
+            (429, "Overloaded: retry after the Retry-After header's seconds"),
+            (503, "Not ready, draining, or the engine was lost"),
+        )
+    }
+
+
+# Bad input is 400 on the OpenAI routes (as OpenAI and vLLM answer) and 422 on TGI's.
+ERROR_RESPONSES = _error_responses(400)
+TGI_ERROR_RESPONSES = _error_responses(422)

@@ -36,10 +36,24 @@ from app.api.schemas.common import (
     omitted_if_none,
     only,
 )
+from app.api.schemas.known_fields import (
+    OPENAI_CHAT_UNUSED,
+    OPENAI_STREAM_OPTIONS_UNUSED,
+    TGI_CHAT_UNUSED,
+    KnownFieldsOnly,
+)
 
 
-class StreamOptions(StrictModel):
+class StreamOptions(KnownFieldsOnly, StrictModel):
+    accepted_unused = OPENAI_STREAM_OPTIONS_UNUSED
+
     include_usage: bool = False
+    continuous_usage_stats: bool = Field(
+        default=False,
+        description=(
+            "vLLM's: with include_usage, every chunk carries the usage of its choice so far"
+        ),
+    )
 
 
 class SamplingFields(RequestBody):
@@ -91,6 +105,13 @@ class SamplingFields(RequestBody):
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
+    @property
+    def continuous_usage(self) -> bool:
+        """Usage in every chunk: vLLM's continuous_usage_stats, which needs include_usage."""
+        return self.include_usage and bool(
+            self.stream_options and self.stream_options.continuous_usage_stats
+        )
+
 
 Prompt = (
     str
@@ -121,7 +142,7 @@ class CompletionRequest(SamplingFields):
         description=(
             "vLLM extension: each choice gets prompt_logprobs, per prompt token (null for the "
             "first) its logprob and rank and the N most likely tokens there. Not with "
-            "stream=true: both together answer 422"
+            "stream=true: both together answer 400"
         ),
         json_schema_extra={"x-not-with": {"stream": True}},
     )
@@ -182,6 +203,8 @@ class TextFormat(StrictModel):
 
 
 class ChatCompletionRequest(SamplingFields):
+    accepted_unused = OPENAI_CHAT_UNUSED | TGI_CHAT_UNUSED
+
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: PositiveInt | None = Field(
         default=None, description="Deprecated alias of max_completion_tokens"
@@ -193,11 +216,14 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: Annotated[int, Field(ge=0, le=20), Integral] | None = Field(
         default=None,
         description="The N most likely tokens at each position. Needs logprobs=true: "
-        "without it, 422",
+        "without it, 400",
         json_schema_extra={"x-requires": {"logprobs": True}},
     )
     tools: Annotated[list[Any], Field(max_length=0)] | None = Field(
         default=None, description="Not supported; must be null or empty"
+    )
+    functions: Annotated[list[Any], Field(max_length=0)] | None = Field(
+        default=None, description="Deprecated form of tools; not supported: null or empty"
     )
     response_format: TextFormat | None = Field(default=None, description="Only {'type': 'text'}")
 
@@ -208,7 +234,7 @@ class ChatCompletionRequest(SamplingFields):
             raise PydanticCustomError("logprobs", "needs logprobs set to true")
         return value
 
-    @field_validator("tools", mode="before")
+    @field_validator("tools", "functions", mode="before")
     @classmethod
     def _no_tools(cls, value: Any) -> Any:
         if value:
@@ -291,7 +317,10 @@ class CompletionChunk(ResponseModel):
     created: int
     model: str
     choices: list[CompletionStreamChoice]
-    usage: Usage | None = omitted_if_none("Only in the usage chunk, which has no choices")
+    usage: Usage | None = omitted_if_none(
+        "In the usage chunk, which has no choices; with stream_options.continuous_usage_stats, "
+        "in every chunk too (its choice's usage so far)"
+    )
     timings: Timings | None = omitted_if_none("Non-standard: with a choice's finish_reason")
 
 
@@ -352,7 +381,10 @@ class ChatCompletionChunk(ResponseModel):
     created: int
     model: str
     choices: list[ChatChunkChoice]
-    usage: Usage | None = omitted_if_none("Only in the usage chunk, which has no choices")
+    usage: Usage | None = omitted_if_none(
+        "In the usage chunk, which has no choices; with stream_options.continuous_usage_stats, "
+        "in every chunk too (its choice's usage so far)"
+    )
     timings: Timings | None = omitted_if_none("Non-standard: with a choice's finish_reason")
 
 

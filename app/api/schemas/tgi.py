@@ -24,11 +24,12 @@ from app.api.schemas.common import (
     omitted_if_none,
     only,
 )
+from app.api.schemas.known_fields import TGI_GENERATE_UNUSED, KnownFieldsOnly
 
 DEFAULT_MAX_NEW_TOKENS = 100  # TGI's documented default, capped to what fits in the context
 
 
-class GenerateParameters(StrictModel):
+class GenerateParameters(KnownFieldsOnly, StrictModel):
     max_new_tokens: PositiveInt | None = Field(
         default=None,
         description=f"Default {DEFAULT_MAX_NEW_TOKENS}, capped to the context window",
@@ -90,6 +91,8 @@ _DEFAULT_PARAMETERS = GenerateParameters()
 
 
 class GenerateRequest(RequestBody):
+    accepted_unused = TGI_GENERATE_UNUSED
+
     inputs: str = Field(description="The prompt; empty starts from <|endoftext|>")
     parameters: GenerateParameters | None = None
     stream: bool = Field(default=False, description="Only read by POST /, which serves both")

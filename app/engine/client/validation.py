@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from app.engine.errors import InvalidRequestError
+from app.engine.errors import ContextLengthExceededError, InvalidRequestError
 from app.engine.protocol import AddRequest, SamplingParams
 
 
@@ -36,11 +36,14 @@ def validate_request(
     check_token_ids("logit_bias", list(params.logit_bias), limits.vocab_size)
     total = len(prompt_ids) + params.max_tokens
     if total > limits.max_model_len:
-        raise InvalidRequestError(
+        raise ContextLengthExceededError(
             "max_tokens",
             f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) = {total} "
             f"exceeds the context window of {limits.max_model_len} tokens; shorten the prompt "
             "or lower max_tokens",
+            max_model_len=limits.max_model_len,
+            prompt_tokens=len(prompt_ids),
+            max_tokens=params.max_tokens,
         )
     return AddRequest(request_id, tuple(prompt_ids), params, handle)
 
@@ -48,18 +51,24 @@ def validate_request(
 def check_text_fits(text: str, max_token_bytes: int, max_tokens: int) -> None:
     """Refuse, without tokenizing it, a text that needs more than max_tokens tokens whatever
     its tokenization: each token stands for at most max_token_bytes bytes of text, so L bytes
-    need at least ceil(L / max_token_bytes) tokens. Never refuses a text that could fit."""
+    need at least ceil(L / max_token_bytes) tokens. Never refuses a text that could fit.
+    `max_tokens` is what a prompt may have: the context window less the one token it must leave
+    to generate."""
     if len(text) * 4 <= max_token_bytes * max_tokens:  # at most 4 UTF-8 bytes per character
         return
     num_bytes = len(text.encode("utf-8"))
     least = math.ceil(num_bytes / max_token_bytes)
     if least > max_tokens:
-        raise InvalidRequestError(
+        raise ContextLengthExceededError(
             "prompt",
             f"the text is {num_bytes} bytes; a token of this model covers at most "
             f"{max_token_bytes} bytes, so it needs at least {least} tokens, more than the "
             f"{max_tokens} a prompt may have in the context window; shorten it, or ask for "
             "truncation (truncate_prompt_tokens, or TGI's truncate)",
+            max_model_len=max_tokens + 1,
+            prompt_tokens=least,
+            max_tokens=None,
+            prompt_at_least=True,
         )
 
 
