@@ -112,7 +112,13 @@ def test_cuda_greedy_with_graphs_matches_transformers(
     from app.engine import EngineConfig
 
     llm = LLM(
-        EngineConfig(model=str(tiny_model_dir), device="cuda", dtype="float32", max_num_seqs=16)
+        EngineConfig(
+            model=str(tiny_model_dir),
+            device="cuda",
+            dtype="float32",
+            max_num_seqs=16,
+            kv_cache_tokens=32768,
+        )
     )
     assert llm.core.runner.static_decode is not None
     got = llm.generate([ids for ids, _ in PROMPTS], [_greedy(n) for _, n in PROMPTS])

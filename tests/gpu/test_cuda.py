@@ -7,6 +7,7 @@ Skipped without a CUDA device; `bash benchmarks/gpu_check.sh` runs them on a GPU
 from __future__ import annotations
 
 import dataclasses
+import gc
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,11 @@ def prompts(n: int = 16) -> list[list[int]]:
 
 
 def cuda_llm(model_dir: Path, **overrides: object) -> LLM:
+    """A fixed 32768-token pool unless overridden: several engines live at once here, and one
+    sized from the device would take 90% of it."""
     config: dict[str, object] = {"model": str(model_dir), "device": "cuda", "dtype": "float32"}
-    return LLM(EngineConfig(**{**config, "max_num_seqs": 16, **overrides}))  # type: ignore[arg-type]
+    config |= {"max_num_seqs": 16, "kv_cache_tokens": 32768}
+    return LLM(EngineConfig(**{**config, **overrides}))  # type: ignore[arg-type]
 
 
 def test_fp32_logits_match_transformers_on_cuda(tiny_model_dir: Path) -> None:
@@ -135,10 +139,14 @@ def test_graphs_with_the_prefix_cache_and_preemption_equal_eager(tiny_model_dir:
 
 def test_the_pool_is_sized_from_gpu_memory_utilization(tiny_model_dir: Path) -> None:
     """Unset kv_cache_tokens: the pool takes what 0.9 (then 0.5) of the device leaves."""
-    big = cuda_llm(tiny_model_dir, gpu_memory_utilization=0.9, cuda_graphs=False)
+    gc.collect()  # engines of earlier tests
+    torch.cuda.empty_cache()
+    unset = {"kv_cache_tokens": None, "cuda_graphs": False}
+    big = cuda_llm(tiny_model_dir, gpu_memory_utilization=0.9, **unset)
     blocks_big = big.core.kv.num_blocks
     del big
+    gc.collect()
     torch.cuda.empty_cache()
-    small = cuda_llm(tiny_model_dir, gpu_memory_utilization=0.5, cuda_graphs=False)
+    small = cuda_llm(tiny_model_dir, gpu_memory_utilization=0.5, **unset)
     assert 0 < small.core.kv.num_blocks < blocks_big
     assert small.core.runner.kv.num_bytes < 0.5 * torch.cuda.get_device_properties(0).total_memory
