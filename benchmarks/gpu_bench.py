@@ -21,7 +21,6 @@ from app.engine.worker.llm import LLM
 from benchmarks.engine_bench import make_gpt2_124m
 from tests.checkpoints import prefix_match, write_tokenizer
 
-
 KV_TOKENS = 65536
 
 
