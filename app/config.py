@@ -72,7 +72,7 @@ def _engine_settings_fields() -> dict[str, Any]:
         annotation = hints[f.name]
         if get_origin(annotation) in (tuple, list):
             annotation = Annotated[annotation, NoDecode]  # comma-separated: see _split_lists
-        bounds = {"ge": f.metadata["ge"]} if "ge" in f.metadata else {}
+        bounds = {k: f.metadata[k] for k in ("ge", "gt", "le") if k in f.metadata}
         description = f.metadata.get("help", "") + override.get("help", "")
         extra = {"group": f.metadata.get("group", "engine")}
         if "metavar" in f.metadata:

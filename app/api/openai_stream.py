@@ -43,11 +43,12 @@ async def openai_events(
     build_chunk: ChunkBuilder,
     keep_alive_seconds: float,
     prelude: Sequence[BaseModel] = (),
-    usage_chunk: Callable[[list[int]], BaseModel] | None = None,
+    usage_chunk: Callable[[list[int], list[int]], BaseModel] | None = None,
     num_choices: int,
     response_id: str,
 ) -> AsyncIterator[bytes]:
     outputs = [0] * num_choices  # tokens generated per choice, for the usage chunk
+    cached = [0] * num_choices  # prompt tokens each choice took from the prefix cache
     try:
         for chunk in prelude:
             yield event(chunk)
@@ -57,11 +58,12 @@ async def openai_events(
                 continue
             index, delta = entry
             outputs[index] = delta.num_output_tokens
+            cached[index] = delta.num_cached_tokens
             built = build_chunk(index, delta)
             if built is not None:
                 yield built if isinstance(built, bytes) else event(built)
         if usage_chunk is not None:
-            yield event(usage_chunk(outputs))
+            yield event(usage_chunk(outputs, cached))
         yield DONE
     except Exception as exc:
         note_error(exc)
@@ -91,7 +93,11 @@ def openai_response(
     content: dict[str, Any] = {
         **head,
         "choices": choices,
-        "usage": usage(plans, [result.num_output_tokens for result in results]),
+        "usage": usage(
+            plans,
+            [result.num_output_tokens for result in results],
+            [result.num_cached_tokens for result in results],
+        ),
     }
     if timings is not None:
         content["timings"] = timings_ms(timings)

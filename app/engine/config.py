@@ -21,14 +21,21 @@ Quantization = Literal["none", "int8"]
 
 
 def _option(
-    help: str, *, ge: int | None = None, group: str = "engine", metavar: str | None = None
+    help: str,
+    *,
+    ge: int | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    group: str = "engine",
+    metavar: str | None = None,
 ) -> dict[str, Any]:
-    """A field's metadata: what it does (the flag's help), its lower bound if any, the section
+    """A field's metadata: what it does (the flag's help), its bounds if any, the section
     of `gpt2-serve serve --help` it is listed in ("engine" unless said), and how the flag's
     value is shown there when the type alone does not say (a str with known forms)."""
     metadata: dict[str, Any] = {"help": help, "group": group}
-    if ge is not None:
-        metadata["ge"] = ge
+    for name, bound in (("ge", ge), ("gt", gt), ("le", le)):
+        if bound is not None:
+            metadata[name] = bound
     if metavar is not None:
         metadata["metavar"] = metavar
     return metadata
@@ -58,24 +65,42 @@ class EngineConfig:
         ),
     )
     max_num_seqs: int = field(
-        default=32,
+        default=256,
         metadata=_option(
-            "running-batch cap; also the number of KV slots unless kv_cache_tokens says fewer",
+            "running-batch cap: sequences that hold KV blocks at once (fewer when the blocks "
+            "run out)",
             ge=1,
         ),
     )
     max_model_len: int | None = field(
         default=None,
         metadata=_option(
-            "context length of one KV slot; unset: the model's n_positions (1024 for GPT-2)", ge=2
+            "longest sequence (prompt + output) in tokens; unset: the model's n_positions "
+            "(1024 for GPT-2)",
+            ge=2,
         ),
     )
     kv_cache_tokens: int | None = field(
         default=None,
         metadata=_option(
-            "KV budget in tokens: slots = min(max_num_seqs, kv_cache_tokens // max_model_len); "
-            "unset: max_num_seqs slots",
+            "KV cache size in tokens (rounded down to whole blocks); unset: 32768 on CPU, "
+            "from gpu_memory_utilization on CUDA",
             ge=1,
+        ),
+    )
+    gpu_memory_utilization: float = field(
+        default=0.9,
+        metadata=_option(
+            "CUDA: fraction of the device's memory this worker may use; the KV cache gets what "
+            "the weights and a profiled worst-case step leave of it (unless kv_cache_tokens)",
+            gt=0.0,
+            le=1.0,
+        ),
+    )
+    block_size: int = field(
+        default=16,
+        metadata=_option(
+            "tokens per KV cache block (the unit of allocation and of prefix reuse)", ge=1
         ),
     )
     max_num_batched_tokens: int = field(
@@ -114,17 +139,17 @@ class EngineConfig:
     cuda_graphs: bool = field(
         default=True, metadata=_option("capture decode steps as CUDA graphs (CUDA only)")
     )
-    share_prefixes: bool = field(
+    prefix_cache: bool = field(
         default=True,
         metadata=_option(
-            "copy a running sequence's cached prompt prefix (n choices, a shared system prompt) "
-            "instead of recomputing it"
+            "keep full KV blocks after their request ends and reuse them for any later prompt "
+            "that starts with the same tokens (system prompts, chat histories, n choices)"
         ),
     )
     cuda_graph_batch_sizes: tuple[int, ...] = field(
-        default=(1, 2, 4, 8, 16, 24, 32, 48, 64),
+        default=(1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256),
         metadata=_option(
-            "decode batch sizes captured as CUDA graphs (sizes above the KV slots are skipped)"
+            "decode batch sizes captured as CUDA graphs (sizes above max_num_seqs are skipped)"
         ),
     )
 
@@ -134,6 +159,12 @@ class EngineConfig:
             bound = f.metadata.get("ge")
             if bound is not None and value is not None and value < bound:
                 raise ValueError(f"invalid {f.name}={value!r}: must be >= {bound}")
+            above = f.metadata.get("gt")
+            if above is not None and value is not None and value <= above:
+                raise ValueError(f"invalid {f.name}={value!r}: must be > {above}")
+            top = f.metadata.get("le")
+            if top is not None and value is not None and value > top:
+                raise ValueError(f"invalid {f.name}={value!r}: must be <= {top}")
             allowed = _choices().get(f.name)
             if allowed is not None and value not in allowed:
                 names = [str(a) for a in allowed]

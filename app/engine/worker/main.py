@@ -106,6 +106,7 @@ def _model_info(core: Any, model_id: str) -> ModelInfo:
         dtype=str(runner.dtype).removeprefix("torch."),
         device=str(runner.device),
         max_num_seqs=core.config.max_num_seqs,
-        kv_slots=core.slots.num_slots,
+        kv_blocks=core.kv.num_blocks,
+        kv_block_size=core.kv.block_size,
         quantization=core.config.quantization,
     )
