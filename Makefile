@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # CUDA build from the Docker image instead; pyproject.toml admits both.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: install test lint unit serve bench serve-bench clean demo-model mutation soak
+.PHONY: install test lint unit serve bench serve-bench clean demo-model mutation soak compat
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -59,6 +59,15 @@ serve-bench: install
 SOAK_SECONDS ?= 600
 soak: install
 	$(PY) scripts/soak.py --seconds $(SOAK_SECONDS) $(ARGS)
+
+# Real clients, unchanged (issue 17; not part of `test` nor CI): installs guidellm, aiperf,
+# inference-perf and litellm, each in its own environment under .cache/compat/ (not .venv; a few
+# minutes each the first time), serves the demo model on 127.0.0.1 and runs each client against
+# it, small and bounded, offline; checks 0 errors and token totals equal to /metrics, one line per
+# client, non-zero exit on any failure. inference-perf needs Python >= 3.12: COMPAT_PYTHON=...
+# See docs/compat.md.
+compat: install
+	$(PY) -m scripts.compat $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache mutants

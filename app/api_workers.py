@@ -45,6 +45,7 @@ from typing import Any
 from app.config import Settings, to_engine_config
 from app.engine.client.remote_worker import ApiProcess
 from app.engine.client.worker_handle import WorkerHandle
+from app.startup_errors import StartupError, describe
 
 log = logging.getLogger("gpt2_serve")
 KILL_AFTER_DRAIN_SECONDS = 15.0  # past the drain timeout, API processes still there are killed
@@ -54,27 +55,23 @@ KILL_AFTER_DRAIN_SECONDS = 15.0  # past the drain timeout, API processes still t
 AFTER_DRAIN_SECONDS = 3
 
 
-def serve_api_workers(settings: Settings, server_class: Any) -> int:
-    """Run the supervisor until every process has stopped; returns the exit status.
-    `server_class`: cli.DrainingServer (the uvicorn server each API process runs)."""
-    return asyncio.run(Supervisor(settings, server_class).run())
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """The listening socket every API process accepts on (as uvicorn binds its own)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
+def serve_api_workers(settings: Settings, server_class: Any, listener: socket.socket) -> int:
+    """Run the supervisor until every process has stopped; returns the exit status, or raises
+    StartupError when the engine worker could not start (the CLI reports it in one line).
+    `server_class`: cli.DrainingServer (the uvicorn server each API process runs); `listener`:
+    the socket bound to --host/--port (app/preflight.py), which every API process accepts on."""
+    supervisor = Supervisor(settings, server_class)
+    code = asyncio.run(supervisor.run(listener))
+    if supervisor.startup_error is not None:
+        raise supervisor.startup_error
+    return code
 
 
 class Supervisor:
     def __init__(self, settings: Settings, server_class: Any) -> None:
         self.settings = settings
         self.server_class = server_class
+        self.startup_error: StartupError | None = None
         self.api: list[Any] = []  # multiprocessing.Process
         self.exit_codes: dict[int, int | None] = {}
         self.stopping = False
@@ -83,13 +80,8 @@ class Supervisor:
         self._all_exited = asyncio.Event()
         self._api_failed = asyncio.Event()
 
-    async def run(self) -> int:
-        settings = self.settings
-        try:
-            listener = bind(settings.host, settings.port)
-        except OSError as exc:
-            log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
-            return 1
+    async def run(self, listener: socket.socket) -> int:
+        listener.set_inheritable(True)
         run_dir = tempfile.mkdtemp(prefix="gpt2-serve-")
         try:
             return await self._run(listener, run_dir)
@@ -124,12 +116,12 @@ class Supervisor:
         failed = asyncio.ensure_future(self._api_failed.wait())
         await asyncio.wait({starting, failed}, return_when=asyncio.FIRST_COMPLETED)
         failed.cancel()
-        if starting.done() and starting.exception() is not None:
-            log.error("%s", starting.exception())
-            self._kill_api()
+        if starting.done() and (failure := starting.exception()) is not None:
+            self.startup_error = describe(failure)  # reported by the CLI, in one line
+            self._kill_api(expected=True)
             await self._all_exited.wait()
             await worker.stop()
-            return 1
+            return int(self.startup_error.status)
         await self._all_exited.wait()
         starting.cancel()
         await worker.stop()
@@ -182,11 +174,17 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signal.SIGTERM)
 
-    def _kill_api(self) -> None:
+    def _kill_api(self, *, expected: bool = False) -> None:
+        """SIGKILL to every API process still running: past the drain's grace, or (expected)
+        because the worker never started and they have nothing to serve."""
         self.stopping = True
         for process in self.api:
             if process.pid not in self.exit_codes:
-                log.warning("API process %s still running: killing it", process.pid)
+                log.log(
+                    logging.DEBUG if expected else logging.WARNING,
+                    "API process %s still running: killing it",
+                    process.pid,
+                )
                 process.kill()
 
     def _worker_lost(self, exitcode: int | None, error: str | None) -> None:

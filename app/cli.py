@@ -5,7 +5,9 @@
     gpt2-serve bench --url http://127.0.0.1:8000 --concurrency 1 8 32   # load test (app/bench)
 
 Every serve option is a Settings field, so each flag also comes from GPT2_<NAME> in the
-environment (flags win).
+environment (flags win); app/cli_flags.py makes the flags. A start that cannot go on (a taken
+port, a missing model, a bad value) ends in one line and an exit status (app/startup_errors.py),
+and what can be checked before the model loads is (app/preflight.py).
 """
 
 from __future__ import annotations
@@ -18,56 +20,38 @@ import signal
 import socket
 import sys
 import types
-from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any
 
 import uvicorn
+from pydantic import ValidationError
 
-from app.config import Settings
+from app.cli_flags import add_engine_flags, add_settings_flags, settings_from
+from app.config import Settings, to_engine_config
+from app.preflight import bind_listener, check_model
+from app.startup_errors import EXIT_STATUSES, StartupError, describe
 
 log = logging.getLogger("gpt2_serve")
 COMMANDS = ("serve", "generate", "bench")
 # After the drain deadline, how long uvicorn waits for the answers the engine just ended (an
 # error event and [DONE], or a 503) to go out before it cancels what is left.
 SHUTDOWN_MARGIN_SECONDS = 2
+TOP_EPILOG = """\
+each command has its own flags:
+  gpt2-serve serve --help      the server's flags: model, engine, server, limits, observability
+  gpt2-serve generate --help   the model and engine flags, and the generation's own
+  gpt2-serve bench --help      the load generator's flags
 
+Without a command, gpt2-serve runs serve: `gpt2-serve --port 9000` is
+`gpt2-serve serve --port 9000`.
+"""
+SERVE_DESCRIPTION = """\
+Run the HTTP service: OpenAI- and TGI-compatible routes, one engine worker process.
+Every flag can also be set in the environment as GPT2_<NAME> (the flag wins; an empty
+variable counts as unset)."""
 
-def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per Settings field (engine options included), its help from the field's
-    description, then its environment variable and default."""
-    for name, field in Settings.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        kinds = [a for a in get_args(field.annotation) if a is not type(None)] or [field.annotation]
-        kind = kinds[0]
-        origin = get_origin(field.annotation)
-        listed = origin in (list, tuple)  # comma-separated or a JSON list, parsed by Settings
-        default = field.get_default(call_default_factory=True)
-        if listed:
-            default = ",".join(str(item) for item in default)
-        what = (field.description or name.replace("_", " ")) + (
-            ", comma-separated or a JSON list" if listed else ""
-        )
-        # argparse %-formats help strings.
-        help_text = f"{what} (env GPT2_{name.upper()}; default: {default!r})".replace("%", "%%")
-        if origin is Literal:
-            parser.add_argument(
-                flag, dest=name, choices=get_args(field.annotation), default=None, help=help_text
-            )
-        elif listed:
-            parser.add_argument(flag, dest=name, default=None, help=help_text)
-        elif kind is bool:
-            parser.add_argument(
-                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
-            )
-        elif kind in (int, float, str, Path):
-            parser.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
-        else:
-            parser.add_argument(flag, dest=name, default=None, help=help_text)
-
-
-def _settings_from(args: argparse.Namespace) -> Settings:
-    given = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
-    return Settings(**given)
+# Kept for the callers that build a parser of their own (tests).
+_add_settings_flags = add_settings_flags
+_settings_from = settings_from
 
 
 def serve(settings: Settings) -> None:
@@ -78,18 +62,34 @@ def serve(settings: Settings) -> None:
     # The worker process inherits the environment: same level and format there (flags too).
     os.environ["GPT2_LOG_LEVEL"] = settings.log_level
     os.environ["GPT2_LOG_FORMAT"] = settings.log_format
-    if settings.api_workers > 1:  # a supervisor, a worker and N HTTP processes
-        from app.api_workers import serve_api_workers
+    # Before anything is loaded: the port (held from now on), then the model's files.
+    listener = bind_listener(settings.host, settings.port)
+    try:
+        check_model(to_engine_config(settings).model)
+        if settings.api_workers > 1:  # a supervisor, a worker and N HTTP processes
+            from app.api_workers import serve_api_workers
 
-        code = serve_api_workers(settings, DrainingServer)
-        if code:
-            raise SystemExit(code)
-        return
-    app = create_app(settings)
-    server = DrainingServer(uvicorn_config(app, settings), app, settings.drain_timeout_seconds)
-    server.run()
-    if server.forced:
-        raise SystemExit(1)  # a second signal cut requests short
+            code = serve_api_workers(settings, DrainingServer, listener)
+            if code:
+                raise SystemExit(code)
+            return
+        app = create_app(settings)
+        server = DrainingServer(
+            uvicorn_config(app, settings),
+            app,
+            settings.drain_timeout_seconds,
+            address=(settings.host, settings.port),
+        )
+        try:
+            server.run(sockets=[listener])
+        except SystemExit:  # uvicorn's, when the lifespan failed: report why, in one line
+            if app.state.startup_error is not None:
+                raise describe(app.state.startup_error) from app.state.startup_error
+            raise
+        if server.forced:
+            raise SystemExit(1)  # a second signal cut requests short
+    finally:
+        listener.close()
 
 
 def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
@@ -123,18 +123,40 @@ class DrainingServer(uvicorn.Server):
     (STOP_SECONDS, then it is killed).
 
     Signal handlers run between two bytecodes of whatever the loop is doing: they only set
-    flags and hand the rest to the loop (call_soon_threadsafe)."""
+    flags and hand the rest to the loop (call_soon_threadsafe).
 
-    def __init__(self, config: uvicorn.Config, app: Any, grace_seconds: float) -> None:
+    A failed startup is the CLI's to report, in one line (serve()): uvicorn's own account of it
+    (the traceback, "Application startup failed") goes to DEBUG. `address`: the host and port
+    of the socket it is given, to log once it listens (uvicorn does not, for given sockets)."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        app: Any,
+        grace_seconds: float,
+        *,
+        address: tuple[str, int] | None = None,
+    ) -> None:
         super().__init__(config)
-        self.app, self.grace_seconds = app, grace_seconds
+        self.app, self.grace_seconds, self.address = app, grace_seconds, address
         self.draining = self.forced = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_task: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
-        await super().startup(sockets)
+        lifespan = self.lifespan
+        loud = getattr(lifespan, "logger", None)
+        if loud is not None:
+            lifespan.logger = _ErrorsAtDebug(loud, {})
+        try:
+            await super().startup(sockets)
+        finally:
+            if loud is not None:
+                lifespan.logger = loud
+        if self.started and self.address is not None:
+            host, port = self.address
+            log.info("listening on http://%s:%d", host, port)
 
     def handle_exit(self, sig: int, frame: types.FrameType | None) -> None:
         engine = getattr(self.app.state, "engine", None)
@@ -160,12 +182,24 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+class _ErrorsAtDebug(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """uvicorn's lifespan logger while the app starts: errors become DEBUG records."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        super().log(logging.DEBUG if level >= logging.ERROR else level, msg, *args, **kwargs)
+
+
 def generate(args: argparse.Namespace) -> None:
-    from app.config import to_engine_config
     from app.engine import SamplingParams
     from app.engine.worker.llm import LLM
 
-    llm = LLM(to_engine_config(_settings_from(args)))
+    settings = settings_from(args)
+    logging.getLogger().setLevel(settings.log_level)  # the text lines main() set up
+    check_model(to_engine_config(settings).model)
+    try:
+        llm = LLM(to_engine_config(settings))
+    except Exception as exc:  # the model would not load: one line, as serve says it
+        raise describe(exc) from exc
     params = SamplingParams(
         max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed_sample
     )
@@ -173,6 +207,57 @@ def generate(args: argparse.Namespace) -> None:
         sys.stdout.write(out.text)
         sys.stdout.flush()
     sys.stdout.write("\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpt2-serve",
+        description=__doc__.split("\n")[0],
+        epilog=TOP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, title="commands")
+    serve_parser = sub.add_parser(
+        "serve",
+        help="run the HTTP service (the default): gpt2-serve serve --help",
+        description=SERVE_DESCRIPTION,
+        epilog=_exit_statuses(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_settings_flags(serve_parser)
+    gen = sub.add_parser(
+        "generate",
+        help="generate once, in-process, and print the text: gpt2-serve generate --help",
+        description="Load the model in this process, continue PROMPT and print the text.\n"
+        "The model and engine flags are serve's; GPT2_<NAME> variables apply too.",
+        epilog=_exit_statuses(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    generation = gen.add_argument_group("generation", "this one generation's prompt and sampling")
+    generation.add_argument("prompt", help="the text to continue")
+    generation.add_argument(
+        "--max-tokens", type=int, default=64, help="tokens to generate at most (default: 64)"
+    )
+    generation.add_argument(
+        "--temperature",
+        type=float,
+        default=0.8,
+        help="sampling temperature; 0: greedy (default: 0.8)",
+    )
+    generation.add_argument(
+        "--seed-sample",
+        type=int,
+        default=None,
+        help="seed for this generation's sampling (default: unset, the engine's --seed)",
+    )
+    add_engine_flags(gen)
+    sub.add_parser("bench", help="load-test OpenAI-compatible servers: gpt2-serve bench --help")
+    return parser
+
+
+def _exit_statuses() -> str:
+    lines = [f"  {int(status)}  {meaning}" for status, meaning in EXIT_STATUSES.items()]
+    return "exit status:\n" + "\n".join(lines) + "\n(see docs/operations.md)"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -183,24 +268,20 @@ def main(argv: list[str] | None = None) -> None:
         from app.bench.cli import main as bench
 
         raise SystemExit(bench(argv[1:]))
-    parser = argparse.ArgumentParser(prog="gpt2-serve", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_settings_flags(sub.add_parser("serve", help="run the HTTP service (the default)"))
-    gen = sub.add_parser("generate", help="generate once, in-process, and print the text")
-    _add_settings_flags(gen)
-    gen.add_argument("prompt")
-    gen.add_argument("--max-tokens", type=int, default=64)
-    gen.add_argument("--temperature", type=float, default=0.8)
-    gen.add_argument("--seed-sample", type=int, default=None, help="seed for this generation")
-    sub.add_parser("bench", help="load-test OpenAI-compatible servers: gpt2-serve bench -h")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if args.command == "generate":
-        generate(args)
-    else:
-        serve(_settings_from(args))
+    try:
+        if args.command == "generate":
+            generate(args)
+        else:
+            serve(settings_from(args))
+    except (StartupError, ValidationError) as exc:
+        error = describe(exc)
+        log.error("%s", error)
+        log.debug("why the start failed", exc_info=exc)
+        raise SystemExit(int(error.status)) from None
 
 
 if __name__ == "__main__":

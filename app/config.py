@@ -72,11 +72,14 @@ def _engine_settings_fields() -> dict[str, Any]:
         annotation = hints[f.name]
         if get_origin(annotation) in (tuple, list):
             annotation = Annotated[annotation, NoDecode]  # comma-separated: see _split_lists
-        bounds = {"ge": f.metadata["ge"]} if "ge" in f.metadata else {}
+        bounds = {k: f.metadata[k] for k in ("ge", "gt", "le") if k in f.metadata}
         description = f.metadata.get("help", "") + override.get("help", "")
+        extra = {"group": f.metadata.get("group", "engine")}
+        if "metavar" in f.metadata:
+            extra["metavar"] = f.metadata["metavar"]
         definitions[f.name] = (
             annotation,
-            Field(default=default, description=description, **bounds),
+            Field(default=default, description=description, json_schema_extra=extra, **bounds),
         )
     return definitions
 
@@ -99,12 +102,18 @@ class Settings(_EngineSettings):
     The engine options are EngineConfig's fields (app/engine/config.py), added to this class
     from there; the rest are declared below."""
 
-    model_config = SettingsConfigDict(env_prefix="GPT2_", extra="ignore", validate_default=True)
+    # env_ignore_empty: GPT2_X= (set but empty, as compose files pass "${GPT2_X}" when the
+    # operator set nothing) counts as unset, so the default applies: an empty GPT2_MODEL serves
+    # the bundled demo model instead of the current directory. An empty flag is still a value.
+    model_config = SettingsConfigDict(
+        env_prefix="GPT2_", extra="ignore", validate_default=True, env_ignore_empty=True
+    )
 
     # --- model name -----------------------------------------------------------------------------
     served_model_name: str | None = Field(
         default=None,
         description='the name in "model" fields and /v1/models; unset: derived from --model',
+        json_schema_extra={"group": "model"},
     )
 
     # --- admission (reject early with 429 rather than queue forever) -------------------------
@@ -112,58 +121,85 @@ class Settings(_EngineSettings):
         default=256,
         ge=1,
         description="requests waiting beyond max_num_seqs before new ones get 429",
+        json_schema_extra={"group": "limits"},
     )
     max_queued_tokens: int = Field(
-        default=262144, ge=1, description="prompt tokens waiting before new requests get 429"
+        default=262144,
+        ge=1,
+        description="prompt tokens waiting before new requests get 429",
+        json_schema_extra={"group": "limits"},
     )
 
     # --- HTTP ---------------------------------------------------------------------------------
-    host: str = Field(default="0.0.0.0", description="address to listen on")
-    port: int = Field(default=8000, ge=1, le=65535, description="port to listen on")
+    host: str = Field(
+        default="0.0.0.0", description="address to listen on", json_schema_extra={"group": "server"}
+    )
+    port: int = Field(
+        default=8000,
+        ge=1,
+        le=65535,
+        description="port to listen on",
+        json_schema_extra={"group": "server"},
+    )
     api_key: str | None = Field(
-        default=None, description="bearer key clients must send; unset (and no file): no auth"
+        default=None,
+        description="bearer key clients must send; unset (and no file): no auth",
+        json_schema_extra={"group": "server"},
     )
     api_key_file: Path | None = Field(
         default=None,
         description='file of accepted keys, one per line; blank lines and "#" comments ignored',
+        json_schema_extra={"group": "server"},
     )
     cors_allow_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="origins allowed by CORS (none: no CORS headers at all)",
+        json_schema_extra={"group": "server"},
     )
     max_request_body_bytes: int = Field(
-        default=1024 * 1024, ge=1, description="larger request bodies get 413"
+        default=1024 * 1024,
+        ge=1,
+        description="larger request bodies get 413",
+        json_schema_extra={"group": "limits"},
     )
     max_connections: int = Field(
         default=1024,
         ge=1,
         description="open connections (or requests in progress) past which new requests get "
         "503 (uvicorn's limit_concurrency); keep it above max_num_seqs + max_queued_requests",
+        json_schema_extra={"group": "limits"},
     )
     header_timeout_seconds: float = Field(
         default=10.0,
         gt=0,
         description="a connection must send a request's complete headers within this many "
         "seconds of opening or of its last answer, else it is closed (slow clients, slowloris)",
+        json_schema_extra={"group": "limits"},
     )
     body_timeout_seconds: float = Field(
         default=30.0,
         gt=0,
         description="a request's whole body must arrive within this many seconds, else 408 and "
         "the connection is closed",
+        json_schema_extra={"group": "limits"},
     )
     log_prompts: bool = Field(
         default=False,
         description="put prompts in the request log (they can hold personal data: off unless "
         "asked for)",
+        json_schema_extra={"group": "observability"},
     )
     drain_timeout_seconds: float = Field(
         default=30.0,
         ge=0,
         description="on SIGTERM/SIGINT, how long in-flight requests may run before exit",
+        json_schema_extra={"group": "server"},
     )
     keep_alive_seconds: float = Field(
-        default=15.0, gt=0, description="SSE comment lines this often while a stream is idle"
+        default=15.0,
+        gt=0,
+        description="SSE comment lines this often while a stream is idle",
+        json_schema_extra={"group": "server"},
     )
     api_workers: int = Field(
         default=1,
@@ -172,32 +208,51 @@ class Settings(_EngineSettings):
         description="HTTP processes in front of the one engine worker, all on the same port, "
         "each with its own share of the admission limits (1: one process, which starts the "
         "worker itself)",
+        json_schema_extra={"group": "server"},
     )
 
     # --- observability ------------------------------------------------------------------------
     log_format: Literal["json", "text"] = Field(
-        default="json", description="json: one object per line; text: for humans"
+        default="json",
+        description="json: one object per line; text: for humans",
+        json_schema_extra={"group": "observability"},
     )
-    log_level: str = Field(default="INFO", description="DEBUG | INFO | WARNING | ERROR | CRITICAL")
+    log_level: str = Field(
+        default="INFO",
+        description="least severe level logged (any case); DEBUG adds the traceback of a "
+        "failed start",
+        json_schema_extra={
+            "group": "observability",
+            "metavar": "{DEBUG,INFO,WARNING,ERROR,CRITICAL}",
+        },
+    )
     latency_buckets: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_LATENCY_BUCKETS),
         description="buckets (seconds) of every latency histogram (TTFT, inter-token, "
         "end-to-end, queue, prefill, decode, engine step)",
+        json_schema_extra={"group": "observability"},
     )
 
     # --- chat -----------------------------------------------------------------------------------
     chat_template: str = Field(
         default=DEFAULT_CHAT_TEMPLATE,
         description="applied to each chat message; placeholders {role} and {content}",
+        json_schema_extra={"group": "model"},
     )
     chat_generation_prompt: str = Field(
         default=DEFAULT_CHAT_GENERATION_PROMPT,
         description="appended after the rendered chat messages",
+        json_schema_extra={"group": "model"},
     )
 
     @field_validator("model")
     @classmethod
     def _bundled_alias(cls, value: str) -> str:
+        if not value.strip():  # "." would be the current directory: never what was meant
+            raise ValueError(
+                "must not be empty: name a GPT-2 checkpoint directory or hub id, or leave it "
+                "out to serve the bundled demo model"
+            )
         # "gpt2-demo" names the bundled model wherever the package is installed (an image, say).
         return str(BUNDLED_MODEL) if value == BUNDLED_MODEL.name else value
 

@@ -69,17 +69,23 @@ def create_app(
                 app.state.telemetry.close()
             return
         config = to_engine_config(settings)
-        client = AsyncEngine(
-            config,
-            model_id=settings.model_name,
-            max_queued_requests=settings.max_queued_requests,
-            max_queued_tokens=settings.max_queued_tokens,
-            stats_sink=app.state.telemetry.on_step,
-            request_sink=app.state.telemetry.on_record,
-            api_process=api_process,
-        )
-        logger.info("starting the engine for %s", config.model)
-        await client.start()
+        try:
+            client = AsyncEngine(
+                config,
+                model_id=settings.model_name,
+                max_queued_requests=settings.max_queued_requests,
+                max_queued_tokens=settings.max_queued_tokens,
+                stats_sink=app.state.telemetry.on_step,
+                request_sink=app.state.telemetry.on_record,
+                api_process=api_process,
+            )
+            logger.info("starting the engine for %s", config.model)
+            await client.start()
+        except Exception as exc:
+            # uvicorn only logs a failed startup (the CLI quiets that to DEBUG); the CLI reads
+            # the cause here to report it in one line with its exit status (app/startup_errors).
+            app.state.startup_error = exc
+            raise
         _settle_garbage_collector()
         info = client.info
         logger.log(
@@ -113,6 +119,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.engine = engine
+    app.state.startup_error = None
     app.state.started_at = int(time.time())
     app.state.telemetry = telemetry or Telemetry(
         settings,

@@ -162,9 +162,20 @@ class Metrics:
         self.generation_tokens = Counter(
             "gpt2_generation_tokens", "Generated tokens (completion_tokens served).", registry=r
         )
-        self.shared_prefix_tokens = Counter(
-            "gpt2_prefix_shared_tokens",
-            "Prompt tokens copied from a running sequence's KV cache instead of computed.",
+        # Named and counted as vLLM's: tokens, so hits / queries is the hit rate.
+        self.prefix_cache_queries = Counter(
+            "gpt2_prefix_cache_queries",
+            "Prompt tokens looked up in the prefix cache when their sequence was admitted.",
+            registry=r,
+        )
+        self.prefix_cache_hits = Counter(
+            "gpt2_prefix_cache_hits",
+            "Prompt tokens found in the prefix cache (their KV blocks reused, not computed).",
+            registry=r,
+        )
+        self.preemptions = Counter(
+            "gpt2_num_preemptions",
+            "Running sequences preempted (blocks freed, recomputed later) when KV blocks ran out.",
             registry=r,
         )
         self.host_seconds = Counter(
@@ -198,7 +209,9 @@ class Metrics:
         self.step.observe(stats.step_seconds)
         if stats.batch_size:
             self.step_batch.observe(stats.batch_size)
-        self.shared_prefix_tokens.inc(stats.num_shared_prefix_tokens)
+        self.prefix_cache_queries.inc(stats.prefix_cache_queries)
+        self.prefix_cache_hits.inc(stats.prefix_cache_hits)
+        self.preemptions.inc(stats.num_preemptions)
         self.host_seconds.inc(stats.host_seconds)
 
     def set_in_flight(self, engine: EngineClient | None) -> None:
@@ -257,10 +270,10 @@ class EngineStateCollector(Collector):
         running = 0 if idle or s is None else s.num_running
         waiting = 0 if idle or s is None else s.num_waiting
         batch = 0 if idle or s is None else s.batch_size
-        used = 0 if idle or s is None else s.kv_slots_used
-        usage = used / s.kv_slots_total if s is not None and s.kv_slots_total else 0.0
+        used = 0 if idle or s is None else s.kv_blocks_used
+        usage = used / s.kv_blocks_total if s is not None and s.kv_blocks_total else 0.0
         yield _gauge(
-            "gpt2_num_requests_running", "Sequences holding a KV slot in the worker.", running
+            "gpt2_num_requests_running", "Sequences holding KV blocks in the worker.", running
         )
         yield _gauge(
             "gpt2_num_requests_waiting",
@@ -269,7 +282,9 @@ class EngineStateCollector(Collector):
         )
         yield _gauge("gpt2_batch_size", "Sequences in the worker's last step.", batch)
         yield _gauge(
-            "gpt2_kv_cache_usage_perc", "Fraction of KV cache slots in use (0 to 1).", usage
+            "gpt2_kv_cache_usage_perc",
+            "Fraction of KV cache blocks held by sequences (0 to 1).",
+            usage,
         )
         if self._local_in_flight:
             yield _gauge(

@@ -21,12 +21,24 @@ from app.engine.worker.llm import LLM
 from benchmarks.engine_bench import make_gpt2_124m
 from tests.checkpoints import prefix_match, write_tokenizer
 
+KV_TOKENS = 65536
+
 
 def greedy_match(model_dir: Path, hf: GPT2LMHeadModel, dtype: str) -> float:
     """Fraction of 16x128 greedy tokens equal to transformers fp32 (prefix-wise per prompt)."""
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, 50257, (n,), generator=g).tolist() for n in range(8, 136, 8)]
-    llm = LLM(EngineConfig(model=str(model_dir), device="cuda", dtype=dtype, max_num_seqs=16))
+    # A fixed pool: the engines of this script live side by side, and sized from the device
+    # the first would take 90% of it.
+    llm = LLM(
+        EngineConfig(
+            model=str(model_dir),
+            device="cuda",
+            dtype=dtype,
+            max_num_seqs=16,
+            kv_cache_tokens=KV_TOKENS,
+        )
+    )
     ours = llm.generate(prompts, SamplingParams(max_tokens=128, temperature=0, ignore_eos=True))
     refs = []
     with torch.inference_mode():
@@ -52,6 +64,7 @@ def decode_step_ms(model_dir: Path, batch: int, graphs: bool) -> dict[str, float
             dtype="auto",
             max_num_seqs=batch,
             max_model_len=256,
+            kv_cache_tokens=max(KV_TOKENS, batch * 256),
             cuda_graphs=graphs,
             cuda_graph_batch_sizes=tuple(sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, batch})),
         )

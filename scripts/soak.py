@@ -453,7 +453,7 @@ class Soak:
             "requests_in_flight": stats["requests_in_flight"],
             "num_running": stats["num_running"],
             "num_waiting": stats["num_waiting"],
-            "kv_slots_used": stats["kv_slots_used"],
+            "kv_blocks_used": stats["kv_blocks_used"],
             "queued_prompt_tokens": stats["queued_prompt_tokens"],
             "gpt2_num_requests_in_flight": metrics.get("gpt2_num_requests_in_flight", -1),
             "gpt2_num_requests_running": metrics.get("gpt2_num_requests_running", -1),

@@ -61,13 +61,17 @@ def prefix_match(ours: list[list[int]], ref: list[list[int]]) -> float:
 
 @torch.inference_mode()
 def sequence_logits(model: GPT2, ids: list[int]) -> torch.Tensor:
-    """Our model's logits at every position of `ids`, one prefill into a fresh one-slot cache
-    (on the model's device, in its dtype)."""
+    """Our model's logits at every position of `ids`, one prefill into a fresh cache whose
+    block 1 holds the whole sequence (on the model's device, in its dtype)."""
     c = model.config
     weight = next(model.parameters())
     device, dtype = weight.device, weight.dtype
-    kv = KVCache(c.n_layer, 1, c.n_head, len(ids), c.head_dim, dtype, device)
-    batch = AttnBatch(prefills=[PrefillChunk(0, 0, len(ids))])
+    n = len(ids)
+    kv = KVCache(c.n_layer, 2, c.n_head, n, c.head_dim, dtype, device)
+    blocks = torch.tensor([1], device=device)
+    batch = AttnBatch(
+        slot_mapping=torch.arange(n, 2 * n, device=device), prefills=[PrefillChunk(0, n, blocks)]
+    )
     positions = torch.arange(len(ids), device=device)
     hidden = model(torch.tensor(ids, device=device), positions, batch, kv)
     return model.compute_logits(hidden)

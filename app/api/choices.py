@@ -10,6 +10,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from app.api.request_context import note_prompt, track_engine_request
 from app.api.streams import ChoiceStreams, StreamFactory
@@ -57,17 +58,24 @@ def fold(results: Sequence[Sequence[GenerationDelta]]) -> list[GenerationResult]
     return folded
 
 
-def usage(plans: Sequence[ChoicePlan], outputs: Sequence[int]) -> dict[str, int]:
-    """Prompt tokens count once per prompt, however many choices it has (as OpenAI counts)."""
+def usage(
+    plans: Sequence[ChoicePlan], outputs: Sequence[int], cached: Sequence[int]
+) -> dict[str, Any]:
+    """Prompt tokens count once per prompt, however many choices it has (as OpenAI counts);
+    so do its cached tokens (`cached`: per choice, prompt tokens the engine's prefix cache
+    served), taken as the fewest any of its choices got: what the prompt needed computed."""
     prompts: dict[int, int] = {}
-    for plan in plans:
+    hits: dict[int, int] = {}
+    for plan, n in zip(plans, cached, strict=True):
         prompts[plan.prompt_index] = len(plan.prompt_ids)
+        hits[plan.prompt_index] = min(n, hits.get(plan.prompt_index, n))
     prompt_tokens = sum(prompts.values())
     completion_tokens = sum(outputs)
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": sum(hits.values())},
     }
 
 

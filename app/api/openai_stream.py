@@ -43,11 +43,12 @@ async def openai_events(
     build_chunk: ChunkBuilder,
     keep_alive_seconds: float,
     prelude: Sequence[BaseModel] = (),
-    usage_chunk: Callable[[list[int]], BaseModel] | None = None,
+    usage_chunk: Callable[[list[int], list[int]], BaseModel] | None = None,
     num_choices: int,
     response_id: str,
 ) -> AsyncIterator[bytes]:
     outputs = [0] * num_choices  # tokens generated per choice, for the usage chunk
+    cached = [0] * num_choices  # prompt tokens each choice took from the prefix cache
     # Events wait here while more deltas are ready at once, and go out as one write: a reader
     # that keeps up writes each event alone; one that is behind pays per write, not per token.
     ready: list[bytes] = [event(chunk) for chunk in prelude]
@@ -61,6 +62,7 @@ async def openai_events(
             else:
                 index, delta = entry
                 outputs[index] = delta.num_output_tokens
+                cached[index] = delta.num_cached_tokens
                 built = build_chunk(index, delta)
                 if built is not None:
                     ready.append(built if isinstance(built, bytes) else event(built))
@@ -68,7 +70,7 @@ async def openai_events(
                 yield b"".join(ready)
                 ready.clear()
         if usage_chunk is not None:
-            ready.append(event(usage_chunk(outputs)))
+            ready.append(event(usage_chunk(outputs, cached)))
         ready.append(DONE)
         yield b"".join(ready)
     except Exception as exc:
@@ -99,7 +101,11 @@ def openai_response(
     content: dict[str, Any] = {
         **head,
         "choices": choices,
-        "usage": usage(plans, [result.num_output_tokens for result in results]),
+        "usage": usage(
+            plans,
+            [result.num_output_tokens for result in results],
+            [result.num_cached_tokens for result in results],
+        ),
     }
     if timings is not None:
         content["timings"] = timings_ms(timings)

@@ -100,11 +100,23 @@ def build_parser() -> argparse.ArgumentParser:
     w = p.add_argument_group("workload")
     prompt = w.add_mutually_exclusive_group()
     prompt.add_argument("--prompt-len", type=_positive_int, help="prompt tokens (default 32)")
-    prompt.add_argument("--prompt-len-range", type=_positive_int, nargs=2, metavar=("LO", "HI"))
+    prompt.add_argument(
+        "--prompt-len-range",
+        type=_positive_int,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="prompt tokens drawn uniformly from LO..HI",
+    )
     prompt.add_argument("--dataset", type=Path, help='JSONL: {"prompt": ..., "output_len": ...}')
     output = w.add_mutually_exclusive_group()
     output.add_argument("--output-len", type=_positive_int, help="max_tokens (default 128)")
-    output.add_argument("--output-len-range", type=_positive_int, nargs=2, metavar=("LO", "HI"))
+    output.add_argument(
+        "--output-len-range",
+        type=_positive_int,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="max_tokens drawn uniformly from LO..HI",
+    )
     w.add_argument(
         "--shared-prefix-len",
         type=_non_negative_int,

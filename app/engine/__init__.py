@@ -3,7 +3,7 @@ config.py); the folders say which process the rest runs in:
 
 - client/  the HTTP process: AsyncEngine (the EngineClient the routes use), worker handle,
            admission, output processing, tokenizer. No torch, no numpy.
-- core/    the worker process, pure Python: sequences, scheduler, KV slots, prefill pacer.
+- core/    the worker process, pure Python: sequences, scheduler, KV blocks, prefill pacer.
 - worker/  the worker process, torch: step loop, EngineCore, model runner, sampler, CUDA graphs;
            and llm.py, the same engine in the caller's own process.
 

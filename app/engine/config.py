@@ -1,10 +1,11 @@
 """Engine configuration: a frozen, validated dataclass. The engine never reads the environment.
 
-Every engine option is declared here once. Each field's metadata carries its help text and its
-bounds (`_option`); app/config.py turns the fields into Settings fields (GPT2_<NAME> in the
-environment) and app/cli.py turns those into flags (--<name>), so a field added here is a setting,
-an environment variable and a flag with no other edit. `Literal` types are the choices. Stdlib
-only: the worker process imports this, and nothing here may pull in pydantic.
+Every engine option is declared here once. Each field's metadata carries its help text, its
+bounds and its section of the help (`_option`); app/config.py turns the fields into Settings
+fields (GPT2_<NAME> in the environment) and app/cli_flags.py turns those into flags (--<name>),
+so a field added here is a setting, an environment variable and a flag with no other edit.
+`Literal` types are the choices. Stdlib only: the worker process imports this, and nothing here
+may pull in pydantic.
 """
 
 from __future__ import annotations
@@ -19,46 +20,87 @@ CpuGemm = Literal["auto", "torch", "onednn"]  # see app/model/matmul.py
 Quantization = Literal["none", "int8"]
 
 
-def _option(help: str, *, ge: int | None = None) -> dict[str, Any]:
-    """A field's metadata: what it does (the flag's help) and its lower bound, if any."""
-    return {"help": help} if ge is None else {"help": help, "ge": ge}
+def _option(
+    help: str,
+    *,
+    ge: int | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    group: str = "engine",
+    metavar: str | None = None,
+) -> dict[str, Any]:
+    """A field's metadata: what it does (the flag's help), its bounds if any, the section
+    of `gpt2-serve serve --help` it is listed in ("engine" unless said), and how the flag's
+    value is shown there when the type alone does not say (a str with known forms)."""
+    metadata: dict[str, Any] = {"help": help, "group": group}
+    for name, bound in (("ge", ge), ("gt", gt), ("le", le)):
+        if bound is not None:
+            metadata[name] = bound
+    if metavar is not None:
+        metadata["metavar"] = metavar
+    return metadata
 
 
 @dataclass(frozen=True)
 class EngineConfig:
     model: str = field(
-        metadata=_option("Hugging Face hub id or local directory of a GPT-2 checkpoint")
+        metadata=_option(
+            "Hugging Face hub id or local directory of a GPT-2 checkpoint", group="model"
+        )
     )
     device: str = field(
         default="auto",
-        metadata=_option("auto (CUDA when available, else CPU) | cpu | cuda | cuda:N"),
+        metadata=_option(
+            "auto: CUDA when available, else CPU",
+            group="model",
+            metavar="{auto,cpu,cuda,cuda:N}",
+        ),
     )
     dtype: Dtype = field(
         default="auto",
         metadata=_option(
             "weights and activations; auto: bfloat16 (float16 without bf16) on CUDA, "
-            "bfloat16 on CPUs with native bf16, float32 on other CPUs"
+            "bfloat16 on CPUs with native bf16, float32 on other CPUs",
+            group="model",
         ),
     )
     max_num_seqs: int = field(
-        default=32,
+        default=256,
         metadata=_option(
-            "running-batch cap; also the number of KV slots unless kv_cache_tokens says fewer",
+            "running-batch cap: sequences that hold KV blocks at once (fewer when the blocks "
+            "run out)",
             ge=1,
         ),
     )
     max_model_len: int | None = field(
         default=None,
         metadata=_option(
-            "context length of one KV slot; unset: the model's n_positions (1024 for GPT-2)", ge=2
+            "longest sequence (prompt + output) in tokens; unset: the model's n_positions "
+            "(1024 for GPT-2)",
+            ge=2,
         ),
     )
     kv_cache_tokens: int | None = field(
         default=None,
         metadata=_option(
-            "KV budget in tokens: slots = min(max_num_seqs, kv_cache_tokens // max_model_len); "
-            "unset: max_num_seqs slots",
+            "KV cache size in tokens (rounded down to whole blocks); unset: 32768 on CPU, "
+            "from gpu_memory_utilization on CUDA",
             ge=1,
+        ),
+    )
+    gpu_memory_utilization: float = field(
+        default=0.9,
+        metadata=_option(
+            "CUDA: fraction of the device's memory this worker may use; the KV cache gets what "
+            "the weights and a profiled worst-case step leave of it (unless kv_cache_tokens)",
+            gt=0.0,
+            le=1.0,
+        ),
+    )
+    block_size: int = field(
+        default=16,
+        metadata=_option(
+            "tokens per KV cache block (the unit of allocation and of prefix reuse)", ge=1
         ),
     )
     max_num_batched_tokens: int = field(
@@ -90,23 +132,24 @@ class EngineConfig:
         default="none",
         metadata=_option(
             "int8: int8 weights and per-token int8 activations on CPU (app/model/int8.py); "
-            "faster, but no longer equal to the fp32 model"
+            "faster, but no longer equal to the fp32 model",
+            group="model",
         ),
     )
     cuda_graphs: bool = field(
         default=True, metadata=_option("capture decode steps as CUDA graphs (CUDA only)")
     )
-    share_prefixes: bool = field(
+    prefix_cache: bool = field(
         default=True,
         metadata=_option(
-            "copy a running sequence's cached prompt prefix (n choices, a shared system prompt) "
-            "instead of recomputing it"
+            "keep full KV blocks after their request ends and reuse them for any later prompt "
+            "that starts with the same tokens (system prompts, chat histories, n choices)"
         ),
     )
     cuda_graph_batch_sizes: tuple[int, ...] = field(
-        default=(1, 2, 4, 8, 16, 24, 32, 48, 64),
+        default=(1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256),
         metadata=_option(
-            "decode batch sizes captured as CUDA graphs (sizes above the KV slots are skipped)"
+            "decode batch sizes captured as CUDA graphs (sizes above max_num_seqs are skipped)"
         ),
     )
 
@@ -116,6 +159,12 @@ class EngineConfig:
             bound = f.metadata.get("ge")
             if bound is not None and value is not None and value < bound:
                 raise ValueError(f"invalid {f.name}={value!r}: must be >= {bound}")
+            above = f.metadata.get("gt")
+            if above is not None and value is not None and value <= above:
+                raise ValueError(f"invalid {f.name}={value!r}: must be > {above}")
+            top = f.metadata.get("le")
+            if top is not None and value is not None and value > top:
+                raise ValueError(f"invalid {f.name}={value!r}: must be <= {top}")
             allowed = _choices().get(f.name)
             if allowed is not None and value not in allowed:
                 names = [str(a) for a in allowed]

@@ -217,8 +217,9 @@ class ModelInfo:
     dtype: str
     device: str
     max_num_seqs: int
-    kv_slots: int
+    kv_blocks: int  # KV cache blocks in the worker's pool
     quantization: str = "none"
+    kv_block_size: int = 16  # tokens per block
 
 
 @dataclass(frozen=True)
@@ -244,9 +245,13 @@ class StepStats:
     batch_size: int  # sequences that ran in the step
     num_running: int
     num_waiting: int
-    kv_slots_used: int
-    kv_slots_total: int
-    num_shared_prefix_tokens: int = 0  # prompt tokens copied from another sequence's cache
+    kv_blocks_used: int  # blocks held by sequences (cached free blocks do not count)
+    kv_blocks_total: int
+    # In this step: prompt tokens looked up in the prefix cache at admission, and those found
+    # cached (vLLM's prefix_cache_queries / hits), and sequences preempted for blocks.
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
+    num_preemptions: int = 0
     # CPU seconds of the worker's step loop outside the model forward and sampling since the
     # last reported step: commands, scheduling, outputs, encoding (the host cost per token).
     host_seconds: float = 0.0
@@ -269,6 +274,8 @@ class StepResult:
     finish: bytes  # FINISH_CODES index per row
     # (row, time.monotonic() in the worker when it was first scheduled), on a request's first row
     scheduled: tuple[tuple[int, float], ...] = ()
+    # (row, prompt tokens taken from the prefix cache), on a request's first row when nonzero
+    cached_tokens: tuple[tuple[int, int], ...] = ()
     logprobs: tuple[tuple[int, TokenLogprobs], ...] = ()  # rows whose params ask for them
     # (row, one entry per prompt token), with the first token when params.prompt_logprobs
     prompt_logprobs: tuple[tuple[int, tuple[TokenLogprobs | None, ...]], ...] = ()
@@ -355,6 +362,7 @@ class GenerationDelta:
     timings: RequestTimings | None = None  # on the last delta only
     # With params.prompt_logprobs, on the delta of the first generated token.
     prompt_logprobs: tuple[TokenLogprobs | None, ...] | None = None
+    num_cached_tokens: int = 0  # prompt tokens served from the prefix cache (OpenAI usage)
 
     @property
     def finished(self) -> bool:
@@ -374,10 +382,12 @@ class GenerationResult:
     num_output_tokens: int = 0
     timings: RequestTimings | None = None
     prompt_logprobs: Sequence[TokenLogprobs | None] | None = None  # when the params ask
+    num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
 
     def add(self, delta: GenerationDelta) -> None:
         if delta.prompt_logprobs is not None:
             self.prompt_logprobs = list(delta.prompt_logprobs)
+        self.num_cached_tokens = delta.num_cached_tokens
         self.text += delta.text
         self.token_ids.extend(delta.token_ids)
         self.logprobs.extend(delta.logprobs)

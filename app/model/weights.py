@@ -12,14 +12,13 @@ from pathlib import Path
 
 import torch
 
-from app.hub import ModelNotFoundError, resolve_model_dir
+from app.hub import WEIGHT_FILES, ModelNotFoundError, resolve_model_dir
 from app.model.gpt2 import GPT2, GPT2Config
 
 __all__ = ["ModelNotFoundError", "load_gpt2", "resolve_model_dir"]
 
 log = logging.getLogger(__name__)
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # Buffers some checkpoints carry (the causal mask) that the model computes itself; lm_head is tied.
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "lm_head.weight")
 

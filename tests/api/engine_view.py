@@ -22,8 +22,8 @@ STEP = StepStats(
     batch_size=4,
     num_running=4,
     num_waiting=1,
-    kv_slots_used=4,
-    kv_slots_total=8,
+    kv_blocks_used=4,
+    kv_blocks_total=8,
 )
 
 

@@ -79,6 +79,7 @@ class FakeEngineClient:
     started: bool = False
     shutdown_grace: float | None = None
     worker_restarts: int = 0
+    cached_tokens: int = 0  # prompt tokens the worker reports taking from its prefix cache
 
     def __post_init__(self) -> None:
         self.info = ModelInfo(
@@ -90,7 +91,8 @@ class FakeEngineClient:
             dtype="float32",
             device="cpu",
             max_num_seqs=4,
-            kv_slots=4,
+            kv_blocks=64,
+            kv_block_size=16,
         )
         self.admission = AdmissionControl(
             self.info.max_num_seqs, self.max_queued_requests, self.max_queued_tokens
@@ -194,6 +196,7 @@ class FakeEngineClient:
         params, rid = request.params, request.request_id
         script = self.output_ids(params)
         scheduled = time.monotonic()
+        cached = min(self.cached_tokens, len(request.prompt_ids) - 1)  # the last is computed
         for step in range(params.max_tokens):
             if self.hold_after is not None and step >= self.hold_after:
                 await asyncio.Future()  # stalled: only an abort (a cancel) ends it
@@ -218,6 +221,7 @@ class FakeEngineClient:
                 array("q", [token]),
                 bytes([FINISH_CODES.index(finish)]),
                 scheduled=((0, scheduled),) if step == 0 else (),
+                cached_tokens=((0, cached),) if step == 0 and cached else (),
                 logprobs=((0, lp),) if lp is not None else (),
                 prompt_logprobs=((0, prompt_lp),) if prompt_lp is not None else (),
             )

@@ -56,6 +56,7 @@ def test_chat_completion_shape(client: TestClient) -> None:
         "prompt_tokens": prompt_tokens,
         "completion_tokens": 4,
         "total_tokens": prompt_tokens + 4,
+        "prompt_tokens_details": {"cached_tokens": 0},
     }
     assert "server-timing" in r.headers
 
@@ -154,6 +155,7 @@ def test_chat_stream(client: TestClient) -> None:
         "prompt_tokens": prompt_tokens,
         "completion_tokens": 2,
         "total_tokens": prompt_tokens + 2,
+        "prompt_tokens_details": {"cached_tokens": 0},
     }
 
 

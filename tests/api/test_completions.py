@@ -31,7 +31,12 @@ def test_completion_shape_usage_and_timing_header(client: TestClient) -> None:
     assert body["choices"] == [
         {"index": 0, "text": " the ", "logprobs": None, "finish_reason": "length"}
     ]
-    assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 5, "total_tokens": 7}
+    assert body["usage"] == {
+        "prompt_tokens": 2,
+        "completion_tokens": 5,
+        "total_tokens": 7,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
     t = body["timings"]
     assert_consistent_timings(t)
     assert r.headers["server-timing"] == (
@@ -87,7 +92,12 @@ def test_prompt_lists_and_n_number_choices_prompt_major(
         [120, 121, 122],
     ]
     # Prompt tokens count once per prompt; completion tokens for every choice.
-    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 12, "total_tokens": 17}
+    assert body["usage"] == {
+        "prompt_tokens": 5,
+        "completion_tokens": 12,
+        "total_tokens": 17,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
     assert len({call.request_id for call in fake.calls}) == 4
 
 
@@ -286,7 +296,12 @@ def test_stream_chunks_usage_and_done(client: TestClient) -> None:
         [],
     ]
     assert_consistent_timings(chunks[2]["timings"])
-    assert chunks[3]["usage"] == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
+    assert chunks[3]["usage"] == {
+        "prompt_tokens": 2,
+        "completion_tokens": 3,
+        "total_tokens": 5,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
 
 
 def test_stream_without_usage_ends_with_finish_then_done(client: TestClient) -> None:
@@ -381,3 +396,26 @@ def test_a_stop_string_is_never_streamed_in_part(
     [call] = fake.calls
     assert fake.worker_aborts == [call.request_id]  # the worker was told to stop at once
     assert fake.worker_tokens[call.request_id] == len(" the quick brown")
+
+
+@pytest.mark.parametrize("route", ["completions", "chat"])
+def test_usage_reports_the_prompt_tokens_served_from_the_prefix_cache(
+    client: TestClient, fake: FakeEngineClient, route: str
+) -> None:
+    """OpenAI's usage.prompt_tokens_details.cached_tokens: what the worker reported with the
+    request's first token, in the JSON answer and in the stream's usage chunk."""
+    fake.cached_tokens = 16
+    long_prompt = "x" * 40  # 40 tokens in the fake's byte tokenizer
+    body: dict[str, Any] = {"max_tokens": 3}
+    path = "/v1/chat/completions" if route == "chat" else "/v1/completions"
+    if route == "chat":
+        body["messages"] = [{"role": "user", "content": long_prompt}]
+    else:
+        body["prompt"] = long_prompt
+    r = client.post(path, json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens_details"] == {"cached_tokens": 16}
+    r = client.post(path, json={**body, "stream": True, "stream_options": {"include_usage": True}})
+    usage = sse_events(r.text)[-2]["usage"]
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 16}
+    assert usage["prompt_tokens"] > 16

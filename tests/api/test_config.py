@@ -26,7 +26,7 @@ def test_defaults() -> None:
     assert s.model_name == "gpt2-demo"
     assert Settings(model="gpt2-demo").model == str(BUNDLED_MODEL)
     assert (BUNDLED_MODEL / "config.json").is_file()
-    assert (s.max_num_seqs, s.max_model_len, s.max_num_batched_tokens) == (32, None, 512)
+    assert (s.max_num_seqs, s.max_model_len, s.max_num_batched_tokens) == (256, None, 512)
     assert (s.max_queued_requests, s.max_queued_tokens) == (256, 262144)
     assert (s.api_key, s.api_key_file, s.served_model_name) == (None, None, None)
     assert s.cors_allow_origins == []
@@ -139,8 +139,10 @@ def _env_sample(name: str, hint: Any, default: Any, bound: int | None) -> tuple[
     if kinds[0] is bool:
         return str(not default).lower(), not default
     if kinds[0] is int:
-        value = (bound or 0) + 40  # >= max_num_seqs (32) and <= max_num_batched_tokens (512)
+        value = (bound or 0) + 300  # >= max_num_seqs (256), <= max_num_batched_tokens (512)
         return str(value), value
+    if kinds[0] is float:
+        return "0.5", 0.5
     assert kinds[0] is str, f"no sample value for EngineConfig.{name}: {hint}"
     return f"{name}-from-env", f"{name}-from-env"
 

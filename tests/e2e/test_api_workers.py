@@ -250,7 +250,7 @@ def test_disconnect_aborts_through_either_process(server2: Server) -> None:
     for conn in connection_per_process(server2).values():  # each process's view of the worker
         stats = json.loads(request(conn, "GET", "/v1/engine/stats")[2])
         assert stats["requests_in_flight"] == 0
-        assert stats["num_running"] == 0 and stats["kv_slots_used"] == 0
+        assert stats["num_running"] == 0 and stats["kv_blocks_used"] == 0
         conn.close()
     probe.close()
 

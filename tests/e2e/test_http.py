@@ -235,7 +235,7 @@ def test_deadline_ends_the_request_and_the_engine_drops_it(server: Server) -> No
     assert choice["choices"][0]["finish_reason"] == "timeout"
     assert choice["usage"]["completion_tokens"] == 0
     stats = _engine_idle_after_a_sentinel(server)
-    assert (stats["num_running"], stats["kv_slots_used"], stats["requests_in_flight"]) == (0, 0, 0)
+    assert (stats["num_running"], stats["kv_blocks_used"], stats["requests_in_flight"]) == (0, 0, 0)
 
 
 def test_client_disconnect_aborts_the_request_in_the_engine(server: Server) -> None:
@@ -254,7 +254,7 @@ def test_client_disconnect_aborts_the_request_in_the_engine(server: Server) -> N
             assert server.stats()["requests_in_flight"] == 1
         _wait(lambda: server.stats()["requests_in_flight"] == 0)
     stats = _engine_idle_after_a_sentinel(server)
-    assert (stats["num_running"], stats["kv_slots_used"], stats["requests_in_flight"]) == (0, 0, 0)
+    assert (stats["num_running"], stats["kv_blocks_used"], stats["requests_in_flight"]) == (0, 0, 0)
 
 
 def test_bad_input_is_a_4xx_naming_the_field(server: Server) -> None:

@@ -220,7 +220,7 @@ def test_deadline_ends_with_timeout_and_the_worker_drops_the_request(h: Harness)
     end = h.worker_end("t1")
     assert end is not None and end.finish_reason is FinishReason.ABORT
     assert end.num_output_tokens < 1000
-    h.run(h.until(lambda: h.client.stats()["kv_slots_used"] == 0))
+    h.run(h.until(lambda: h.client.stats()["kv_blocks_used"] == 0))
 
 
 def test_invalid_request_raises_before_any_delta(h: Harness) -> None:

@@ -59,9 +59,9 @@ def test_abort_frees_the_slot_by_the_next_step(make_llm: Any) -> None:
     b = llm.submit("second", SamplingParams(max_tokens=50, ignore_eos=True))
     c = llm.submit("third", SamplingParams(max_tokens=3, ignore_eos=True))
     llm.step()
-    assert llm.core.slots.num_used == 2 and len(llm.core.scheduler.waiting) == 1
+    assert llm.core.kv.num_used == 2 and len(llm.core.scheduler.waiting) == 1
     assert llm.abort(a)
-    assert llm.core.slots.num_used == 1
+    assert llm.core.kv.num_used == 1
     outs = llm.step()
     assert any(o.request_id == a and o.finish_reason == "abort" for o in outs)
     assert {s.request_id for s in llm.core.scheduler.running} == {b, c}
@@ -103,7 +103,7 @@ def test_in_process_stop_strings_go_through_the_output_processor(make_llm: Any) 
     [cut] = llm.generate(["Hello"], dataclasses.replace(greedy, stop=(stop,)))
     assert cut.finish_reason == "stop" and cut.stop_reason == stop
     assert cut.text == free.text[: free.text.index(stop)]
-    assert llm.core.requests == {} and llm.core.slots.num_used == 0
+    assert llm.core.requests == {} and llm.core.kv.num_used == 0
 
 
 def test_leaving_a_stream_early_aborts_in_the_core(make_llm: Any) -> None:
@@ -112,4 +112,4 @@ def test_leaving_a_stream_early_aborts_in_the_core(make_llm: Any) -> None:
     next(stream)
     stream.close()
     llm.step()  # the abort is applied; its slot is free
-    assert llm.core.requests == {} and llm.core.slots.num_used == 0 and not llm.has_unfinished()
+    assert llm.core.requests == {} and llm.core.kv.num_used == 0 and not llm.has_unfinished()

@@ -64,7 +64,7 @@ def test_concurrent_staggered_greedy_equals_transformers_and_solo(
         ids, max_tokens = PROMPTS[i]
         (solo,) = llm.generate([ids], _greedy(max_tokens))
         assert solo.token_ids == got[i]
-    assert llm.core.slots.num_used == 0
+    assert llm.core.kv.num_used == 0
 
 
 def test_generate_returns_text_and_finish_reason(make_llm: Any) -> None:
@@ -95,7 +95,7 @@ def test_static_padded_decode_path_matches_eager(make_llm: Any) -> None:
     llm: LLM = make_llm(max_num_seqs=8)
     runner = llm.core.runner
     runner.static_decode = StaticDecode(
-        runner.model, runner.kv, [1, 4, 8], runner.max_model_len, capture=False
+        runner.model, runner.kv, [1, 4, 8], runner.max_blocks_per_seq, capture=False
     )
     calls = []
     original = runner.static_decode.run
@@ -112,7 +112,13 @@ def test_cuda_greedy_with_graphs_matches_transformers(
     from app.engine import EngineConfig
 
     llm = LLM(
-        EngineConfig(model=str(tiny_model_dir), device="cuda", dtype="float32", max_num_seqs=16)
+        EngineConfig(
+            model=str(tiny_model_dir),
+            device="cuda",
+            dtype="float32",
+            max_num_seqs=16,
+            kv_cache_tokens=32768,
+        )
     )
     assert llm.core.runner.static_decode is not None
     got = llm.generate([ids for ids, _ in PROMPTS], [_greedy(n) for _, n in PROMPTS])

@@ -1,17 +1,17 @@
-"""Scheduler and KV-slot bookkeeping, driven without a model (pure Python, fast; part of
+"""Scheduler and KV-block bookkeeping, driven without a model (pure Python, fast; part of
 `make mutation`). The property test at the end replays random add/abort/step sequences against
-a model of the KV cache's contents."""
+a model of the KV cache's contents, block by block."""
 
 from __future__ import annotations
 
 import random
+import zlib
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.engine.core.kv_cache import SlotAllocator, SlotMove
-from app.engine.core.scheduler import MIN_SHARED_PREFIX, ScheduledBatch, Scheduler
+from app.engine.core.kv_cache import KVCacheManager
+from app.engine.core.scheduler import ScheduledBatch, Scheduler
 from app.engine.core.sequence import FinishReason, Sequence, Status
 from app.engine.protocol import SamplingParams
 
@@ -19,31 +19,35 @@ EOS = 50256
 
 
 def _seq(rid: str, prompt_len: int, max_tokens: int, **kw: object) -> Sequence:
+    """A prompt of one token repeated, a different token per request id: no two requests
+    share a prefix unless a test builds them to."""
     params = SamplingParams(max_tokens=max_tokens, **kw)  # type: ignore[arg-type]
-    return Sequence(rid, [1] * prompt_len, prompt_len, params, 0.0)
+    token = 1000 + zlib.crc32(rid.encode()) % 40000
+    return Sequence(rid, [token] * prompt_len, prompt_len, params, 0.0)
 
 
 def _make(
     max_num_seqs: int = 4,
     budget: int = 64,
-    slots: int = 4,
-    slot_len: int = 128,
-    share_prefixes: bool = False,
+    blocks: int = 64,
+    block_size: int = 16,
+    max_model_len: int = 128,
+    threshold: int | None = None,
+    cache: bool = True,
 ) -> Scheduler:
-    return Scheduler(
-        max_num_seqs, budget, SlotAllocator(slots, slot_len), EOS, share_prefixes=share_prefixes
-    )
+    kv = KVCacheManager(blocks, block_size, enable_prefix_cache=cache)
+    return Scheduler(max_num_seqs, budget, kv, EOS, max_model_len, threshold)
 
 
 def _check_invariants(s: Scheduler, batch: ScheduledBatch) -> None:
     assert batch.num_tokens <= s.max_num_batched_tokens
     assert len(s.running) <= s.max_num_seqs
-    held = sorted(seq.slot for seq in s.running if seq.slot is not None)
-    assert held == list(range(s.slots.num_used)), "slots must stay packed at [0, num_used)"
-    assert all(s.slots.owners[i] is seq for seq in s.running for i in [seq.slot])
+    s.kv.check(s.running)
     for seq, n in batch.items:
         assert seq.num_computed + n <= seq.num_tokens
-        assert seq.num_tokens + seq.params.max_tokens - seq.num_output_tokens <= s.slots.slot_len
+        # never over-commits: every position the step writes has its block
+        assert seq.num_computed + n <= len(seq.block_table) * s.kv.block_size
+        assert seq.num_tokens + seq.params.max_tokens - seq.num_output_tokens <= s.max_model_len
 
 
 def _step(
@@ -55,24 +59,24 @@ def _step(
     return batch, s.postprocess(batch, sampled)
 
 
-def test_admission_stops_when_the_slots_run_out() -> None:
-    s = _make(max_num_seqs=3, slots=2)
+def test_admission_stops_when_the_blocks_run_out() -> None:
+    s = _make(max_num_seqs=3, blocks=2)
     for i in range(5):
         s.add(_seq(f"r{i}", 4, 8))
     batch, _ = _step(s, random.Random(0))
-    assert len(s.running) == 2 and len(s.waiting) == 3  # slot-bound, not seq-bound
+    assert len(s.running) == 2 and len(s.waiting) == 3  # block-bound, not seq-bound
     assert [seq.request_id for seq, _ in batch.items] == ["r0", "r1"]
 
 
-def test_admission_stops_at_max_num_seqs_with_slots_and_budget_to_spare() -> None:
-    s = _make(max_num_seqs=2, budget=64, slots=4)
+def test_admission_stops_at_max_num_seqs_with_blocks_and_budget_to_spare() -> None:
+    s = _make(max_num_seqs=2, budget=64, blocks=4)
     seqs = [_seq(f"r{i}", 4, 1 + i) for i in range(5)]
     for seq in seqs:
         s.add(seq)
     batch = s.schedule(0.0)
-    # max_num_seqs binds: two slots are free and 56 tokens of budget are left.
+    # max_num_seqs binds: two blocks are free and 56 tokens of budget are left.
     assert [seq.request_id for seq, _ in batch.items] == ["r0", "r1"]
-    assert s.slots.num_free == 2 and batch.num_tokens == 8
+    assert s.kv.pool.num_free == 2 and batch.num_tokens == 8
     assert list(s.waiting) == seqs[2:]
     assert s.postprocess(batch, [7, 7]) == [seqs[0]]  # r0 asked for one token
     batch, done = _step(s, random.Random(0))  # its place goes to r2, and only to r2
@@ -86,7 +90,7 @@ def test_admission_stops_at_max_num_seqs_with_slots_and_budget_to_spare() -> Non
 def test_decodes_are_never_starved_by_a_long_prompt() -> None:
     """A 1000-token prompt arrives while 3 sequences decode: each step stays within the token
     budget and every decoding sequence still gets its token."""
-    s = _make(max_num_seqs=4, budget=64, slots=4, slot_len=1024)
+    s = _make(max_num_seqs=4, budget=64, blocks=128, max_model_len=1024)
     for i in range(3):
         s.add(_seq(f"d{i}", 8, 200))
     rng = random.Random(0)
@@ -105,7 +109,7 @@ def test_decodes_are_never_starved_by_a_long_prompt() -> None:
 def test_prompts_get_a_smaller_share_while_streams_decode() -> None:
     """With sequences decoding, a step adds at most max_prefill_tokens_while_decoding prompt
     tokens; with none decoding, a prompt gets the whole budget."""
-    s = Scheduler(4, 512, SlotAllocator(4, 1024), EOS, max_prefill_tokens_while_decoding=48)
+    s = _make(4, 512, blocks=128, max_model_len=1024, threshold=48)
     s.add(_seq("first", 600, 100))
     rng = random.Random(0)
     batch, _ = _step(s, rng)
@@ -127,27 +131,6 @@ def test_prompts_get_a_smaller_share_while_streams_decode() -> None:
     assert sorted(n for seq, n in batch.items if seq.request_id.startswith("short")) == [40, 40]
 
 
-def test_finish_and_abort_release_slots_and_keep_them_packed() -> None:
-    s = _make(max_num_seqs=4, slots=4)
-    seqs = [_seq(f"r{i}", 3, 2 + i) for i in range(4)]
-    for seq in seqs:
-        s.add(seq)
-    rng = random.Random(0)
-    _step(s, rng)
-    s.abort(seqs[1])
-    assert seqs[1].status is Status.FINISHED and seqs[1].finish_reason is FinishReason.ABORT
-    assert seqs[1].slot is None and s.slots.num_used == 3
-    # The move that refills slot 1 carries the moved sequence's whole cached length.
-    moved = s.slots.owners[1]
-    assert moved is seqs[3]
-    batch = s.schedule(0.0)
-    assert [(m.src, m.dst, m.length) for m in batch.moves] == [(3, 1, 3)]
-    s.postprocess(batch, [7 for seq, n in batch.items if batch.samples(seq, n)])
-    while s.num_unfinished:
-        _step(s, rng)
-    assert s.slots.num_used == 0 and not s.running
-
-
 def test_stop_token_and_eos_and_length() -> None:
     s = _make()
     a, b, c = _seq("a", 2, 10, stop_token_ids=(5,)), _seq("b", 2, 10), _seq("c", 2, 2)
@@ -165,117 +148,48 @@ def test_stop_token_and_eos_and_length() -> None:
     assert c.finish_reason is FinishReason.LENGTH and c.output_ids == [9, 9]
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("share", [False, True], ids=["private", "shared-prefixes"])
-def test_no_leak_after_1000_random_requests_with_random_aborts(seed: int, share: bool) -> None:
-    # Every prompt here is [1] * n, so with sharing on, prefixes are copied and waited for all
-    # the time, aborted donors included.
-    rng = random.Random(seed)
-    s = _make(max_num_seqs=6, budget=48, slots=5, slot_len=96, share_prefixes=share)
-    live: list[Sequence] = []
-    submitted = finished = 0
-    while submitted < 1000 or s.num_unfinished:
-        for _ in range(rng.randint(0, 3)):
-            if submitted < 1000:
-                seq = _seq(
-                    f"r{submitted}", rng.randint(1, 80), rng.randint(1, 16), stop_token_ids=(3,)
-                )
-                s.add(seq)
-                live.append(seq)
-                submitted += 1
-        if live and rng.random() < 0.2:
-            victim = rng.choice(live)
-            s.abort(victim)
-        _, done = _step(s, rng, token=rng.choice([3, 4, 5, 6, 7, 8, 9, 10]))
-        live = [seq for seq in live if not seq.is_finished]
-        finished += len(done)
-    assert s.slots.num_used == 0 and s.slots.owners == [None] * 5
-    assert not s.running and not s.waiting
-    assert (s.num_shared_tokens > 0) == share
-
-
-def test_a_sibling_waits_for_the_shared_prefix_then_copies_it() -> None:
-    s = _make(share_prefixes=True)
-    first, second = _seq("a", 40, 4), _seq("b", 40, 4)
-    s.add(first)
-    s.add(second)
-    batch, _ = _step(s, random.Random(0))
-    assert batch.items == [(first, 40)]  # the sibling waits while the prefix is computed
-    assert list(s.waiting) == [second]
-    batch, _ = _step(s, random.Random(0))
-    assert batch.moves == [SlotMove(src=first.slot or 0, dst=second.slot or 0, length=39)]
-    assert (second, 1) in batch.items  # only the last prompt token: its row gives the logits
-    assert s.num_shared_tokens == 39
-
-
-def test_a_partial_prefix_is_shared_and_the_rest_computed() -> None:
-    s = _make(share_prefixes=True)
-    system = _seq("sys", 30, 8)
-    s.add(system)
-    _step(s, random.Random(0))  # its prompt is now cached
-    user = Sequence("u", [1] * 20 + [5] * 10, 30, SamplingParams(max_tokens=4), 0.0)
-    s.add(user)
-    batch, _ = _step(s, random.Random(0))
-    assert SlotMove(src=system.slot or 0, dst=user.slot or 0, length=20) in batch.moves
-    assert (user, 10) in batch.items
-
-
-def test_no_sharing_below_the_minimum_or_with_prompt_logprobs() -> None:
-    s = _make(share_prefixes=True)
-    s.add(_seq("a", 40, 4))
-    _step(s, random.Random(0))
-    short = _seq("short", MIN_SHARED_PREFIX, 4)  # MIN_SHARED_PREFIX - 1 tokens could be shared
-    scored = _seq("scored", 40, 4, prompt_logprobs=0)  # needs every prompt row
-    s.add(short)
-    s.add(scored)
-    batch, _ = _step(s, random.Random(0))
-    assert batch.moves == []
-    assert (short, MIN_SHARED_PREFIX) in batch.items and (scored, 40) in batch.items
-
-
 # ---- the property: random add / abort / step sequences keep the bookkeeping exact ----------
 
 
 class CacheModel:
-    """What each KV slot holds, position by position, as the runner would write it: the moves
-    copy a prefix of one slot into another, then each scheduled chunk writes its tokens."""
+    """What each KV cache slot holds, as the runner would write it: each scheduled chunk writes
+    its tokens at the slots its block table gives. After every step each running sequence must
+    read its own tokens back through its table, whoever wrote them (a prefix-cache hit reads
+    blocks another sequence wrote; a block reused too early would show here)."""
 
-    def __init__(self, num_slots: int) -> None:
-        self.slots: list[list[int]] = [[] for _ in range(num_slots)]
+    def __init__(self, block_size: int) -> None:
+        self.block_size = block_size
+        self.slots: dict[int, int] = {}
+
+    def _slot(self, seq: Sequence, pos: int) -> int:
+        return seq.block_table[pos // self.block_size] * self.block_size + pos % self.block_size
 
     def run(self, batch: ScheduledBatch, running: list[Sequence]) -> None:
-        for move in batch.moves:
-            assert move.src != move.dst and move.length > 0
-            self.slots[move.dst] = list(self.slots[move.src][: move.length])
         for seq, n in batch.items:
-            assert seq.slot is not None
-            cached = self.slots[seq.slot]
-            assert len(cached) >= seq.num_computed
-            cached[seq.num_computed :] = seq.token_ids[seq.num_computed : seq.num_computed + n]
-        # After the moves, each slot holds its own sequence's tokens, whoever wrote them.
+            for pos in range(seq.num_computed, seq.num_computed + n):
+                self.slots[self._slot(seq, pos)] = seq.token_ids[pos]
         written = {id(seq): n for seq, n in batch.items}
         for seq in running:
             end = seq.num_computed + written.get(id(seq), 0)
-            assert self.slots[seq.slot or 0][:end] == seq.token_ids[:end], seq.request_id
+            got = [self.slots.get(self._slot(seq, p)) for p in range(end)]
+            assert got == seq.token_ids[:end], seq.request_id
 
 
 def _check_state(s: Scheduler, seqs: list[Sequence]) -> None:
-    used = s.slots.num_used
-    assert used == len(s.running) <= s.max_num_seqs  # one slot per running sequence, no leak
-    assert sorted(seq.slot for seq in s.running) == list(range(used))  # packed  # type: ignore[type-var]
-    assert all(s.slots.owners[i] is not None for i in range(used))
-    assert s.slots.owners[used:] == [None] * (s.slots.num_slots - used)
+    assert len(s.running) <= s.max_num_seqs
+    s.kv.check(s.running)  # every block accounted for, the hash table consistent
     for seq in s.running:
-        assert seq.status is Status.RUNNING and s.slots.owners[seq.slot or 0] is seq
+        assert seq.status is Status.RUNNING
     for seq in s.waiting:
-        assert seq.status is Status.WAITING and seq.slot is None and seq.num_computed == 0
+        assert seq.status is Status.WAITING and not seq.block_table and seq.num_computed == 0
     for seq in seqs:
         if seq.is_finished:
-            assert seq.slot is None and seq not in s.running and seq not in s.waiting
+            assert not seq.block_table and seq not in s.running and seq not in s.waiting
             assert seq.finish_reason is not None
 
 
 def _check_batch(s: Scheduler, batch: ScheduledBatch, decoding: list[Sequence]) -> None:
+    decoding = [q for q in decoding if q.status is Status.RUNNING]  # not preempted
     assert batch.num_tokens <= s.max_num_batched_tokens
     assert [seq for seq, _ in batch.items[: len(decoding)]] == decoding  # never starved
     assert all(n == 1 for _, n in batch.items[: len(decoding)])
@@ -321,29 +235,29 @@ OPS = st.lists(
     ops=OPS,
     max_num_seqs=st.integers(1, 5),
     budget=st.integers(8, 64),
-    num_slots=st.integers(1, 5),
+    num_blocks=st.integers(24, 60),
     threshold=st.sampled_from([None, 4, 16]),
-    share=st.booleans(),
+    cache=st.booleans(),
 )
-def test_random_adds_aborts_and_steps_keep_slots_packed_and_bounded(
+def test_random_adds_aborts_and_steps_keep_blocks_exact_and_bounded(
     ops: list[tuple[object, ...]],
     max_num_seqs: int,
     budget: int,
-    num_slots: int,
+    num_blocks: int,
     threshold: int | None,
-    share: bool,
+    cache: bool,
 ) -> None:
-    s = Scheduler(
-        max_num_seqs, budget, SlotAllocator(num_slots, 96), EOS, threshold, share_prefixes=share
-    )
-    cache = CacheModel(num_slots)
+    # 4-token blocks and 24-60 of them for sequences of up to 82 tokens: blocks run out and
+    # sequences are preempted often.
+    s = _make(max_num_seqs, budget, num_blocks, 4, 96, threshold, cache)
+    model = CacheModel(4)
     seqs: list[Sequence] = []
 
     def step(token: int) -> None:
-        decoding = sorted((q for q in s.running if q.is_decoding), key=lambda q: q.slot or 0)
+        decoding = [q for q in s.running if q.is_decoding]
         batch = s.schedule(0.0)
         _check_batch(s, batch, decoding)
-        cache.run(batch, s.running)
+        model.run(batch, s.running)
         sampled = [token for seq, n in batch.items if batch.samples(seq, n)]
         for seq in s.postprocess(batch, sampled):
             _check_finished(seq, token)
@@ -364,44 +278,24 @@ def test_random_adds_aborts_and_steps_keep_slots_packed_and_bounded(
             victim = seqs[op[1] % len(seqs)]  # type: ignore[operator]
             if not victim.is_finished:
                 s.abort(victim)
-                assert victim.finish_reason is FinishReason.ABORT and victim.slot is None
+                assert victim.finish_reason is FinishReason.ABORT and not victim.block_table
         elif op[0] == "step":
             step(op[1])  # type: ignore[arg-type]
         _check_state(s, seqs)
-    for _ in range(2000):  # then everything finishes, and every slot comes back
+    for _ in range(2000):  # then everything finishes, and every block comes back
         if not s.num_unfinished:
             break
         step(7)
-    assert s.num_unfinished == 0 and s.slots.num_used == 0
-    assert s.slots.owners == [None] * num_slots
+    assert s.num_unfinished == 0 and s.kv.num_used == 0
+    assert s.kv.pool.num_free == num_blocks
     assert all(seq.is_finished for seq in seqs)
 
 
 # ---- edges found by mutation testing (make mutation) ------------------------------------------
 
 
-def _running(s: Scheduler, seq: Sequence, computed: int) -> Sequence:
-    """Place seq as a running sequence whose first `computed` tokens are cached."""
-    s.slots.allocate(seq)
-    seq.status, seq.num_computed = Status.RUNNING, computed
-    s.running.append(seq)
-    return seq
-
-
-def test_decodes_run_in_slot_order_after_a_move() -> None:
-    """The runner reads decode rows as slots [0, n) when they come in slot order."""
-    s = _make(max_num_seqs=3, slots=3)
-    a, b, c = _seq("a", 2, 1), _seq("b", 2, 10), _seq("c", 2, 10)
-    for seq in (a, b, c):
-        s.add(seq)
-    _step(s, random.Random(0))  # a finished: c moved from slot 2 into slot 0
-    assert (c.slot, b.slot) == (0, 1) and s.running == [b, c]
-    batch, _ = _step(s, random.Random(0))
-    assert batch.items == [(c, 1), (b, 1)]
-
-
 def test_budget_admits_to_the_last_token_and_no_further() -> None:
-    s = _make(max_num_seqs=8, budget=3, slots=8)
+    s = _make(max_num_seqs=8, budget=3)
     seqs = [_seq(f"r{i}", 1, 4) for i in range(4)]
     for seq in seqs:
         s.add(seq)
@@ -421,7 +315,7 @@ def _decoding(s: Scheduler) -> Sequence:
 def test_short_prompts_go_whole_while_a_long_one_takes_the_long_share() -> None:
     """threshold 16: a prompt of exactly 16 tokens is short and goes whole, even after a long one
     took the whole long share; the long share is only spent by long prompts."""
-    s = Scheduler(4, 512, SlotAllocator(5, 1024), EOS, max_prefill_tokens_while_decoding=16)
+    s = _make(4, 512, blocks=128, max_model_len=1024, threshold=16)
     d = _decoding(s)
     long, exact, short = _seq("long", 100, 4), _seq("exact", 16, 4), _seq("short", 10, 4)
     for seq in (long, exact, short):
@@ -433,7 +327,7 @@ def test_short_prompts_go_whole_while_a_long_one_takes_the_long_share() -> None:
 
 
 def test_a_short_prompt_first_leaves_the_long_share_to_a_long_one() -> None:
-    s = Scheduler(4, 512, SlotAllocator(5, 1024), EOS, max_prefill_tokens_while_decoding=16)
+    s = _make(4, 512, blocks=128, max_model_len=1024, threshold=16)
     d = _decoding(s)
     exact, long = _seq("exact", 16, 4), _seq("long", 100, 4)
     s.add(exact)
@@ -442,7 +336,7 @@ def test_a_short_prompt_first_leaves_the_long_share_to_a_long_one() -> None:
 
 
 def test_a_second_long_prompt_waits_for_the_long_share() -> None:
-    s = Scheduler(4, 512, SlotAllocator(5, 1024), EOS, max_prefill_tokens_while_decoding=16)
+    s = _make(4, 512, blocks=128, max_model_len=1024, threshold=16)
     d = _decoding(s)
     first, second = _seq("first", 100, 4), _seq("second", 100, 4)
     s.add(first)
@@ -454,7 +348,7 @@ def test_a_second_long_prompt_waits_for_the_long_share() -> None:
 
 
 def test_a_long_share_of_one_token_still_admits_a_long_prompt() -> None:
-    s = Scheduler(4, 64, SlotAllocator(4, 1024), EOS, max_prefill_tokens_while_decoding=1)
+    s = _make(4, 64, blocks=128, max_model_len=1024, threshold=1)
     d = _decoding(s)
     long = _seq("long", 10, 4)
     s.add(long)
@@ -464,7 +358,7 @@ def test_a_long_share_of_one_token_still_admits_a_long_prompt() -> None:
 def test_a_prefill_gets_the_last_token_of_the_budget() -> None:
     """Two streams decode in a budget of 3: the prompt part-way through its prefill gets the one
     token left (a prompt with one token left is a decode: it comes with them)."""
-    s = _make(max_num_seqs=4, budget=3, slots=4)
+    s = _make(max_num_seqs=4, budget=3)
     a, b, p = _seq("a", 1, 8), _seq("b", 1, 8), _seq("p", 10, 4)
     for seq in (a, b, p):
         s.add(seq)
@@ -480,58 +374,3 @@ def test_admission_records_when_it_was_first_scheduled() -> None:
     s.schedule(5.0)
     s.schedule(6.0)
     assert seq.first_scheduled_time == 5.0
-
-
-def test_shared_prefix_tokens_add_up() -> None:
-    s = _make(share_prefixes=True)
-    first, second, third = _seq("a", 40, 4), _seq("b", 40, 4), _seq("c", 40, 4)
-    for seq in (first, second, third):
-        s.add(seq)
-    _step(s, random.Random(0))
-    batch, _ = _step(s, random.Random(0))
-    assert [m.length for m in batch.moves] == [39, 39]
-    assert s.num_shared_tokens == 78
-
-
-def test_a_prompt_just_long_enough_shares_the_minimum() -> None:
-    s = _make(share_prefixes=True)
-    donor = _running(s, _seq("donor", 40, 4), 40)
-    newcomer = _seq("new", MIN_SHARED_PREFIX + 1, 4)
-    s.add(newcomer)
-    batch = s.schedule(0.0)
-    assert batch.moves == [SlotMove(donor.slot or 0, newcomer.slot or 0, MIN_SHARED_PREFIX)]
-    assert (newcomer, 1) in batch.items
-
-
-def test_a_donor_is_found_behind_an_unrelated_sequence() -> None:
-    s = _make(share_prefixes=True)
-    _running(s, Sequence("other", [2] * 40, 40, SamplingParams(max_tokens=4), 0.0), 40)
-    donor = _running(s, _seq("donor", 40, 4), 40)
-    newcomer = _seq("new", 30, 4)
-    s.add(newcomer)
-    assert s.schedule(0.0).moves == [SlotMove(donor.slot or 0, newcomer.slot or 0, 29)]
-
-
-def test_the_donor_with_the_most_cached_tokens_wins() -> None:
-    """One donor shares more of the prompt but has cached only 20 of it so far; the other
-    shares less, all of it cached: 30 tokens can be copied now from the second, 20 from the
-    first."""
-    s = _make(share_prefixes=True, slot_len=128)
-    params = SamplingParams(max_tokens=4)
-    partial = _running(s, Sequence("partial", [1] * 45 + [3] * 5, 50, params, 0.0), 20)
-    full = _running(s, Sequence("full", [1] * 30 + [4] * 20, 50, params, 0.0), 50)
-    newcomer = _seq("new", 50, 4)
-    s.add(newcomer)
-    assert s.schedule(0.0).moves == [SlotMove(full.slot or 0, newcomer.slot or 0, 30)]
-    assert partial.slot == 0
-
-
-def test_no_wait_for_a_donor_whose_prompt_is_done() -> None:
-    """A donor of a 15-token prompt has cached all of it (16 tokens with its first output): it
-    will never cache the 16 the newcomer could share, so the newcomer does not wait."""
-    s = _make(share_prefixes=True)
-    _running(s, Sequence("donor", [1] * 16, 15, SamplingParams(max_tokens=4), 0.0), 15)
-    newcomer = _seq("new", 20, 4)
-    s.add(newcomer)
-    batch = s.schedule(0.0)
-    assert batch.moves == [] and (newcomer, 20) in batch.items

@@ -57,4 +57,4 @@ def test_a_lost_worker_takes_its_batch_and_kv_with_it(tiny_model_dir: Any) -> No
     assert engine.stats()["num_running"] == 8
     engine._on_worker_lost(-9, None)
     stats = engine.stats()
-    assert (stats["num_running"], stats["num_waiting"], stats["kv_slots_used"]) == (0, 0, 0)
+    assert (stats["num_running"], stats["num_waiting"], stats["kv_blocks_used"]) == (0, 0, 0)

@@ -7,6 +7,7 @@ Skipped without a CUDA device; `bash benchmarks/gpu_check.sh` runs them on a GPU
 from __future__ import annotations
 
 import dataclasses
+import gc
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,11 @@ def prompts(n: int = 16) -> list[list[int]]:
 
 
 def cuda_llm(model_dir: Path, **overrides: object) -> LLM:
+    """A fixed 32768-token pool unless overridden: several engines live at once here, and one
+    sized from the device would take 90% of it."""
     config: dict[str, object] = {"model": str(model_dir), "device": "cuda", "dtype": "float32"}
-    return LLM(EngineConfig(**{**config, "max_num_seqs": 16, **overrides}))  # type: ignore[arg-type]
+    config |= {"max_num_seqs": 16, "kv_cache_tokens": 32768}
+    return LLM(EngineConfig(**{**config, **overrides}))  # type: ignore[arg-type]
 
 
 def test_fp32_logits_match_transformers_on_cuda(tiny_model_dir: Path) -> None:
@@ -117,3 +121,32 @@ def test_half_precision_is_close_to_fp32_on_the_trained_demo_model(dtype: str) -
     passed = half_precision_passes(dtype)
     print(f"{dtype}: {passed}/16 prompts pass the top-5 criterion against fp32")
     assert passed >= 15
+
+
+def test_graphs_with_the_prefix_cache_and_preemption_equal_eager(tiny_model_dir: Path) -> None:
+    """Paged decode through the graphs (block tables as a static input) while the prefix cache
+    hits and a 512-token pool preempts: the same tokens as eager without the cache."""
+    system = prompts(1)[0] * 4  # 32 tokens shared by every prompt
+    shared = [system + p for p in prompts()]
+    small = {"kv_cache_tokens": 512, "max_model_len": 512}
+    graphs = cuda_llm(tiny_model_dir, cuda_graphs=True, **small)
+    eager = cuda_llm(tiny_model_dir, cuda_graphs=False, prefix_cache=False, **small)
+    got = [r.token_ids for r in graphs.generate(shared, GREEDY)]
+    assert got == [r.token_ids for r in eager.generate(shared, GREEDY)]
+    assert graphs.core.kv.num_hits > 0 and graphs.core.scheduler.num_preemptions > 0
+    graphs.core.kv.check([])
+
+
+def test_the_pool_is_sized_from_gpu_memory_utilization(tiny_model_dir: Path) -> None:
+    """Unset kv_cache_tokens: the pool takes what 0.9 (then 0.5) of the device leaves."""
+    gc.collect()  # engines of earlier tests
+    torch.cuda.empty_cache()
+    unset = {"kv_cache_tokens": None, "cuda_graphs": False}
+    big = cuda_llm(tiny_model_dir, gpu_memory_utilization=0.9, **unset)
+    blocks_big = big.core.kv.num_blocks
+    del big
+    gc.collect()
+    torch.cuda.empty_cache()
+    small = cuda_llm(tiny_model_dir, gpu_memory_utilization=0.5, **unset)
+    assert 0 < small.core.kv.num_blocks < blocks_big
+    assert small.core.runner.kv.num_bytes < 0.5 * torch.cuda.get_device_properties(0).total_memory

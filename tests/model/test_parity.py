@@ -2,48 +2,73 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
-from app.model.attention import AttnBatch, DecodeRows, KVCache, PrefillChunk
+from app.model.attention import (
+    AttnBatch,
+    DecodeRows,
+    KVCache,
+    PrefillChunk,
+    decode_bias,
+    slots_of,
+)
 from app.model.gpt2 import GPT2
 from app.model.weights import load_gpt2
 
 ATOL = 2e-4
 
 
+BLOCK = 16
+
+
 def _kv(model: GPT2, slots: int) -> KVCache:
+    """Room for `slots` whole sequences, in 16-token blocks."""
     c = model.config
+    blocks = 1 + slots * (c.n_positions // BLOCK)
     return KVCache(
-        c.n_layer, slots, c.n_head, c.n_positions, c.head_dim, torch.float32, torch.device("cpu")
+        c.n_layer, blocks, c.n_head, BLOCK, c.head_dim, torch.float32, torch.device("cpu")
     )
+
+
+def _table(model: GPT2, kv: KVCache, slot: int) -> list[int]:
+    """Sequence `slot`'s block table: its blocks scattered over the pool (a fixed shuffle of
+    blocks 1..), so attention must follow the table rather than read blocks in order."""
+    per_seq = model.config.n_positions // BLOCK
+    order = list(range(1, kv.num_blocks))
+    random.Random(0).shuffle(order)
+    return order[slot * per_seq : (slot + 1) * per_seq]
 
 
 def _prefill(model: GPT2, kv: KVCache, ids: list[int], slot: int, start: int) -> torch.Tensor:
     n = len(ids) - start
-    batch = AttnBatch(prefills=[PrefillChunk(slot, start, n)])
+    table = _table(model, kv, slot)
+    blocks = torch.tensor(table[: -(-len(ids) // BLOCK)])
+    batch = AttnBatch(
+        slot_mapping=torch.tensor(slots_of(table, start, len(ids), BLOCK)),
+        prefills=[PrefillChunk(start, n, blocks)],
+    )
     hidden = model(torch.tensor(ids[start:]), torch.arange(start, len(ids)), batch, kv)
     return model.compute_logits(hidden)
 
 
 def _decode(model: GPT2, kv: KVCache, tokens: list[int], positions: list[int]) -> torch.Tensor:
-    span = len(tokens)
-    lengths = torch.tensor(positions) + 1
-    visible = torch.arange(int(lengths.max())) < lengths.unsqueeze(1)
-    bias = torch.zeros(visible.shape).masked_fill_(~visible, float("-inf"))
+    """One decode row per sequence; row i is sequence (slot) i."""
+    width = max(-(-(p + 1) // BLOCK) for p in positions)
+    tables = [_table(model, kv, i)[:width] for i in range(len(tokens))]
+    pos = torch.tensor(positions)
     rows = DecodeRows(
-        torch.arange(span),
-        torch.tensor(positions),
-        span,
-        int(lengths.max()),
-        bias.view(span, 1, 1, -1),
-        True,
+        block_tables=torch.tensor(tables),
+        positions=pos,
+        bias=decode_bias(pos + 1, width * BLOCK, torch.float32),
     )
-    batch = AttnBatch(num_decode=span, decode=rows)
-    hidden = model(torch.tensor(tokens), torch.tensor(positions), batch, kv)
+    slots = [slots_of(t, p, p + 1, BLOCK)[0] for t, p in zip(tables, positions, strict=True)]
+    batch = AttnBatch(slot_mapping=torch.tensor(slots), num_decode=len(tokens), decode=rows)
+    hidden = model(torch.tensor(tokens), pos, batch, kv)
     return model.compute_logits(hidden)
 
 

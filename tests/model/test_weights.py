@@ -45,7 +45,7 @@ def test_original_gpt2_names_without_prefix_load(tmp_path: Path) -> None:
 
 
 def test_unknown_hub_id_offline_says_how_to_use_a_directory() -> None:
-    with pytest.raises(ModelNotFoundError, match="pass that directory: --model"):
+    with pytest.raises(ModelNotFoundError, match=r"`hf download .* and pass --model \./gpt2-n"):
         resolve_model_dir("openai-community/gpt2-not-cached-here")
 
 

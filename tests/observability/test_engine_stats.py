@@ -28,7 +28,7 @@ def test_stats_before_the_first_step(
     r = client.get("/v1/engine/stats")
     assert r.status_code == 200
     assert r.json() == {**view, "recent_step_ms": []}  # no kv_cache_usage without a total
-    assert r.json()["last_batch"] is None and r.json()["kv_slots_total"] is None
+    assert r.json()["last_batch"] is None and r.json()["kv_blocks_total"] is None
 
 
 def test_stats_is_documented_and_503_before_the_engine(client: TestClient) -> None:

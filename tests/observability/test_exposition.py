@@ -28,7 +28,9 @@ HISTOGRAMS = (
 COUNTERS = (
     "gpt2_prompt_tokens",
     "gpt2_generation_tokens",
-    "gpt2_prefix_shared_tokens",
+    "gpt2_prefix_cache_queries",
+    "gpt2_prefix_cache_hits",
+    "gpt2_num_preemptions",
     "gpt2_engine_host_seconds",
     "gpt2_request_success",
     "gpt2_request_failure",

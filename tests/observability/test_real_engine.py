@@ -113,7 +113,7 @@ def _run(http: httpx.Client, kind: str, max_tokens: int) -> tuple[int, int]:
     return details["input_length"], details["generated_tokens"]
 
 
-def test_shared_prefix_tokens_are_counted(live: Live) -> None:
+def test_prefix_cache_tokens_are_counted(live: Live) -> None:
     prompt = " ".join(["the river ran past the mill"] * 6)
     before = live.scrape()
     r = live.http.post(
@@ -124,9 +124,18 @@ def test_shared_prefix_tokens_are_counted(live: Live) -> None:
     assert prompt_len >= 17
     texts = {c["text"] for c in r.json()["choices"]}
     after = live.scrape()
-    # Choices 2 and 3 copy all but the last prompt token from choice 1, and greedy agrees.
-    assert delta(before, after, "gpt2_prefix_shared_tokens_total") == 2 * (prompt_len - 1)
+    # Choices 2 and 3 wait for choice 1 to compute the prompt, then reuse its full 16-token
+    # blocks (all but the last prompt token is eligible), and greedy agrees.
+    assert delta(before, after, "gpt2_prefix_cache_queries_total") == 3 * prompt_len
+    assert delta(before, after, "gpt2_prefix_cache_hits_total") == 2 * ((prompt_len - 1) // 16 * 16)
     assert len(texts) == 1
+    # The same prompt again: every choice finds those blocks cached from the first request.
+    r = live.http.post(
+        "/v1/completions", json={"prompt": prompt, "max_tokens": 2, "n": 1, "temperature": 0}
+    )
+    cached = r.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert cached == (prompt_len - 1) // 16 * 16
+    assert r.json()["choices"][0]["text"] in texts
 
 
 def test_counts_agree_with_what_the_real_engine_served(live: Live) -> None:
@@ -201,7 +210,7 @@ def test_live_gauges_and_engine_stats_while_serving(live: Live) -> None:
         stats = live.http.get("/v1/engine/stats").json()
         assert stats["ready"] is True and stats["worker_alive"] is True
         assert stats["num_running"] >= 1 and stats["requests_in_flight"] >= 1
-        assert 0 < stats["kv_slots_used"] <= stats["kv_slots_total"]
+        assert 0 < stats["kv_blocks_used"] <= stats["kv_blocks_total"]
         assert 0 < stats["kv_cache_usage"] <= 1
         assert stats["last_batch"]["sequences"] >= 1
         assert stats["recent_step_ms"] and all(ms >= 0 for ms in stats["recent_step_ms"])

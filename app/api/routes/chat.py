@@ -86,7 +86,7 @@ async def create_chat_completion(
         await streams.start(settings.keep_alive_seconds, request)
         base = base_chunk(response_id, CHUNK_OBJECT, created, settings.model_name)
         # vLLM's continuous_usage_stats: every chunk carries its choice's usage so far.
-        continuous = {"usage": usage(plans[:1], [0])} if body.continuous_usage else {}
+        continuous = {"usage": usage(plans[:1], [0], [0])} if body.continuous_usage else {}
         # The role goes first, once per choice, before any text (as OpenAI streams it).
         prelude = [
             build(
@@ -115,9 +115,9 @@ async def create_chat_completion(
             prelude=prelude,
             usage_chunk=(
                 (
-                    lambda outputs: build(
+                    lambda outputs, cached: build(
                         ChatCompletionChunk,
-                        {**base, "choices": [], "usage": usage(plans, outputs)},
+                        {**base, "choices": [], "usage": usage(plans, outputs, cached)},
                     )
                 )
                 if body.include_usage
@@ -188,7 +188,9 @@ def _chunk_builder(
         content = {"content": delta.text} if delta.text else {}
         built = chunk(index, content, lps, delta.finish_reason)
         if usage_of is not None:
-            built["usage"] = usage([usage_of[index]], [delta.num_output_tokens])
+            built["usage"] = usage(
+                [usage_of[index]], [delta.num_output_tokens], [delta.num_cached_tokens]
+            )
         if delta.timings is not None:
             built["timings"] = timings_ms(delta.timings)
         return build(ChatCompletionChunk, built)

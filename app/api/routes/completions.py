@@ -200,13 +200,13 @@ class _ChunkBuilder:
             return None  # text held back (a partial character or a possible stop string)
         chunk = self._chunk(index, text, logprobs, delta.finish_reason)
         if self.continuous_usage:  # vLLM's: this choice's usage so far
-            chunk["usage"] = usage([plan], [delta.num_output_tokens])
+            chunk["usage"] = usage([plan], [delta.num_output_tokens], [delta.num_cached_tokens])
         if delta.timings is not None:
             chunk["timings"] = timings_ms(delta.timings)
         return build(CompletionChunk, chunk)
 
-    def usage_chunk(self, outputs: list[int]) -> CompletionChunk:
-        chunk = {**self.base, "choices": [], "usage": usage(self.plans, outputs)}
+    def usage_chunk(self, outputs: list[int], cached: list[int]) -> CompletionChunk:
+        chunk = {**self.base, "choices": [], "usage": usage(self.plans, outputs, cached)}
         return build(CompletionChunk, chunk)
 
 

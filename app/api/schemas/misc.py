@@ -65,10 +65,12 @@ class EngineStats(EngineView):
     queued_prompt_tokens: int
     num_running: int
     num_waiting: int
-    kv_slots_used: int
-    kv_slots_total: int | None = Field(description="null until the first engine step")
+    kv_blocks_used: int = Field(description="KV cache blocks held by running sequences")
+    kv_blocks_total: int | None = Field(description="null until the first engine step")
     last_batch: LastBatch | None = Field(description="null until the first engine step")
     recent_step_seconds: StepSeconds
     drain_rate_requests_per_second: float
-    kv_cache_usage: float | None = omitted_if_none("0..1; absent until the first engine step")
+    kv_cache_usage: float | None = omitted_if_none(
+        "blocks used / blocks total, 0..1; absent until the first engine step"
+    )
     recent_step_ms: list[float] = Field(description="The recent steps' times, oldest first")

@@ -258,10 +258,15 @@ class ChatCompletionRequest(SamplingFields):
 FINISH_REASONS = "stop | length | timeout | abort; null until the choice ends"
 
 
+class PromptTokensDetails(ResponseModel):
+    cached_tokens: int = Field(description="prompt tokens served from the engine's prefix cache")
+
+
 class Usage(ResponseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
 
 
 class CompletionLogprobs(ResponseModel):

@@ -267,8 +267,8 @@ def engine_stats(
         "queued_prompt_tokens": queued_prompt_tokens,
         "num_running": s.num_running if s else 0,
         "num_waiting": s.num_waiting if s else 0,
-        "kv_slots_used": s.kv_slots_used if s else 0,
-        "kv_slots_total": s.kv_slots_total if s else None,
+        "kv_blocks_used": s.kv_blocks_used if s else 0,
+        "kv_blocks_total": s.kv_blocks_total if s else None,
         "last_batch": {
             "sequences": s.batch_size,
             "decode_tokens": s.num_decode_tokens,
@@ -284,6 +284,6 @@ def engine_stats(
         "recent_step_ms": [round(x * 1000.0, 3) for x in recent_step_seconds],
         "drain_rate_requests_per_second": drain_rate,
     }
-    if s is not None and s.kv_slots_total:
-        view["kv_cache_usage"] = s.kv_slots_used / s.kv_slots_total
+    if s is not None and s.kv_blocks_total:
+        view["kv_cache_usage"] = s.kv_blocks_used / s.kv_blocks_total
     return view

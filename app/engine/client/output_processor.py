@@ -91,6 +91,7 @@ class OutputProcessor:
         now = time.monotonic()
         by_handle = self._by_handle
         scheduled = dict(step.scheduled)
+        cached = dict(step.cached_tokens)
         logprobs = dict(step.logprobs)
         prompt_logprobs = dict(step.prompt_logprobs)
         for row, (handle, token, code) in enumerate(
@@ -104,6 +105,8 @@ class OutputProcessor:
                 req.scheduled_at = at
                 if self._admission is not None:
                     self._admission.scheduled(req.num_prompt_tokens)
+            if cached:
+                req.num_cached_tokens = cached.get(row, req.num_cached_tokens)
             lp = logprobs.get(row)
             self._advance(
                 req,

@@ -32,6 +32,7 @@ class RequestState:
     max_gap: float = 0.0
     deadline: asyncio.TimerHandle | None = None
     num_output_tokens: int = 0
+    num_cached_tokens: int = 0  # prompt tokens the worker took from its prefix cache
     gaps: list[float] = field(default_factory=list)
     _num_gaps: int = -1  # token arrivals after the first
 
@@ -94,4 +95,5 @@ class RequestState:
             stop_reason,
             self.timings(now) if finish_reason is not None else None,
             prompt_logprobs,
+            self.num_cached_tokens,
         )

@@ -3,7 +3,8 @@
 Every step, in this order, until the step's token budget is spent:
 1. every decoding sequence gets one token (running streams are never starved by prefill);
 2. sequences part-way through their prompt get their next chunk (chunked prefill);
-3. waiting sequences are admitted in arrival order while a KV slot and a running place are free.
+3. waiting sequences are admitted in arrival order while their KV blocks and a running place
+   are free.
 
 While any sequence decodes, long prompts (more than `max_prefill_tokens_while_decoding` tokens
 left) share at most that many tokens of the step (a fixed setting, or set before each step by
@@ -13,11 +14,17 @@ decode step. Short prompts still go whole within the step budget (a burst of the
 once), and with nothing decoding a long prompt gets the whole budget (the fastest first token).
 vLLM's long_prefill_token_threshold works the same way.
 
-Prefix sharing (share_prefixes): a prompt that begins with at least MIN_SHARED_PREFIX tokens a
-running sequence has already cached (the n choices of one request, a common system prompt)
-takes those keys and values by a slot copy instead of computing them again. If the running
-sequence is still computing that prefix, the newcomer waits for it at the head of the queue.
-A request that asks for prompt logprobs computes its whole prompt (it needs every row).
+KV blocks (kv_cache.py): a waiting sequence is admitted only when every block its tokens need
+fits with a watermark of free blocks to spare (the blocks that let running sequences grow), and
+takes the longest cached prefix of its tokens from the prefix cache. If that prefix's next block
+is being computed by a running sequence (the n choices of one request, a burst with one system
+prompt), it waits at the head of the queue for a step and then takes it. A request that asks
+for prompt logprobs computes its whole prompt (it needs every row).
+
+When a decoding sequence needs a block and none is free, the newest running sequence is
+preempted: its blocks are freed and it goes back to the front of the queue with its generated
+tokens, to be recomputed (mostly from the prefix cache) when blocks free up. Nothing is dropped
+and nothing over-commits: a step only schedules tokens whose blocks are held.
 """
 
 from __future__ import annotations
@@ -25,20 +32,20 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from app.engine.core.kv_cache import SlotAllocator, SlotMove
+from app.engine.core.kv_cache import KVCacheManager
 from app.engine.core.sequence import Sequence, Status
 from app.engine.protocol import FinishReason
 
-# Below this, a copy saves too little prefill to be worth the search and the wait.
-MIN_SHARED_PREFIX = 16
+# Free blocks kept back at admission so running sequences can grow without preempting at once
+# (vLLM's watermark, 1% of the pool).
+WATERMARK = 0.01
 
 
 @dataclass
 class ScheduledBatch:
-    """One step's work: (sequence, number of tokens) pairs, decodes first, plus slot moves."""
+    """One step's work: (sequence, number of tokens) pairs, decodes first."""
 
     items: list[tuple[Sequence, int]] = field(default_factory=list)
-    moves: list[SlotMove] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
@@ -62,23 +69,23 @@ class Scheduler:
         self,
         max_num_seqs: int,
         max_num_batched_tokens: int,
-        slots: SlotAllocator,
+        kv: KVCacheManager,
         eos_token_id: int,
+        max_model_len: int,
         max_prefill_tokens_while_decoding: int | None = None,
-        share_prefixes: bool = False,
     ) -> None:
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_prefill_tokens_while_decoding = (
             max_prefill_tokens_while_decoding or max_num_batched_tokens
         )
-        self.slots = slots
+        self.kv = kv
         self.eos_token_id = eos_token_id
-        self.share_prefixes = share_prefixes
-        self.num_shared_tokens = 0  # prompt tokens taken from another sequence's cache, in all
+        self.max_model_len = max_model_len
+        self.watermark_blocks = int(WATERMARK * kv.num_blocks)
+        self.num_preemptions = 0  # in all
         self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []
-        self._moves: list[SlotMove] = []
+        self.running: list[Sequence] = []  # in admission order: the last is preempted first
 
     @property
     def num_unfinished(self) -> int:
@@ -96,12 +103,19 @@ class Scheduler:
         seq.finish_reason = FinishReason.ABORT
 
     def schedule(self, now: float) -> ScheduledBatch:
-        batch = ScheduledBatch(moves=self._moves)
-        self._moves = []
+        batch = ScheduledBatch()
         budget = self.max_num_batched_tokens
-        # decode
-        for seq in sorted(self.running, key=lambda s: s.slot or 0):
-            if seq.is_decoding:
+        preempted_before = self.num_preemptions
+        # decode, oldest first: a sequence that cannot get a block preempts the newest
+        for seq in list(self.running):
+            if seq.status is not Status.RUNNING or not seq.is_decoding:
+                continue  # preempted by an older one in this loop, or still prefilling
+            while not self.kv.grow(seq):
+                victim = self.running[-1]
+                self._preempt(victim)
+                if victim is seq:
+                    break
+            if seq.status is Status.RUNNING:
                 batch.items.append((seq, 1))
                 budget -= 1
         threshold = self.max_prefill_tokens_while_decoding
@@ -121,57 +135,31 @@ class Scheduler:
             if not seq.is_decoding and (n := chunk(seq)) > 0:
                 batch.items.append((seq, n))
         # admit, in arrival order (a long prompt with no room this step waits at the head)
+        # (not in a step that had to preempt: the blocks it freed are for the running)
         while (
             self.waiting
+            and self.num_preemptions == preempted_before
             and budget > 0
-            and self.slots.num_free > 0
             and len(self.running) < self.max_num_seqs
             and (self.waiting[0].num_tokens <= threshold or long_budget > 0)
         ):
-            donor, shared = self._prefix_donor(self.waiting[0])
-            if donor is not None and shared == 0:
-                break  # its prefix is being computed by a running sequence: take it next step
-            seq = self.waiting.popleft()
-            self.slots.allocate(seq)
-            if donor is not None and donor.slot is not None and seq.slot is not None:
-                # Applied before this step's forward pass, after the packing moves before it.
-                batch.moves.append(SlotMove(src=donor.slot, dst=seq.slot, length=shared))
-                seq.num_computed = shared
-                self.num_shared_tokens += shared
+            seq = self.waiting[0]
+            plan = self.kv.plan(seq, use_cache=seq.params.prompt_logprobs is None)
+            if plan.prefix_in_flight:
+                break  # a running sequence is computing its prefix: take it next step
+            # With nothing running, the watermark would only stall a prompt that fits.
+            if not self.kv.can_admit(plan, self.watermark_blocks if self.running else 0):
+                break
+            self.waiting.popleft()
+            self.kv.admit(seq, plan)
+            if seq.num_output_tokens == 0:
+                seq.num_cached_tokens = seq.num_computed
             seq.status = Status.RUNNING
-            seq.first_scheduled_time = now
+            if seq.first_scheduled_time is None:
+                seq.first_scheduled_time = now
             self.running.append(seq)
             batch.items.append((seq, chunk(seq)))
         return batch
-
-    def _prefix_donor(self, seq: Sequence) -> tuple[Sequence | None, int]:
-        """The running sequence with the longest cached prefix of seq's prompt, and how many
-        of those tokens seq can take now: 0 means the donor is still computing them (wait).
-        (None, 0) when nothing is worth sharing."""
-        if not self.share_prefixes or seq.params.prompt_logprobs is not None:
-            return None, 0
-        # The prompt's last token is always computed here: its row gives the first logits.
-        wanted = seq.token_ids[: seq.num_prompt_tokens - 1]
-        if len(wanted) < MIN_SHARED_PREFIX:
-            return None, 0
-        best: tuple[Sequence | None, int, int] = (None, 0, 0)  # donor, usable, common
-        opening = wanted[:MIN_SHARED_PREFIX]
-        for other in self.running:
-            if other.token_ids[:MIN_SHARED_PREFIX] != opening:
-                continue  # the usual case: differs early, so no whole-prompt comparison
-            common = _common_prefix(wanted, other.token_ids)
-            if common < MIN_SHARED_PREFIX:
-                continue
-            usable = min(common, other.num_computed)
-            if (usable, common) > best[1:]:
-                best = (other, usable, common)
-        donor, usable, common = best
-        if donor is None:
-            return None, 0
-        if usable >= MIN_SHARED_PREFIX:
-            return donor, usable
-        # The donor has not cached enough yet; wait only while it is still prefilling.
-        return (donor, 0) if donor.num_computed < donor.num_prompt_tokens else (None, 0)
 
     def postprocess(self, batch: ScheduledBatch, sampled: list[int]) -> list[Sequence]:
         """Advance sequences by the step's work and sampled tokens; returns those that finished."""
@@ -180,6 +168,7 @@ class Scheduler:
         for seq, n in batch.items:
             samples = batch.samples(seq, n)
             seq.num_computed += n
+            self.kv.cache_computed(seq)
             if not samples:
                 continue
             token = next(new_tokens)
@@ -189,10 +178,7 @@ class Scheduler:
                 seq.status = Status.FINISHED
                 seq.finish_reason = reason
                 finished.append(seq)
-        # Release only now: a release may move another sequence's cache, and the move must
-        # cover every position this step wrote for it.
-        for seq in finished:
-            self._release(seq)
+                self._release(seq)
         return finished
 
     def _finish_reason(self, seq: Sequence, token: int) -> FinishReason | None:
@@ -202,19 +188,19 @@ class Scheduler:
             is_eos = token == self.eos_token_id and not p.ignore_eos
             if is_eos or token in p.stop_token_ids:
                 return FinishReason.STOP
-        if seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.slots.slot_len:
+        if seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.max_model_len:
             return FinishReason.LENGTH
         return None
 
+    def _preempt(self, seq: Sequence) -> None:
+        """Free seq's blocks and put it back first in line, generated tokens kept: it is
+        recomputed when admitted again."""
+        self._release(seq)
+        seq.status = Status.WAITING
+        seq.num_computed = 0
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
     def _release(self, seq: Sequence) -> None:
         self.running.remove(seq)
-        move = self.slots.free(seq)
-        if move is not None:
-            self._moves.append(move)
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:  # siblings share the whole prompt: one C-level comparison
-        return n
-    return next(i for i in range(n) if a[i] != b[i])
+        self.kv.free(seq)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from app.engine.protocol import FinishReason, SamplingParams, TokenLogprobs
 
 
 class Status(enum.Enum):
     WAITING = "waiting"
-    RUNNING = "running"  # holds a KV slot: prefilling or decoding
+    RUNNING = "running"  # holds KV blocks: prefilling or decoding
     FINISHED = "finished"
 
 
@@ -22,8 +22,14 @@ class Sequence:
     params: SamplingParams
     arrival_time: float
     status: Status = Status.WAITING
-    slot: int | None = None
     num_computed: int = 0  # leading tokens whose keys/values are in the cache
+    # KV blocks (kv_cache.py): the blocks holding positions [0, ...) in order, the chain hashes
+    # of its full blocks cached so far, and of the full blocks it will compute (in flight).
+    block_table: list[int] = field(default_factory=list)
+    block_hashes: list[int] = field(default_factory=list)
+    pending_hashes: list[int] = field(default_factory=list)
+    # Prompt tokens its prefill took from the prefix cache (reported with its first token).
+    num_cached_tokens: int = 0
     finish_reason: FinishReason | None = None
     first_scheduled_time: float | None = None
     # One entry per prompt token when params.prompt_logprobs is set (the first is None: nothing

@@ -241,9 +241,9 @@ def _part(
     for i in np.flatnonzero(finish).tolist():
         live.pop(int(mine[i]), None)
     extras: dict[str, Any] = {}
-    if result.scheduled or result.logprobs or result.prompt_logprobs:
+    if result.scheduled or result.cached_tokens or result.logprobs or result.prompt_logprobs:
         new_row = {row: i for i, row in enumerate(rows.tolist())}
-        for name in ("scheduled", "logprobs", "prompt_logprobs"):
+        for name in ("scheduled", "cached_tokens", "logprobs", "prompt_logprobs"):
             entries: tuple[tuple[int, Any], ...] = getattr(result, name)
             extras[name] = tuple((new_row[r], v) for r, v in entries if r in new_row)
     return StepResult(out_handles, out_tokens, finish.tobytes(), stats=result.stats, **extras)

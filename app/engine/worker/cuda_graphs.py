@@ -1,10 +1,12 @@
 """Decode steps through captured CUDA graphs, one per batch size (nano-vllm's recipe).
 
-A decode-only step whose sequences hold slots [0, B) is padded up to the next captured size bs:
-static buffers take the step's ids, positions and attention bias, the graph replays, and the
-first B rows of the static logits are sampled. Padding rows attend to position 0 of the free
-slots [B, bs) and write only there, so they touch nothing a live sequence reads. Attention spans
-the whole slot length so one graph fits every step of that batch size.
+A decode-only step of B rows is padded up to the next captured size bs: static buffers take the
+step's ids, positions, cache slots, block tables and attention bias, the graph replays, and the
+first B rows of the static logits are sampled. The block tables are a static (bs, max_blocks)
+input, so one graph serves every step of that batch size whatever blocks its sequences hold:
+attention gathers all max_blocks blocks of each row and the bias masks what lies past its
+length. Padding rows write their key and value to the scratch block (attention.NULL_BLOCK,
+never handed to a sequence) and attend to its position 0 only, so they touch nothing live.
 
 With capture=False the same padded, static path runs eagerly: that is how CPU tests check the
 padding logic that the GPU relies on.
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from app.model.attention import AttnBatch, DecodeRows, KVCache
+from app.model.attention import NULL_BLOCK, AttnBatch, DecodeRows, KVCache
 from app.model.gpt2 import GPT2
 
 log = logging.getLogger(__name__)
@@ -27,26 +29,31 @@ log = logging.getLogger(__name__)
 class _Graph:
     input_ids: torch.Tensor  # (bs,)
     positions: torch.Tensor  # (bs,)
-    bias: torch.Tensor  # (bs, 1, 1, max_len)
+    slot_mapping: torch.Tensor  # (bs,)
+    block_tables: torch.Tensor  # (bs, max_blocks)
+    bias: torch.Tensor  # (bs, 1, max_blocks * block_size)
     logits: torch.Tensor | None  # (bs, V), written by the graph
     graph: torch.cuda.CUDAGraph | None
 
 
 class StaticDecode:
     def __init__(
-        self, model: GPT2, kv: KVCache, batch_sizes: list[int], max_len: int, capture: bool
+        self, model: GPT2, kv: KVCache, batch_sizes: list[int], max_blocks: int, capture: bool
     ) -> None:
-        self.model, self.kv, self.max_len = model, kv, max_len
+        self.model, self.kv, self.max_blocks = model, kv, max_blocks
         self.capture = capture
         device, dtype = kv.k.device, kv.k.dtype
-        self.batch_sizes = sorted(b for b in set(batch_sizes) if 1 <= b <= kv.k.shape[1])
+        width = max_blocks * kv.block_size
+        self.batch_sizes = sorted(b for b in set(batch_sizes) if b >= 1)
         self.graphs: dict[int, _Graph] = {}
         pool = None
         for bs in reversed(self.batch_sizes):  # largest first, so smaller ones reuse its memory
             g = _Graph(
                 input_ids=torch.zeros(bs, dtype=torch.long, device=device),
                 positions=torch.zeros(bs, dtype=torch.long, device=device),
-                bias=torch.zeros(bs, 1, 1, max_len, dtype=dtype, device=device),
+                slot_mapping=torch.zeros(bs, dtype=torch.long, device=device),
+                block_tables=torch.zeros(bs, max_blocks, dtype=torch.long, device=device),
+                bias=torch.zeros(bs, 1, width, dtype=dtype, device=device),
                 logits=None,
                 graph=None,
             )
@@ -66,25 +73,31 @@ class StaticDecode:
         return (
             not attn.prefills
             and d is not None
-            and d.rows_are_span
+            and d.block_tables.shape[1] <= self.max_blocks
             and num_rows <= (self.batch_sizes[-1] if self.batch_sizes else 0)
         )
 
     @torch.inference_mode()
     def run(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor
+        self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttnBatch
     ) -> torch.Tensor:
-        """Logits (B, V) for a decode-only step of B rows; bias is the step's (B,1,1,L) mask."""
-        b = input_ids.shape[0]
+        """Logits (B, V) for a decode-only step of B rows (can_run said yes)."""
+        d = attn.decode
+        assert d is not None
+        b, width = d.block_tables.shape
         bs = next(s for s in self.batch_sizes if s >= b)
         g = self.graphs[bs]
         g.input_ids.zero_()
         g.input_ids[:b] = input_ids
         g.positions.zero_()
         g.positions[:b] = positions
+        g.slot_mapping.fill_(NULL_BLOCK * self.kv.block_size)  # padding rows: the scratch block
+        g.slot_mapping[:b] = attn.slot_mapping
+        g.block_tables.fill_(NULL_BLOCK)
+        g.block_tables[:b, :width] = d.block_tables
         g.bias.fill_(float("-inf"))
-        g.bias[:, :, :, 0] = 0.0  # padding rows see their own position 0 only
-        g.bias[:b, :, :, : bias.shape[-1]] = bias
+        g.bias[:, :, 0] = 0.0  # padding rows see their own position 0 only
+        g.bias[:b, :, : d.bias.shape[-1]] = d.bias
         if g.graph is None:
             return self._forward(g)[:b]
         g.graph.replay()
@@ -93,15 +106,7 @@ class StaticDecode:
 
     def _forward(self, g: _Graph) -> torch.Tensor:
         bs = g.input_ids.shape[0]
-        rows = DecodeRows(
-            slots=torch.arange(bs, device=g.input_ids.device),
-            positions=g.positions,
-            span=bs,
-            max_len=self.max_len,
-            bias=g.bias,
-            rows_are_span=True,
-        )
-        hidden = self.model(
-            g.input_ids, g.positions, AttnBatch(num_decode=bs, decode=rows), self.kv
-        )
+        rows = DecodeRows(block_tables=g.block_tables, positions=g.positions, bias=g.bias)
+        batch = AttnBatch(slot_mapping=g.slot_mapping, num_decode=bs, decode=rows)
+        hidden = self.model(g.input_ids, g.positions, batch, self.kv)
         return self.model.compute_logits(hidden)

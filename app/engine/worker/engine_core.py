@@ -7,7 +7,7 @@ from array import array
 
 from app.engine.client.validation import ModelLimits
 from app.engine.config import EngineConfig
-from app.engine.core.kv_cache import SlotAllocator
+from app.engine.core.kv_cache import KVCacheManager
 from app.engine.core.prefill_pacer import PrefillPacer
 from app.engine.core.scheduler import Scheduler
 from app.engine.core.sequence import Sequence
@@ -31,14 +31,16 @@ class EngineCore:
         model_cfg = self.runner.model.config
         self.limits = ModelLimits(model_cfg.vocab_size, self.runner.max_model_len)
         self.eos_token_id = model_cfg.eos_token_id
-        self.slots = SlotAllocator(self.runner.num_slots, self.runner.max_model_len)
+        self.kv = KVCacheManager(
+            self.runner.num_blocks, self.runner.block_size, enable_prefix_cache=config.prefix_cache
+        )
         self.scheduler = Scheduler(
             config.max_num_seqs,
             config.max_num_batched_tokens,
-            self.slots,
+            self.kv,
             self.eos_token_id,
+            self.runner.max_model_len,
             config.max_prefill_tokens_while_decoding,
-            share_prefixes=config.share_prefixes,
         )
         # Without a fixed cap, the chunk of a long prompt follows measured step times.
         self.pacer = (
@@ -55,7 +57,7 @@ class EngineCore:
     def add_request(self, request: AddRequest) -> None:
         """Schedule a request validated by the engine client (validate_request). Only what
         guards the worker's own memory is checked again: ids index the embedding table, and a
-        sequence must fit its KV slot."""
+        sequence must fit max_model_len."""
         prompt_ids, params = request.prompt_ids, request.params
         assert request.request_id not in self.requests, request.request_id
         assert (
@@ -76,7 +78,7 @@ class EngineCore:
         self.scheduler.add(seq)
 
     def abort_request(self, request_id: str) -> bool:
-        """Cancel a request; its slot is free before the next step. False if it is unknown."""
+        """Cancel a request; its blocks are free before the next step. False if it is unknown."""
         seq = self.requests.pop(request_id, None)
         if seq is None:
             return False
@@ -102,7 +104,7 @@ class EngineCore:
         self._aborted = []
         if self.pacer is not None:
             self.scheduler.max_prefill_tokens_while_decoding = self.pacer.limit
-        shared_before = self.scheduler.num_shared_tokens
+        before = (self.kv.num_queries, self.kv.num_hits, self.scheduler.num_preemptions)
         batch = self.scheduler.schedule(time.monotonic())
         num_decode = batch.num_decode
         if batch.items:
@@ -131,9 +133,11 @@ class EngineCore:
             batch_size=len(batch.items),
             num_running=len(self.scheduler.running),
             num_waiting=len(self.scheduler.waiting),
-            kv_slots_used=self.slots.num_used,
-            kv_slots_total=self.slots.num_slots,
-            num_shared_prefix_tokens=self.scheduler.num_shared_tokens - shared_before,
+            kv_blocks_used=self.kv.num_used,
+            kv_blocks_total=self.kv.num_blocks,
+            prefix_cache_queries=self.kv.num_queries - before[0],
+            prefix_cache_hits=self.kv.num_hits - before[1],
+            num_preemptions=self.scheduler.num_preemptions - before[2],
             host_seconds=max(0.0, host),
         )
         return rows.result(stats)
@@ -156,6 +160,7 @@ class _Rows:
         self.tokens: array[int] = array("q")
         self.finish = bytearray()
         self.scheduled: list[tuple[int, float]] = []
+        self.cached_tokens: list[tuple[int, int]] = []
         self.logprobs: list[tuple[int, TokenLogprobs]] = []
         self.prompt_logprobs: list[tuple[int, tuple[TokenLogprobs | None, ...]]] = []
 
@@ -167,6 +172,8 @@ class _Rows:
         first = seq.num_output_tokens == (1 if token >= 0 else 0)
         if first and seq.first_scheduled_time is not None:
             self.scheduled.append((row, seq.first_scheduled_time))
+        if first and seq.num_cached_tokens:
+            self.cached_tokens.append((row, seq.num_cached_tokens))
         if logprobs is not None:
             self.logprobs.append((row, logprobs))
         if first and token >= 0 and seq.prompt_logprobs is not None:
@@ -178,6 +185,7 @@ class _Rows:
             self.tokens,
             bytes(self.finish),
             tuple(self.scheduled),
+            tuple(self.cached_tokens),
             tuple(self.logprobs),
             tuple(self.prompt_logprobs),
             stats,

@@ -59,7 +59,7 @@ class LLM:
         return request_id
 
     def abort(self, request_id: str) -> bool:
-        """Cancel a request: its slot is free before the next step, which reports its last
+        """Cancel a request: its KV blocks are free before the next step, which reports its last
         delta (finish_reason "abort"). False if it is unknown or already finished."""
         return request_id in self._live and self.core.abort_request(request_id)
 

@@ -55,7 +55,8 @@ def run_worker(
         core = EngineCore(config)
         _warm_up(core)
     except Exception as exc:  # report, don't hang the parent waiting for "ready"
-        log.exception("worker failed to start")
+        # The owner reports it, in one line (the CLI's startup error): the traceback is DEBUG's.
+        log.debug("worker failed to start", exc_info=True)
         clients.send_owner(WorkerFailed(f"{type(exc).__name__}: {exc}"))
         return
     ready = WorkerReady(_model_info(core, model_id), os.getpid())
@@ -105,6 +106,7 @@ def _model_info(core: Any, model_id: str) -> ModelInfo:
         dtype=str(runner.dtype).removeprefix("torch."),
         device=str(runner.device),
         max_num_seqs=core.config.max_num_seqs,
-        kv_slots=core.slots.num_slots,
+        kv_blocks=core.kv.num_blocks,
+        kv_block_size=core.kv.block_size,
         quantization=core.config.quantization,
     )

@@ -12,11 +12,21 @@ from app.engine.config import EngineConfig
 from app.engine.core.scheduler import ScheduledBatch
 from app.engine.core.sequence import Sequence
 from app.engine.protocol import TokenLogprobs
+from app.engine.worker import kv_cache_sizing
 from app.engine.worker.cuda_graphs import StaticDecode
 from app.engine.worker.device import resolve_device, resolve_dtype
 from app.engine.worker.host_to_device import to_device
 from app.engine.worker.sampler import Sampler, SamplingRow, token_logprobs
-from app.model.attention import AttnBatch, DecodeRows, KVCache, PrefillChunk
+from app.model.attention import (
+    NULL_BLOCK,
+    AttnBatch,
+    DecodeRows,
+    GatherBuffers,
+    KVCache,
+    PrefillChunk,
+    decode_bias,
+    slots_of,
+)
 from app.model.gpt2 import GPT2
 from app.model.matmul import pick_gemm_backend
 from app.model.weights import load_gpt2, resolve_model_dir
@@ -78,44 +88,44 @@ class ModelRunner:
         wanted = pick_gemm_backend(self.device, self.dtype, config.cpu_gemm, config.quantization)
         self.gemm = self.model.set_gemm_backend(wanted, batch_hint=config.max_num_seqs)
         self.max_model_len = min(config.max_model_len or mcfg.n_positions, mcfg.n_positions)
-        self.num_slots = config.max_num_seqs
-        if config.kv_cache_tokens is not None:
-            self.num_slots = min(self.num_slots, config.kv_cache_tokens // self.max_model_len)
-            if self.num_slots < 1:
-                raise ValueError(
-                    f"kv_cache_tokens={config.kv_cache_tokens} holds no full sequence of "
-                    f"max_model_len={self.max_model_len} tokens"
-                )
+        self.block_size = config.block_size
+        self.max_blocks_per_seq = -(-self.max_model_len // self.block_size)
+        self.num_blocks = kv_cache_sizing.num_blocks(
+            kv_cache_sizing.Loaded(
+                self.model, self.device, self.dtype, self.block_size, self.max_model_len
+            ),
+            config,
+        )
+        # One more physical block than the pool hands out: block 0 is the scratch block.
         self.kv = KVCache(
             mcfg.n_layer,
-            self.num_slots,
+            self.num_blocks + 1,
             mcfg.n_head,
-            self.max_model_len,
+            self.block_size,
             mcfg.head_dim,
             self.dtype,
             self.device,
         )
+        # Reused across layers and steps on CPU (see GatherBuffers); CUDA allocates its own.
+        self.gather_buffers = GatherBuffers() if self.device.type == "cpu" else None
         self.static_decode: StaticDecode | None = None
         if self.device.type == "cuda" and config.cuda_graphs:
-            sizes = [b for b in config.cuda_graph_batch_sizes if b <= self.num_slots]
+            sizes = [b for b in config.cuda_graph_batch_sizes if b <= config.max_num_seqs]
             self.static_decode = StaticDecode(
-                self.model, self.kv, sizes, self.max_model_len, capture=True
+                self.model, self.kv, sizes, self.max_blocks_per_seq, capture=True
             )
         self.sampler = Sampler(mcfg.vocab_size, mcfg.eos_token_id, self.device, config.seed)
         log.info(
-            "model runner: device=%s dtype=%s gemm=%s slots=%d x %d tokens, KV %.1f MiB",
+            "model runner: device=%s dtype=%s gemm=%s, KV %.1f MiB",
             self.device,
             self.dtype,
             self.gemm,
-            self.num_slots,
-            self.max_model_len,
             self.kv.num_bytes / 2**20,
         )
+        kv_cache_sizing.log_capacity(self.num_blocks, self.block_size, self.max_model_len)
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> StepOutput:
-        for move in batch.moves:
-            self.kv.move(move.src, move.dst, move.length)
         inputs = self.prepare(batch)
         self._use_threads(self._threads_for(len(inputs.input_ids)))
         cpu = time.thread_time()
@@ -143,7 +153,7 @@ class ModelRunner:
             and not inputs.scoring
             and self.static_decode.can_run(n, inputs.attn)
         ):
-            logits = self.static_decode.run(inputs.input_ids, inputs.positions, d.bias)
+            logits = self.static_decode.run(inputs.input_ids, inputs.positions, inputs.attn)
             return logits.index_select(0, inputs.sample_rows), []
         hidden = self.model(inputs.input_ids, inputs.positions, inputs.attn, self.kv)
         scores = [self._score_prompt(hidden, s) for s in inputs.scoring]
@@ -183,6 +193,7 @@ class ModelRunner:
         sampling: list[SamplingRow] = []
         sample_items: list[int] = []
         scoring: list[PromptScoring] = []
+        slots: list[int] = []  # where each row's key and value go
         for item in order:
             seq, n = batch.items[item]
             if batch.samples(seq, n):
@@ -202,10 +213,13 @@ class ModelRunner:
                     )
             ids.extend(seq.token_ids[seq.num_computed : seq.num_computed + n])
             positions.extend(range(seq.num_computed, seq.num_computed + n))
+            end = seq.num_computed + n
+            slots += slots_of(seq.block_table, seq.num_computed, end, self.block_size)
         attn = AttnBatch(
+            slot_mapping=self._tensor(slots),
             num_decode=len(singles),
             decode=self._decode_rows(singles) if singles else None,
-            prefills=[PrefillChunk(s.slot or 0, s.num_computed, n) for s, n in chunks],
+            prefills=[self._prefill_chunk(s, n) for s, n in chunks],
         )
         return StepInputs(
             input_ids=self._tensor(ids),
@@ -217,25 +231,22 @@ class ModelRunner:
             scoring=scoring,
         )
 
+    def _prefill_chunk(self, seq: Sequence, n: int) -> PrefillChunk:
+        end = seq.num_computed + n
+        blocks = seq.block_table[: -(-end // self.block_size)]  # those the chunk reads
+        return PrefillChunk(seq.num_computed, n, self._tensor(blocks))
+
     def _decode_rows(self, singles: list[Sequence]) -> DecodeRows:
-        slots = [s.slot or 0 for s in singles]
-        pos = [s.num_computed for s in singles]
-        span = max(slots) + 1
-        # Context length per slot in [0, span); slots not decoding get 1 so softmax stays finite.
-        lengths = [1] * span
-        for slot, p in zip(slots, pos, strict=True):
-            lengths[slot] = p + 1
-        max_len = max(lengths)
-        visible = torch.arange(max_len, device=self.device) < self._tensor(lengths).unsqueeze(1)
-        bias = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
-        bias.masked_fill_(~visible, float("-inf"))
+        """Each row's blocks up to the longest context of the step, padded with the scratch
+        block (masked out by the bias)."""
+        width = max(-(-(s.num_computed + 1) // self.block_size) for s in singles)
+        tables = [(s.block_table + [NULL_BLOCK] * width)[:width] for s in singles]
+        positions = self._tensor([s.num_computed for s in singles])
         return DecodeRows(
-            slots=self._tensor(slots),
-            positions=self._tensor(pos),
-            span=span,
-            max_len=max_len,
-            bias=bias.view(span, 1, 1, max_len),
-            rows_are_span=slots == list(range(span)),
+            block_tables=self._tensor([b for t in tables for b in t]).view(len(singles), width),
+            positions=positions,
+            bias=decode_bias(positions + 1, width * self.block_size, self.dtype),
+            buffers=self.gather_buffers,
         )
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
