@@ -49,29 +49,37 @@ async def openai_events(
 ) -> AsyncIterator[bytes]:
     outputs = [0] * num_choices  # tokens generated per choice, for the usage chunk
     cached = [0] * num_choices  # prompt tokens each choice took from the prefix cache
+    # Events wait here while more deltas are ready at once, and go out as one write: a reader
+    # that keeps up writes each event alone; one that is behind pays per write, not per token.
+    ready: list[bytes] = [event(chunk) for chunk in prelude]
     try:
-        for chunk in prelude:
-            yield event(chunk)
+        if ready and not streams.pending:  # no delta yet (still queued): the prelude goes now
+            yield b"".join(ready)
+            ready.clear()
         async for entry in streams.events(keep_alive_seconds):
             if entry is None:
-                yield KEEP_ALIVE
-                continue
-            index, delta = entry
-            outputs[index] = delta.num_output_tokens
-            cached[index] = delta.num_cached_tokens
-            built = build_chunk(index, delta)
-            if built is not None:
-                yield built if isinstance(built, bytes) else event(built)
+                ready.append(KEEP_ALIVE)
+            else:
+                index, delta = entry
+                outputs[index] = delta.num_output_tokens
+                cached[index] = delta.num_cached_tokens
+                built = build_chunk(index, delta)
+                if built is not None:
+                    ready.append(built if isinstance(built, bytes) else event(built))
+            if ready and not streams.pending:
+                yield b"".join(ready)
+                ready.clear()
         if usage_chunk is not None:
-            yield event(usage_chunk(outputs, cached))
-        yield DONE
+            ready.append(event(usage_chunk(outputs, cached)))
+        ready.append(DONE)
+        yield b"".join(ready)
     except Exception as exc:
         note_error(exc)
         error = to_api_error(exc)
         if error.status_code >= 500:
             logger.warning("stream %s failed mid-way: %s", response_id, exc, exc_info=exc)
-        yield event(error.body())
-        yield DONE
+        ready += (event(error.body()), DONE)
+        yield b"".join(ready)
     finally:
         await streams.aclose()
 

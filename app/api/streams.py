@@ -43,6 +43,13 @@ class ChoiceStreams:
         self._open = len(self._factories)
         self.last_put = 0.0  # loop time of the last item put on the queue
 
+    @property
+    def pending(self) -> bool:
+        """More items are ready now: events() would yield again without waiting. A writer that
+        is behind joins the events it has into one write (one syscall, one pass through the
+        ASGI send chain) until this turns False."""
+        return bool(self._buffer) or not self._queue.empty()
+
     async def start(self, prime_seconds: float, request: Request | None = None) -> None:
         """Start every generation; wait up to prime_seconds for each one's first delta.
 

@@ -256,28 +256,35 @@ async def _tgi_events(
     top_n = prepared.params.top_n_tokens
     index = 0
     text = ""
+    ready: list[bytes] = []  # events joined into one write while more deltas are ready
     try:
         async for entry in streams.events(keep_alive_seconds):
             if entry is None:
-                yield KEEP_ALIVE
-                continue
-            _, delta = entry
-            text += delta.text
-            payloads = _token_payloads(engine, delta, top_n)
-            for k, payload in enumerate(payloads):
-                index += 1
-                payload["index"] = index
-                if k == len(payloads) - 1 and delta.finish_reason is not None:
-                    payload["generated_text"] = prefix + text
-                    payload["details"] = _stream_details(prepared, delta)
-                yield event(build(StreamResponse, payload))
+                ready.append(KEEP_ALIVE)
+            else:
+                _, delta = entry
+                text += delta.text
+                payloads = _token_payloads(engine, delta, top_n)
+                for k, payload in enumerate(payloads):
+                    index += 1
+                    payload["index"] = index
+                    if k == len(payloads) - 1 and delta.finish_reason is not None:
+                        payload["generated_text"] = prefix + text
+                        payload["details"] = _stream_details(prepared, delta)
+                    ready.append(event(build(StreamResponse, payload)))
+            if ready and not streams.pending:
+                yield b"".join(ready)
+                ready.clear()
+        if ready:
+            yield b"".join(ready)
     except Exception as exc:
         note_error(exc)
         error = to_api_error(exc, "tgi")
         if error.status_code >= 500:
             logger.warning("generate_stream failed mid-way: %s", exc, exc_info=exc)
         # TGI's clients look at error_type; the mid-stream kind in TGI's words is "generation".
-        yield event(error.body("tgi", error_type="generation"))
+        ready.append(event(error.body("tgi", error_type="generation")))
+        yield b"".join(ready)
     finally:
         await streams.aclose()
 
