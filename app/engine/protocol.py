@@ -11,9 +11,9 @@ Everything that crosses the process boundary is declared here, and nothing else 
   mapping all use;
 - `EngineClient`, the typed interface the HTTP layer depends on.
 
-Token ids and small frozen dataclasses only: each message is pickled into one frame (`frame`,
-`FrameReader`: a 4-byte length, then the pickle) on a Unix socket between the worker and each
-API process. Stdlib only, so both processes import it.
+Token ids and small frozen dataclasses only: each message is pickled into one frame
+(app/engine/wire.py) on a Unix socket between the worker and each API process. Stdlib only, so
+both processes import it.
 
 A request is validated once, in the API process: `SamplingParams.__post_init__` checks each
 parameter's range, and the engine client's `validate_request` checks the prompt against the
@@ -24,11 +24,10 @@ keeps only the assertions that guard its own memory.
 from __future__ import annotations
 
 import enum
-import pickle
 from array import array
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from app.engine.errors import InvalidRequestError
 
@@ -283,53 +282,6 @@ class StepResult:
 
     def __len__(self) -> int:
         return len(self.handles)
-
-
-# ---- the wire -----------------------------------------------------------------------------
-
-
-def frame(msg: object) -> bytes:
-    """One message as it crosses a socket: its pickle's length (4 bytes, big-endian), then the
-    pickle."""
-    payload = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
-    return len(payload).to_bytes(4, "big") + payload
-
-
-class FrameReader:
-    """Turns the bytes read from a socket back into messages, however they were split."""
-
-    __slots__ = ("_have", "_need", "_pending")
-
-    def __init__(self) -> None:
-        self._pending: list[bytes] = []  # the start of an incomplete frame
-        self._have = 0
-        self._need = 0  # bytes the pending frame needs before it can be parsed
-
-    def feed(self, data: bytes) -> list[Any]:
-        """Every message completed by `data`, in order (none while a frame is incomplete)."""
-        if self._pending:
-            self._pending.append(data)
-            self._have += len(data)
-            if self._have < self._need:
-                return []
-            data = b"".join(self._pending)
-            self._pending = []
-        messages = []
-        end = len(data)
-        pos = 0
-        view = memoryview(data)
-        while end - pos >= 4:
-            stop = pos + 4 + int.from_bytes(view[pos : pos + 4], "big")
-            if stop > end:
-                break
-            messages.append(pickle.loads(view[pos + 4 : stop]))
-            pos = stop
-        if pos < end:  # keep the start of the next frame
-            tail = data[pos:]
-            self._pending = [tail]
-            self._have = len(tail)
-            self._need = 4 + int.from_bytes(tail[:4], "big") if len(tail) >= 4 else 4
-        return messages
 
 
 # ---- engine client -> routes and observers --------------------------------------------------

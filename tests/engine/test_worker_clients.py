@@ -16,7 +16,6 @@ import pytest
 from app.engine.protocol import (
     AbortRequest,
     AddRequest,
-    FrameReader,
     ModelInfo,
     SamplingParams,
     Shutdown,
@@ -24,8 +23,8 @@ from app.engine.protocol import (
     StepStats,
     TokenLogprobs,
     WorkerReady,
-    frame,
 )
+from app.engine.wire import FrameReader, frame
 from app.engine.worker.clients import CLIENT_SHIFT, Clients
 
 STATS = StepStats(0.001, 2, 0, 2, 2, 0, 2, 8)

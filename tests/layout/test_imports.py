@@ -17,7 +17,14 @@ import pytest
 
 APP = Path(__file__).resolve().parents[2] / "app"
 
-API_SIDE = ["api", "engine/client", "engine/protocol.py", "engine/errors.py", "engine/config.py"]
+API_SIDE = [
+    "api",
+    "engine/client",
+    "engine/protocol.py",
+    "engine/wire.py",
+    "engine/errors.py",
+    "engine/config.py",
+]
 API_SIDE += ["main.py", "metrics.py", "tracing.py", "request_log.py", "config.py", "bench"]
 API_SIDE += ["api_workers.py", "cli_flags.py", "preflight.py", "startup_errors.py"]
 WORKER_SIDE = ["engine/core", "engine/worker", "model"]

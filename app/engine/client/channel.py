@@ -1,6 +1,6 @@
 """One socket to the worker, as the event loop sees it.
 
-Messages are frames (protocol.frame / FrameReader). What arrives is handed to `on_message` on the
+Messages are frames (wire.frame / FrameReader). What arrives is handed to `on_message` on the
 loop itself, as it is read, with no thread hand-off. What is sent goes through the loop's
 transport: written at once when the socket takes it, else buffered, so a send never blocks the
 loop (nor waits on a worker that is itself busy sending its step results).
@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, cast
 
-from app.engine.protocol import FrameReader, frame
+from app.engine.wire import FrameReader, frame
 
 log = logging.getLogger(__name__)
 

@@ -28,12 +28,11 @@ import numpy as np
 from app.engine.protocol import (
     AbortRequest,
     AddRequest,
-    FrameReader,
     Shutdown,
     StepResult,
     WorkerReady,
-    frame,
 )
+from app.engine.wire import FrameReader, frame
 
 log = logging.getLogger(__name__)
 
