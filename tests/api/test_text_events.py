@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api.responses import TextEventTemplate, build
-from app.api.schemas.openai import ChatCompletionChunk, CompletionChunk
+from app.api.schemas.openai_responses import ChatCompletionChunk, CompletionChunk
 from app.api.sse import event
 from tests.api.conftest import sse_events
 from tests.api.fakes import FakeEngineClient

@@ -17,26 +17,28 @@ from app.api.schemas.misc import (
     TokenizeResponse,
 )
 from app.api.schemas.openai import (
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    SamplingFields,
+)
+from app.api.schemas.openai_responses import (
     ChatChoice,
     ChatChunkChoice,
     ChatCompletionChunk,
-    ChatCompletionRequest,
     ChatCompletionResponse,
     ChatDelta,
     ChatLogprobs,
-    ChatMessage,
     ChatResponseMessage,
     ChatTokenLogprob,
     CompletionChoice,
     CompletionChunk,
     CompletionLogprobs,
-    CompletionRequest,
     CompletionResponse,
     CompletionStreamChoice,
     ModelCard,
     ModelList,
     PromptLogprob,
-    SamplingFields,
     TopLogprob,
     Usage,
 )
