@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import pytest
 
 from app.engine.core.block_pool import Block, BlockPool
+from app.engine.core.block_table import BlockTableArray
 from app.engine.core.kv_cache import KVCacheManager
 from app.engine.core.scheduler import Scheduler
 from app.engine.core.sequence import FinishReason, Sequence, Status
@@ -289,5 +290,37 @@ class LeakyPool(BlockPool):
 def test_the_check_catches_a_pool_that_forgets_a_block(broken: type[BlockPool]) -> None:
     s = _scheduler(blocks=16, max_num_seqs=6, budget=48)
     s.kv.pool = broken(16)
+    with pytest.raises(AssertionError):
+        _drive(s, seed=0, requests=200)
+
+
+def test_the_block_table_array_mirrors_every_table_and_clears_released_rows() -> None:
+    """The runner reads block tables from KVCacheManager.tables, not the lists: after every
+    step of a preempting, aborting load, each holder's row equals its list, NULL_BLOCK after."""
+    s = _scheduler(blocks=16, max_num_seqs=6, budget=48)
+    _drive(s, seed=1, requests=300)  # _run calls kv.check, which compares the two
+    assert not s.kv.tables.array.any()  # every row released and cleared to NULL_BLOCK
+
+
+def test_block_table_array_grows_in_rows_and_width() -> None:
+    tables = BlockTableArray(rows=2, width=2)
+    rows = [tables.take_row([1, 2, 3]) for _ in range(5)]
+    assert len(set(rows)) == 5
+    tables.append(rows[0], 3, 9)
+    assert tables.matches(rows[0], [1, 2, 3, 9]) and tables.matches(rows[4], [1, 2, 3])
+    tables.release_row(rows[0])
+    assert tables.matches(rows[0], []) and tables.take_row([4]) == rows[0]
+
+
+class StaleTables(BlockTableArray):
+    """A mirror that forgets the blocks a decoding sequence grows into."""
+
+    def append(self, row: int, index: int, block: int) -> None:
+        pass
+
+
+def test_the_check_catches_a_block_table_array_out_of_step() -> None:
+    s = _scheduler(blocks=16, max_num_seqs=6, budget=48)
+    s.kv.tables = StaleTables()
     with pytest.raises(AssertionError):
         _drive(s, seed=0, requests=200)

@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from app.engine.core.block_pool import Block, BlockPool, chain_hash
+from app.engine.core.block_table import BlockTableArray
 from app.engine.core.sequence import Sequence
 
 
@@ -42,6 +43,8 @@ class KVCacheManager:
         self.in_flight: Counter[int] = Counter()
         self.num_queries = 0  # tokens looked up in the prefix cache at admission, in all
         self.num_hits = 0  # of those, tokens found cached
+        # Every block-holding sequence's table, mirrored for the runner (Sequence.kv_row).
+        self.tables = BlockTableArray()
 
     @property
     def num_blocks(self) -> int:
@@ -88,6 +91,7 @@ class KVCacheManager:
             self.pool.touch(block)
         new = [self.pool.allocate() for _ in range(plan.num_new_blocks)]
         seq.block_table = [b.block_id for b in plan.hits + new]
+        seq.kv_row = self.tables.take_row(seq.block_table)
         seq.block_hashes = [b.hash for b in plan.hits if b.hash is not None]
         seq.num_computed = len(plan.hits) * self.block_size
         self.num_queries += seq.num_tokens
@@ -104,7 +108,9 @@ class KVCacheManager:
             return True
         if self.pool.num_free == 0:
             return False
-        seq.block_table.append(self.pool.allocate().block_id)
+        block_id = self.pool.allocate().block_id
+        self.tables.append(seq.kv_row, len(seq.block_table), block_id)
+        seq.block_table.append(block_id)
         return True
 
     def cache_computed(self, seq: Sequence) -> None:
@@ -125,6 +131,9 @@ class KVCacheManager:
         for h in seq.pending_hashes:
             self._settle(h)
         seq.block_table, seq.block_hashes, seq.pending_hashes = [], [], []
+        if seq.kv_row >= 0:
+            self.tables.release_row(seq.kv_row)
+            seq.kv_row = -1
 
     def check(self, holders: list[Sequence]) -> None:
         """Raise AssertionError unless the blocks, the hash table and the in-flight prefixes
@@ -133,6 +142,7 @@ class KVCacheManager:
         pending: Counter[int] = Counter()
         for seq in holders:
             assert len(seq.block_table) * self.block_size >= seq.num_computed, seq.request_id
+            assert self.tables.matches(seq.kv_row, seq.block_table), seq.request_id
             for i, h in enumerate(seq.block_hashes):
                 block = self.pool.block(seq.block_table[i])
                 assert block.tokens == self._block_tokens(seq, i) or block.hash != h

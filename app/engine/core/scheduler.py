@@ -31,6 +31,9 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 from app.engine.core.kv_cache import KVCacheManager
 from app.engine.core.sequence import Sequence, Status
@@ -46,6 +49,8 @@ class ScheduledBatch:
     """One step's work: (sequence, number of tokens) pairs, decodes first."""
 
     items: list[tuple[Sequence, int]] = field(default_factory=list)
+    # KVCacheManager.tables as of this step: row Sequence.kv_row is that sequence's block table
+    block_tables: np.ndarray[Any, Any] = field(default_factory=lambda: np.zeros((0, 0), np.int64))
 
     @property
     def num_tokens(self) -> int:
@@ -107,9 +112,15 @@ class Scheduler:
         budget = self.max_num_batched_tokens
         preempted_before = self.num_preemptions
         # decode, oldest first: a sequence that cannot get a block preempts the newest
+        block_size = self.kv.block_size
         for seq in list(self.running):
-            if seq.status is not Status.RUNNING or not seq.is_decoding:
+            # (is_decoding and the room check of kv.grow inlined: this runs for every row)
+            if seq.status is not Status.RUNNING or seq.num_computed != len(seq.token_ids) - 1:
                 continue  # preempted by an older one in this loop, or still prefilling
+            if seq.num_computed < len(seq.block_table) * block_size:
+                batch.items.append((seq, 1))  # its last block has room for the new token
+                budget -= 1
+                continue
             while not self.kv.grow(seq):
                 victim = self.running[-1]
                 self._preempt(victim)
@@ -159,20 +170,36 @@ class Scheduler:
                 seq.first_scheduled_time = now
             self.running.append(seq)
             batch.items.append((seq, chunk(seq)))
+        batch.block_tables = self.kv.tables.array
         return batch
 
     def postprocess(self, batch: ScheduledBatch, sampled: list[int]) -> list[Sequence]:
         """Advance sequences by the step's work and sampled tokens; returns those that finished."""
         finished: list[Sequence] = []
         new_tokens = iter(sampled)
+        block_size = self.kv.block_size
+        caching = self.kv.enable_prefix_cache
+        max_model_len = self.max_model_len
         for seq, n in batch.items:
-            samples = batch.samples(seq, n)
+            # (batch.samples, cache_computed's "nothing new" case and _finish_reason's usual
+            # "not yet" inlined: this runs for every row of every step)
+            token_ids = seq.token_ids
+            samples = seq.num_computed + n == len(token_ids)
             seq.num_computed += n
-            self.kv.cache_computed(seq)
+            if caching and seq.num_computed // block_size > len(seq.block_hashes):
+                self.kv.cache_computed(seq)
             if not samples:
                 continue
             token = next(new_tokens)
-            seq.token_ids.append(token)
+            token_ids.append(token)
+            p = seq.params
+            if (
+                len(token_ids) - seq.num_prompt_tokens < p.max_tokens
+                and len(token_ids) < max_model_len
+                and token not in p.stop_token_ids
+                and (token != self.eos_token_id or p.ignore_eos)
+            ):
+                continue
             reason = self._finish_reason(seq, token)
             if reason is not None:
                 seq.status = Status.FINISHED

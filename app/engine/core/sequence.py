@@ -36,6 +36,7 @@ class Sequence:
     # predicts it); filled chunk by chunk as the prompt is prefilled.
     prompt_logprobs: list[TokenLogprobs | None] | None = None
     handle: int = 0  # AddRequest.handle: how StepResult names this request
+    kv_row: int = -1  # its row in KVCacheManager.tables while it holds blocks
 
     @property
     def num_tokens(self) -> int:

@@ -108,15 +108,14 @@ class EngineCore:
         batch = self.scheduler.schedule(time.monotonic())
         num_decode = batch.num_decode
         if batch.items:
-            sampled = [seq for seq, n in batch.items if batch.samples(seq, n)]
+            sampled = [seq for seq, n in batch.items if seq.num_computed + n == len(seq.token_ids)]
             result = self.runner.execute(batch)
             for scores in result.prompt_scores:
                 _record_prompt_logprobs(batch.items[scores.item][0], scores)
-            self.scheduler.postprocess(batch, result.tokens)
-            for seq, lp in zip(sampled, result.logprobs, strict=True):
-                rows.add(seq, seq.token_ids[-1], lp)
-                if seq.is_finished:
-                    del self.requests[seq.request_id]
+            finished = self.scheduler.postprocess(batch, result.tokens)
+            rows.add_sampled(sampled, result.logprobs)
+            for seq in finished:
+                del self.requests[seq.request_id]
         elif not rows.handles:
             self._cpu_mark = time.thread_time()  # an idle turn of the loop is not host work
             return StepResult(array("q"), array("q"), b"")
@@ -178,6 +177,25 @@ class _Rows:
             self.logprobs.append((row, logprobs))
         if first and token >= 0 and seq.prompt_logprobs is not None:
             self.prompt_logprobs.append((row, tuple(seq.prompt_logprobs)))  # all prefilled
+
+    def add_sampled(self, seqs: list[Sequence], logprobs: list[TokenLogprobs | None]) -> None:
+        """add() for each sequence and its new token, as a few list passes rather than a call
+        per row (this runs for every row of every step)."""
+        start = len(self.handles)
+        self.handles.extend([seq.handle for seq in seqs])
+        self.tokens.extend([seq.token_ids[-1] for seq in seqs])
+        self.finish.extend([_FINISH_CODE[seq.finish_reason] for seq in seqs])
+        firsts = [i for i, s in enumerate(seqs) if len(s.token_ids) - s.num_prompt_tokens == 1]
+        for i in firsts:
+            seq, row = seqs[i], start + i
+            if seq.first_scheduled_time is not None:
+                self.scheduled.append((row, seq.first_scheduled_time))
+            if seq.num_cached_tokens:
+                self.cached_tokens.append((row, seq.num_cached_tokens))
+            if seq.prompt_logprobs is not None:
+                self.prompt_logprobs.append((row, tuple(seq.prompt_logprobs)))
+        if any(lp is not None for lp in logprobs):
+            self.logprobs += [(start + i, lp) for i, lp in enumerate(logprobs) if lp is not None]
 
     def result(self, stats: StepStats | None) -> StepResult:
         return StepResult(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 
 from app.engine.config import EngineConfig
@@ -15,10 +17,10 @@ from app.engine.protocol import TokenLogprobs
 from app.engine.worker import kv_cache_sizing
 from app.engine.worker.cuda_graphs import StaticDecode
 from app.engine.worker.device import resolve_device, resolve_dtype
+from app.engine.worker.host_memory import keep_freed_memory
 from app.engine.worker.host_to_device import to_device
-from app.engine.worker.sampler import Sampler, SamplingRow, token_logprobs
+from app.engine.worker.sampler import Sampler, SamplingInput, token_logprobs
 from app.model.attention import (
-    NULL_BLOCK,
     AttnBatch,
     DecodeRows,
     GatherBuffers,
@@ -63,7 +65,7 @@ class StepInputs:
     positions: torch.Tensor  # (N,)
     attn: AttnBatch
     sample_rows: torch.Tensor  # (M,) rows whose logits are sampled
-    sampling: list[SamplingRow]
+    sampling: list[SamplingInput]
     sample_items: list[int]  # index into batch.items of each sampled row
     scoring: list[PromptScoring] = field(default_factory=list)
 
@@ -82,6 +84,8 @@ class ModelRunner:
         self._model_cpu = 0.0  # see take_model_cpu_seconds
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # each step's logits are reused, not re-mapped (host_memory.py)
         self.model_dir = resolve_model_dir(config.model)
         self.model: GPT2 = load_gpt2(self.model_dir, self.dtype, self.device)
         mcfg = self.model.config
@@ -108,6 +112,13 @@ class ModelRunner:
         )
         # Reused across layers and steps on CPU (see GatherBuffers); CUDA allocates its own.
         self.gather_buffers = GatherBuffers() if self.device.type == "cpu" else None
+        # Row L: decode_bias for context length L over every position (CPU float32; 4 MiB at
+        # 1,024 positions), so a step's mask is one index (see _decode_rows).
+        self.bias_rows: np.ndarray[Any, Any] | None = None
+        if self.device.type == "cpu" and self.dtype == torch.float32:
+            span = self.max_blocks_per_seq * self.block_size
+            visible = np.arange(span)[None, :] < np.arange(span + 1)[:, None]
+            self.bias_rows = np.where(visible, np.float32(0), np.float32(-np.inf))
         self.static_decode: StaticDecode | None = None
         if self.device.type == "cuda" and config.cuda_graphs:
             sizes = [b for b in config.cuda_graph_batch_sizes if b <= config.max_num_seqs]
@@ -132,10 +143,12 @@ class ModelRunner:
         logits, prompt_scores = self.forward(inputs)
         chosen, logprobs = self.sampler(logits, inputs.sampling)
         self._model_cpu += time.thread_time() - cpu
-        # Hand results back in batch.items order, which is what the scheduler walks.
-        order = sorted(range(len(inputs.sample_items)), key=inputs.sample_items.__getitem__)
         tokens = chosen.tolist()
-        return StepOutput([tokens[i] for i in order], [logprobs[i] for i in order], prompt_scores)
+        if inputs.sample_items != sorted(inputs.sample_items):
+            # Hand results back in batch.items order, which is what the scheduler walks.
+            order = sorted(range(len(inputs.sample_items)), key=inputs.sample_items.__getitem__)
+            tokens, logprobs = [tokens[i] for i in order], [logprobs[i] for i in order]
+        return StepOutput(tokens, logprobs, prompt_scores)
 
     def take_model_cpu_seconds(self) -> float:
         """This thread's CPU seconds in the forward pass and sampling since the last call."""
@@ -183,71 +196,120 @@ class ModelRunner:
             torch.set_num_threads(n)
 
     def prepare(self, batch: ScheduledBatch) -> StepInputs:
-        """Flatten the step: single-token rows first (decode attention), then prefill chunks."""
-        order = sorted(range(len(batch.items)), key=lambda i: batch.items[i][1] > 1)
-        singles = [batch.items[i][0] for i in order if batch.items[i][1] == 1]
-        chunks = [batch.items[i] for i in order if batch.items[i][1] > 1]
-        ids: list[int] = []
-        positions: list[int] = []
+        """Flatten the step: single-token rows first (decode attention), then prefill chunks.
+
+        The single-token rows, usually all of a step, are built as arrays (positions, cache
+        slots and block tables from the block-table array in one index each); only a row that
+        does not sample or that scores its prompt takes the per-row path."""
+        items = batch.items
+        single_items = [i for i, (_, n) in enumerate(items) if n == 1]
+        chunk_items = [i for i, (_, n) in enumerate(items) if n > 1]
+        singles = [items[i][0] for i in single_items]
+        bs = self.block_size
+        sampling: list[SamplingInput] = []
         sample_rows: list[int] = []
-        sampling: list[SamplingRow] = []
         sample_items: list[int] = []
         scoring: list[PromptScoring] = []
-        slots: list[int] = []  # where each row's key and value go
-        for item in order:
-            seq, n = batch.items[item]
-            if batch.samples(seq, n):
-                sample_rows.append(len(ids) + n - 1)
-                sampling.append(SamplingRow(seq.params, seq.token_ids, seq.num_prompt_tokens))
-                sample_items.append(item)
-            if seq.params.prompt_logprobs is not None:
-                # Positions [first, end) predict prompt tokens first + 1 .. end.
-                first = seq.num_computed
-                end = min(first + n, seq.num_prompt_tokens - 1)
-                if end > first:
-                    targets = seq.token_ids[first + 1 : end + 1]
-                    scoring.append(
-                        PromptScoring(
-                            item, len(ids), first + 1, targets, seq.params.prompt_logprobs
-                        )
-                    )
-            ids.extend(seq.token_ids[seq.num_computed : seq.num_computed + n])
-            positions.extend(range(seq.num_computed, seq.num_computed + n))
+        ns = len(singles)
+        rows = np.array([(s.num_computed, s.kv_row) for s in singles], np.int64).reshape(ns, 2)
+        pos, kv_rows = rows[:, 0], rows[:, 1]
+        ids = [s.token_ids[s.num_computed] for s in singles]
+        slots = batch.block_tables[kv_rows, pos // bs] * bs + pos % bs
+        all_sample = ns == len(items) and all(
+            s.num_computed + 1 == len(s.token_ids) and s.params.prompt_logprobs is None
+            for s in singles
+        )
+        if all_sample:  # the usual decode step: every row samples, none scores
+            sampling += singles
+            sample_items += single_items
+        else:
+            for row, item in enumerate(single_items):
+                self._row_outputs(batch, item, row, sampling, sample_rows, sample_items, scoring)
+        chunk_ids: list[int] = []
+        chunk_positions: list[int] = []
+        chunk_slots: list[int] = []
+        for item in chunk_items:
+            seq, n = items[item]
+            first = ns + len(chunk_ids)
+            self._row_outputs(batch, item, first, sampling, sample_rows, sample_items, scoring)
             end = seq.num_computed + n
-            slots += slots_of(seq.block_table, seq.num_computed, end, self.block_size)
+            chunk_ids += seq.token_ids[seq.num_computed : end]
+            chunk_positions += range(seq.num_computed, end)
+            chunk_slots += slots_of(seq.block_table, seq.num_computed, end, bs)
+        if chunk_items:
+            ids += chunk_ids
+            pos = np.concatenate([pos, np.array(chunk_positions, np.int64)])
+            slots = np.concatenate([slots, np.array(chunk_slots, np.int64)])
         attn = AttnBatch(
             slot_mapping=self._tensor(slots),
-            num_decode=len(singles),
-            decode=self._decode_rows(singles) if singles else None,
-            prefills=[self._prefill_chunk(s, n) for s, n in chunks],
+            num_decode=ns,
+            decode=self._decode_rows(batch.block_tables, kv_rows, pos[:ns]) if ns else None,
+            prefills=[self._prefill_chunk(*items[i]) for i in chunk_items],
         )
         return StepInputs(
             input_ids=self._tensor(ids),
-            positions=self._tensor(positions),
+            positions=self._tensor(np.ascontiguousarray(pos)),
             attn=attn,
-            sample_rows=self._tensor(sample_rows),
+            sample_rows=self._tensor(np.arange(ns) if all_sample else sample_rows),
             sampling=sampling,
             sample_items=sample_items,
             scoring=scoring,
         )
+
+    @staticmethod
+    def _row_outputs(
+        batch: ScheduledBatch,
+        item: int,
+        first_row: int,
+        sampling: list[SamplingInput],
+        sample_rows: list[int],
+        sample_items: list[int],
+        scoring: list[PromptScoring],
+    ) -> None:
+        """Whether item's rows (from first_row on) sample a token or score prompt tokens."""
+        seq, n = batch.items[item]
+        if batch.samples(seq, n):
+            sample_rows.append(first_row + n - 1)
+            sampling.append(seq)
+            sample_items.append(item)
+        if seq.params.prompt_logprobs is not None:
+            # Positions [first, end) predict prompt tokens first + 1 .. end.
+            first = seq.num_computed
+            end = min(first + n, seq.num_prompt_tokens - 1)
+            if end > first:
+                targets = seq.token_ids[first + 1 : end + 1]
+                scoring.append(
+                    PromptScoring(item, first_row, first + 1, targets, seq.params.prompt_logprobs)
+                )
 
     def _prefill_chunk(self, seq: Sequence, n: int) -> PrefillChunk:
         end = seq.num_computed + n
         blocks = seq.block_table[: -(-end // self.block_size)]  # those the chunk reads
         return PrefillChunk(seq.num_computed, n, self._tensor(blocks))
 
-    def _decode_rows(self, singles: list[Sequence]) -> DecodeRows:
+    def _decode_rows(
+        self,
+        tables: np.ndarray[Any, Any],
+        kv_rows: np.ndarray[Any, Any],
+        positions: np.ndarray[Any, Any],
+    ) -> DecodeRows:
         """Each row's blocks up to the longest context of the step, padded with the scratch
         block (masked out by the bias)."""
-        width = max(-(-(s.num_computed + 1) // self.block_size) for s in singles)
-        tables = [(s.block_table + [NULL_BLOCK] * width)[:width] for s in singles]
-        positions = self._tensor([s.num_computed for s in singles])
+        width = int(positions.max()) // self.block_size + 1
+        lengths = positions + 1
+        if self.bias_rows is not None:
+            # One index into the precomputed masks: the same values as decode_bias, at a
+            # fraction of the per-op cost of building them on CPU.
+            bias = torch.from_numpy(self.bias_rows[lengths, : width * self.block_size])
+            bias = bias.unsqueeze(1)
+        else:
+            bias = decode_bias(self._tensor(lengths), width * self.block_size, self.dtype)
         return DecodeRows(
-            block_tables=self._tensor([b for t in tables for b in t]).view(len(singles), width),
-            positions=positions,
-            bias=decode_bias(positions + 1, width * self.block_size, self.dtype),
+            block_tables=self._tensor(tables[kv_rows, :width]),
+            positions=self._tensor(np.ascontiguousarray(positions)),
+            bias=bias,
             buffers=self.gather_buffers,
         )
 
-    def _tensor(self, values: list[int]) -> torch.Tensor:
+    def _tensor(self, values: list[int] | np.ndarray[Any, Any]) -> torch.Tensor:
         return to_device(values, torch.long, self.device)

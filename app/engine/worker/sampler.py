@@ -14,6 +14,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -35,10 +36,24 @@ def row_argmax(x: torch.Tensor) -> torch.Tensor:
     return x.argmax(dim=-1)
 
 
+class SamplingInput(Protocol):
+    """What the sampler reads of a row: the engine passes its Sequence itself (no object made
+    per row per step), tests a SamplingRow."""
+
+    @property
+    def params(self) -> SamplingParams: ...
+
+    @property
+    def token_ids(self) -> list[int]: ...  # prompt + output so far (penalties read it)
+
+    @property
+    def num_prompt_tokens(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class SamplingRow:
     params: SamplingParams
-    token_ids: list[int]  # prompt + output so far (penalties read it)
+    token_ids: list[int]
     num_prompt_tokens: int
 
 
@@ -51,7 +66,7 @@ class Sampler:
         self.generator.manual_seed(seed)
 
     def __call__(
-        self, logits: torch.Tensor, rows: list[SamplingRow]
+        self, logits: torch.Tensor, rows: list[SamplingInput]
     ) -> tuple[torch.Tensor, list[TokenLogprobs | None]]:
         """logits (M, V) -> chosen ids (M,) and, for rows that asked, their logprobs."""
         raw = logits.float()
@@ -84,7 +99,7 @@ class Sampler:
         return chosen, self._logprobs(raw, chosen, rows)
 
     def _apply_penalties_and_masks(
-        self, logits: torch.Tensor, rows: list[SamplingRow]
+        self, logits: torch.Tensor, rows: list[SamplingInput]
     ) -> torch.Tensor:
         for i, r in enumerate(rows):
             p = r.params
@@ -101,7 +116,7 @@ class Sampler:
                 logits[i].index_fill_(0, to_device(banned, torch.long, logits.device), -math.inf)
         return logits
 
-    def _penalize(self, row: torch.Tensor, r: SamplingRow) -> torch.Tensor:
+    def _penalize(self, row: torch.Tensor, r: SamplingInput) -> torch.Tensor:
         p = r.params
         ids = to_device(r.token_ids, torch.long, row.device)
         if p.repetition_penalty != 1.0:  # HF: shrink seen tokens' logits toward "less likely"
@@ -116,7 +131,7 @@ class Sampler:
             )
         return row
 
-    def _sample(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    def _sample(self, logits: torch.Tensor, rows: list[SamplingInput]) -> torch.Tensor:
         temps = to_device(
             [r.params.temperature if not r.params.is_greedy else 1.0 for r in rows],
             logits.dtype,
@@ -155,7 +170,7 @@ class Sampler:
         drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
         return probs.masked_fill(drop, 0.0)
 
-    def _draw(self, probs: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    def _draw(self, probs: torch.Tensor, rows: list[SamplingInput]) -> torch.Tensor:
         if probs.device.type == "cuda":
             return exponential_race(
                 probs, self._random(rows, lambda t, g: t.exponential_(generator=g))
@@ -164,7 +179,7 @@ class Sampler:
 
     def _random(
         self,
-        rows: list[SamplingRow],
+        rows: list[SamplingInput],
         fill: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
         width: int | None = None,
     ) -> torch.Tensor:
@@ -181,7 +196,7 @@ class Sampler:
 
     @staticmethod
     def _logprobs(
-        raw: torch.Tensor, chosen: torch.Tensor, rows: list[SamplingRow]
+        raw: torch.Tensor, chosen: torch.Tensor, rows: list[SamplingInput]
     ) -> list[TokenLogprobs | None]:
         wanted = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
         result: list[TokenLogprobs | None] = [None] * len(rows)
@@ -252,7 +267,7 @@ def repair_logits(row: torch.Tensor, eos_token_id: int) -> None:
         row.nan_to_num_(nan=low, neginf=low)
 
 
-def _modifies_logits(r: SamplingRow) -> bool:
+def _modifies_logits(r: SamplingInput) -> bool:
     below_min = len(r.token_ids) - r.num_prompt_tokens < r.params.min_tokens
     return r.params.has_penalties or bool(r.params.logit_bias) or below_min
 

@@ -1,0 +1,108 @@
+"""The worker's host cost per row of a decode step, by phase, in process.
+
+What a generated token costs the worker outside the model, measured without HTTP, clients or
+sockets, so a change to the step loop can be judged in seconds: a tiny GPT-2 (1 layer, 16 dims,
+the vocabulary of GPT-2), N sequences decoding at once (32-token prompts, EOS ignored), and the
+step loop's phases timed in this thread's CPU time (as the worker's own
+gpt2_engine_host_seconds_total; the model's other threads are not counted): scheduling,
+preparing the inputs, the forward pass and sampling (the model: reported, not counted as
+host), postprocessing, building the step's message and encoding it as the worker sends it.
+
+    python -m benchmarks.worker_host                 # 64 and 256 rows
+    python -m benchmarks.worker_host --rows 256 --steps 200 --repeats 5
+
+Prints the median over repeats of µs per row for each phase and the host total (everything
+but the model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from app.engine.config import EngineConfig
+from app.engine.protocol import AddRequest, SamplingParams
+from app.engine.wire import frame
+from app.engine.worker.engine_core import EngineCore
+from tests.checkpoints import make_checkpoint
+
+MODEL_PHASES = ("forward", "sample")
+
+
+def _timed(spent: dict[str, float], name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.thread_time()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent[name] += time.thread_time() - start
+
+    return wrapper
+
+
+def measure(model: Path, rows: int, steps: int) -> dict[str, float]:
+    """µs per row of each phase over `steps` decode steps of `rows` sequences."""
+    config = EngineConfig(
+        model=str(model), device="cpu", max_num_seqs=rows, kv_cache_tokens=rows * (32 + steps + 48)
+    )
+    core = EngineCore(config)
+    params = SamplingParams(max_tokens=steps + 8, temperature=0, ignore_eos=True)
+    for i in range(rows):
+        prompt = tuple((7 * i + j) % 50000 for j in range(32))
+        core.add_request(AddRequest(f"r{i}", prompt, params, handle=i + 1))
+    while core.scheduler.waiting or any(not s.is_decoding for s in core.scheduler.running):
+        core.step()  # prefill every prompt first: only decode steps are measured
+    spent: dict[str, float] = defaultdict(float)
+    runner, scheduler = core.runner, core.scheduler
+    runner.prepare = _timed(spent, "prepare", runner.prepare)  # type: ignore[method-assign]
+    runner.forward = _timed(spent, "forward", runner.forward)  # type: ignore[method-assign]
+    runner.sampler = _timed(spent, "sample", runner.sampler)  # type: ignore[assignment]
+    scheduler.schedule = _timed(spent, "schedule", scheduler.schedule)  # type: ignore[method-assign]
+    scheduler.postprocess = _timed(spent, "postprocess", scheduler.postprocess)  # type: ignore[method-assign]
+    counted = 0
+    start = time.thread_time()
+    for _ in range(steps):
+        result = core.step()
+        t = time.thread_time()
+        frame(result)
+        spent["encode"] += time.thread_time() - t
+        counted += len(result)
+    spent["step (all)"] = time.thread_time() - start
+    out = {name: 1e6 * s / counted for name, s in spent.items()}
+    out["host"] = out["step (all)"] - sum(out.get(p, 0.0) for p in MODEL_PHASES)
+    out["rest"] = out["host"] - sum(
+        v for k, v in out.items() if k not in (*MODEL_PHASES, "host", "step (all)")
+    )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "tiny"
+        make_checkpoint(model, seed=0, n_layer=1, n_embd=16, n_head=2)
+        print("# python -m benchmarks.worker_host " + " ".join(sys.argv[1:]))
+        for rows in args.rows:
+            runs = [measure(model, rows, args.steps) for _ in range(args.repeats)]
+            names = ["host", "schedule", "prepare", "postprocess", "encode", "rest",
+                     "forward", "sample"]  # fmt: skip
+            print(f"rows {rows}: µs per row, median of {args.repeats} (host = all but the model)")
+            for name in names:
+                values = [r.get(name, 0.0) for r in runs]
+                spread = f"({min(values):.2f}-{max(values):.2f})"
+                print(f"  {name:12s} {statistics.median(values):8.2f}   {spread}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""The runner's step inputs, built as arrays (positions, cache slots and block tables from the
+block-table array, the decode mask from a precomputed table), equal the same inputs built row by
+row from each sequence's own lists, for every step of a load that mixes decoding rows, chunked
+prefills, prefix-cache hits, prompt logprobs and rows that do not sample."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from app.engine.core.scheduler import ScheduledBatch
+from app.engine.protocol import SamplingParams
+from app.engine.worker.model_runner import StepInputs
+from app.model.attention import NULL_BLOCK, decode_bias, slots_of
+
+
+def _reference(batch: ScheduledBatch, block_size: int) -> dict[str, Any]:
+    """Single-token rows first (in batch order), then the chunks: the layout prepare documents."""
+    order = [i for i, (_, n) in enumerate(batch.items) if n == 1]
+    order += [i for i, (_, n) in enumerate(batch.items) if n > 1]
+    ids: list[int] = []
+    positions: list[int] = []
+    slots: list[int] = []
+    sample_rows: list[int] = []
+    sample_items: list[int] = []
+    for item in order:
+        seq, n = batch.items[item]
+        start, end = seq.num_computed, seq.num_computed + n
+        if end == seq.num_tokens:
+            sample_rows.append(len(ids) + n - 1)
+            sample_items.append(item)
+        ids += seq.token_ids[start:end]
+        positions += range(start, end)
+        slots += slots_of(seq.block_table, start, end, block_size)
+    singles = [batch.items[i][0] for i in order if batch.items[i][1] == 1]
+    out: dict[str, Any] = dict(
+        ids=ids, positions=positions, slots=slots, sample_rows=sample_rows,
+        sample_items=sample_items, num_decode=len(singles),
+    )  # fmt: skip
+    if singles:
+        width = max(s.num_computed // block_size + 1 for s in singles)
+        out["tables"] = [(s.block_table + [NULL_BLOCK] * width)[:width] for s in singles]
+        lengths = torch.tensor([s.num_computed + 1 for s in singles])
+        out["bias"] = decode_bias(lengths, width * block_size, torch.float32)
+    return out
+
+
+def test_array_built_inputs_equal_the_row_by_row_reference(make_llm: Any) -> None:
+    llm = make_llm(max_num_seqs=16, max_num_batched_tokens=64, max_prefill_tokens_while_decoding=24)
+    runner = llm.core.runner
+    prepare = runner.prepare
+    checked = {"steps": 0, "mixed": 0, "decode_only": 0}
+
+    def checking_prepare(batch: ScheduledBatch) -> StepInputs:
+        got = prepare(batch)
+        want = _reference(batch, runner.block_size)
+        assert got.input_ids.tolist() == want["ids"]
+        assert got.positions.tolist() == want["positions"]
+        assert got.attn.slot_mapping.tolist() == want["slots"]
+        assert got.sample_rows.tolist() == want["sample_rows"]
+        assert got.sample_items == want["sample_items"]
+        assert got.attn.num_decode == want["num_decode"]
+        if want["num_decode"]:
+            assert got.attn.decode is not None
+            assert got.attn.decode.block_tables.tolist() == want["tables"]
+            assert torch.equal(got.attn.decode.bias, want["bias"])
+        checked["steps"] += 1
+        kinds = {n > 1 for _, n in batch.items}
+        checked["mixed"] += kinds == {True, False}
+        checked["decode_only"] += kinds == {False}
+        return got
+
+    runner.prepare = checking_prepare
+    shared = list(range(100, 140))  # a 40-token opening: later prompts hit the prefix cache
+    params = [
+        SamplingParams(max_tokens=12, temperature=0, ignore_eos=True),
+        SamplingParams(max_tokens=5, temperature=0, ignore_eos=True, prompt_logprobs=2),
+        SamplingParams(max_tokens=9, temperature=0.8, top_k=20, seed=3, ignore_eos=True),
+    ]
+    for wave in range(3):
+        for i in range(6):
+            prompt = shared + [200 + 7 * wave + i] * (3 + 11 * i)
+            llm.submit(prompt, params[i % 3])
+        for _ in range(4):
+            llm.step()
+    while llm.has_unfinished():
+        llm.step()
+    assert checked["mixed"] > 3 and checked["decode_only"] > 3, checked
