@@ -34,10 +34,10 @@ def _reference(batch: ScheduledBatch, block_size: int) -> dict[str, Any]:
         positions += range(start, end)
         slots += slots_of(seq.block_table, start, end, block_size)
     singles = [batch.items[i][0] for i in order if batch.items[i][1] == 1]
-    out: dict[str, Any] = dict(
-        ids=ids, positions=positions, slots=slots, sample_rows=sample_rows,
-        sample_items=sample_items, num_decode=len(singles),
-    )  # fmt: skip
+    out: dict[str, Any] = {
+        "ids": ids, "positions": positions, "slots": slots, "sample_rows": sample_rows,
+        "sample_items": sample_items, "num_decode": len(singles),
+    }  # fmt: skip
     if singles:
         width = max(s.num_computed // block_size + 1 for s in singles)
         out["tables"] = [(s.block_table + [NULL_BLOCK] * width)[:width] for s in singles]
