@@ -50,7 +50,10 @@ def _timed(spent: dict[str, float], name: str, fn: Callable[..., Any]) -> Callab
 def measure(model: Path, rows: int, steps: int) -> dict[str, float]:
     """µs per row of each phase over `steps` decode steps of `rows` sequences."""
     config = EngineConfig(
-        model=str(model), device="cpu", max_num_seqs=rows, kv_cache_tokens=rows * (32 + steps + 48)
+        model=str(model),
+        device="cpu",
+        max_num_seqs=rows,
+        kv_cache_tokens=max(rows * (32 + steps + 48), 1024),
     )
     core = EngineCore(config)
     params = SamplingParams(max_tokens=steps + 8, temperature=0, ignore_eos=True)

@@ -106,7 +106,7 @@ class EngineCore:
             self.scheduler.max_prefill_tokens_while_decoding = self.pacer.limit
         before = (self.kv.num_queries, self.kv.num_hits, self.scheduler.num_preemptions)
         batch = self.scheduler.schedule(time.monotonic())
-        num_decode = batch.num_decode
+        num_decode, num_tokens = batch.num_decode, batch.num_tokens
         if batch.items:
             sampled = [seq for seq, n in batch.items if seq.num_computed + n == len(seq.token_ids)]
             result = self.runner.execute(batch)
@@ -124,11 +124,11 @@ class EngineCore:
         host = cpu - self._cpu_mark - self.runner.take_model_cpu_seconds()
         self._cpu_mark = cpu
         if self.pacer is not None:
-            self.pacer.observe(seconds, num_decode, batch.num_tokens - num_decode)
+            self.pacer.observe(seconds, num_decode, num_tokens - num_decode)
         stats = StepStats(
             step_seconds=seconds,
             num_decode_tokens=num_decode,
-            num_prefill_tokens=batch.num_tokens - num_decode,
+            num_prefill_tokens=num_tokens - num_decode,
             batch_size=len(batch.items),
             num_running=len(self.scheduler.running),
             num_waiting=len(self.scheduler.waiting),
