@@ -50,7 +50,7 @@ def test_array_built_inputs_equal_the_row_by_row_reference(make_llm: Any) -> Non
     llm = make_llm(max_num_seqs=16, max_num_batched_tokens=64, max_prefill_tokens_while_decoding=24)
     runner = llm.core.runner
     prepare = runner.prepare
-    checked = {"steps": 0, "mixed": 0, "decode_only": 0}
+    checked = {"steps": 0, "mixed": 0, "decode_only": 0, "no_sample": 0}
 
     def checking_prepare(batch: ScheduledBatch) -> StepInputs:
         got = prepare(batch)
@@ -69,6 +69,7 @@ def test_array_built_inputs_equal_the_row_by_row_reference(make_llm: Any) -> Non
         kinds = {n > 1 for _, n in batch.items}
         checked["mixed"] += kinds == {True, False}
         checked["decode_only"] += kinds == {False}
+        checked["no_sample"] += not want["sample_rows"]
         return got
 
     runner.prepare = checking_prepare
@@ -78,6 +79,8 @@ def test_array_built_inputs_equal_the_row_by_row_reference(make_llm: Any) -> Non
         SamplingParams(max_tokens=5, temperature=0, ignore_eos=True, prompt_logprobs=2),
         SamplingParams(max_tokens=9, temperature=0.8, top_k=20, seed=3, ignore_eos=True),
     ]
+    llm.submit(list(range(300, 450)), params[0])  # alone: chunks that sample nothing
+    llm.step()
     for wave in range(3):
         for i in range(6):
             prompt = shared + [200 + 7 * wave + i] * (3 + 11 * i)
@@ -86,4 +89,4 @@ def test_array_built_inputs_equal_the_row_by_row_reference(make_llm: Any) -> Non
             llm.step()
     while llm.has_unfinished():
         llm.step()
-    assert checked["mixed"] > 3 and checked["decode_only"] > 3, checked
+    assert checked["mixed"] > 3 and checked["decode_only"] > 3 and checked["no_sample"], checked

@@ -12,7 +12,6 @@ import torch
 
 from app.engine.config import EngineConfig
 from app.engine.core.scheduler import ScheduledBatch
-from app.engine.core.sequence import Sequence
 from app.engine.protocol import TokenLogprobs
 from app.engine.worker import kv_cache_sizing
 from app.engine.worker.cuda_graphs import StaticDecode
@@ -228,6 +227,7 @@ class ModelRunner:
         chunk_ids: list[int] = []
         chunk_positions: list[int] = []
         chunk_slots: list[int] = []
+        chunk_blocks: list[list[int]] = []
         for item in chunk_items:
             seq, n = items[item]
             first = ns + len(chunk_ids)
@@ -236,21 +236,42 @@ class ModelRunner:
             chunk_ids += seq.token_ids[seq.num_computed : end]
             chunk_positions += range(seq.num_computed, end)
             chunk_slots += slots_of(seq.block_table, seq.num_computed, end, bs)
+            chunk_blocks.append(seq.block_table[: -(-end // bs)])  # those the chunk reads
         if chunk_items:
             ids += chunk_ids
             pos = np.concatenate([pos, np.array(chunk_positions, np.int64)])
             slots = np.concatenate([slots, np.array(chunk_slots, np.int64)])
+        width = int(pos[:ns].max()) // bs + 1 if ns else 0
+        # Every integer input of the step in one array, moved to the device at once (one
+        # host-to-device copy a step on CUDA, one tensor on CPU) and split into views.
+        parts = [
+            np.array(ids, np.int64),
+            pos,
+            slots,
+            np.arange(ns) if all_sample else np.array(sample_rows, np.int64),
+            batch.block_tables[kv_rows, :width].ravel(),
+            *(np.array(blocks, np.int64) for blocks in chunk_blocks),
+        ]
+        sizes = [len(part) for part in parts]
+        (input_ids, positions, slot_mapping, sample_rows_t, tables, *blocks) = torch.split(
+            self._tensor(np.concatenate(parts)), sizes
+        )
         attn = AttnBatch(
-            slot_mapping=self._tensor(slots),
+            slot_mapping=slot_mapping,
             num_decode=ns,
-            decode=self._decode_rows(batch.block_tables, kv_rows, pos[:ns]) if ns else None,
-            prefills=[self._prefill_chunk(*items[i]) for i in chunk_items],
+            decode=self._decode_rows(tables.view(ns, width), positions[:ns], pos[:ns])
+            if ns
+            else None,
+            prefills=[
+                PrefillChunk(items[i][0].num_computed, items[i][1], b)
+                for i, b in zip(chunk_items, blocks, strict=True)
+            ],
         )
         return StepInputs(
-            input_ids=self._tensor(ids),
-            positions=self._tensor(np.ascontiguousarray(pos)),
+            input_ids=input_ids,
+            positions=positions,
             attn=attn,
-            sample_rows=self._tensor(np.arange(ns) if all_sample else sample_rows),
+            sample_rows=sample_rows_t,
             sampling=sampling,
             sample_items=sample_items,
             scoring=scoring,
@@ -282,33 +303,20 @@ class ModelRunner:
                     PromptScoring(item, first_row, first + 1, targets, seq.params.prompt_logprobs)
                 )
 
-    def _prefill_chunk(self, seq: Sequence, n: int) -> PrefillChunk:
-        end = seq.num_computed + n
-        blocks = seq.block_table[: -(-end // self.block_size)]  # those the chunk reads
-        return PrefillChunk(seq.num_computed, n, self._tensor(blocks))
-
     def _decode_rows(
-        self,
-        tables: np.ndarray[Any, Any],
-        kv_rows: np.ndarray[Any, Any],
-        positions: np.ndarray[Any, Any],
+        self, tables: torch.Tensor, positions: torch.Tensor, host_positions: np.ndarray[Any, Any]
     ) -> DecodeRows:
         """Each row's blocks up to the longest context of the step, padded with the scratch
         block (masked out by the bias)."""
-        width = int(positions.max()) // self.block_size + 1
-        lengths = positions + 1
+        span = tables.shape[1] * self.block_size
         if self.bias_rows is not None:
             # One index into the precomputed masks: the same values as decode_bias, at a
             # fraction of the per-op cost of building them on CPU.
-            bias = torch.from_numpy(self.bias_rows[lengths, : width * self.block_size])
-            bias = bias.unsqueeze(1)
+            bias = torch.from_numpy(self.bias_rows[host_positions + 1, :span]).unsqueeze(1)
         else:
-            bias = decode_bias(self._tensor(lengths), width * self.block_size, self.dtype)
+            bias = decode_bias(positions + 1, span, self.dtype)
         return DecodeRows(
-            block_tables=self._tensor(tables[kv_rows, :width]),
-            positions=self._tensor(np.ascontiguousarray(positions)),
-            bias=bias,
-            buffers=self.gather_buffers,
+            block_tables=tables, positions=positions, bias=bias, buffers=self.gather_buffers
         )
 
     def _tensor(self, values: list[int] | np.ndarray[Any, Any]) -> torch.Tensor:
