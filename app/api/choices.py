@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from app.api.request_context import note_prompt, track_engine_request
-from app.api.streams import ChoiceStreams, StreamFactory
-from app.engine.protocol import EngineClient, GenerationDelta, GenerationResult, SamplingParams
+from app.api.streams import ChoiceStreams, Starter
+from app.engine.protocol import (
+    DeltaSink,
+    EngineClient,
+    GenerationDelta,
+    GenerationResult,
+    SamplingParams,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,15 +43,17 @@ def open_streams(
     """Engine request ids are "<response id>-<choice index>": unique, and traceable from the
     id the caller sees in the body."""
 
-    def factory(plan: ChoicePlan) -> StreamFactory:
-        def start() -> AsyncIterator[GenerationDelta]:
+    def starter(plan: ChoicePlan) -> Starter:
+        def start(sink: DeltaSink) -> Callable[[], None]:
             request_id = f"{response_id}-{plan.index}"
             track_engine_request(request_id)  # its RequestRecord belongs to this HTTP request
-            return engine.generate(plan.prompt_ids, plan.params, request_id=request_id)
+            return engine.add_request(
+                plan.prompt_ids, plan.params, request_id=request_id, sink=sink
+            )
 
         return start
 
-    return ChoiceStreams([factory(plan) for plan in plans])
+    return ChoiceStreams([starter(plan) for plan in plans])
 
 
 def fold(results: Sequence[Sequence[GenerationDelta]]) -> list[GenerationResult]:

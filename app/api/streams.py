@@ -1,25 +1,30 @@
 """Drive one or more engine generations (OpenAI's `n`, or a list of prompts) as one stream.
 
-Each generation runs in its own task and feeds one queue, so the route reads a single ordered
+Every generation delivers into one sink the route reads, so the route sees a single ordered
 sequence of (choice index, delta) whatever the number of choices, and can send keep-alives while
-the queue is quiet. Cancelling a task cancels the engine's async generator inside it, which is
-how the engine learns that a request is aborted: closing a ChoiceStreams aborts every
-generation that has not finished.
+it is quiet. The engine calls the sink as it processes the worker's output (EngineClient
+.add_request): a delta reaches the route with one hop and no task of its own. Closing a
+ChoiceStreams leaves every generation, which aborts those that have not finished.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from app.engine.protocol import GenerationDelta
+from app.engine.protocol import DeltaSink, GenerationDelta
 
 logger = logging.getLogger(__name__)
 
+# Starts one generation delivering into the sink it is given (raising at once if the engine
+# refuses it) and returns `leave`: called when the reader is done, it aborts the generation if
+# it is still running; what it returns, if a future, is awaited by aclose.
+Starter = Callable[[DeltaSink], Callable[[], object]]
 StreamFactory = Callable[[], AsyncIterator[GenerationDelta]]
 
 
@@ -27,28 +32,29 @@ class ClientDisconnected(Exception):
     """The client went away before the answer was ready; its requests were aborted."""
 
 
-@dataclass(frozen=True)
-class _Item:
-    index: int
-    delta: GenerationDelta | None = None  # None with error None: that stream ended
-    error: Exception | None = None
+# (choice index, what arrived): a delta, the error that ended that choice, or None for "quiet
+# for keep_alive_seconds" (the reader sends a keep-alive).
+_Item = tuple[int, GenerationDelta | BaseException | None]
 
 
 class ChoiceStreams:
-    def __init__(self, factories: Sequence[StreamFactory]) -> None:
-        self._factories = list(factories)
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._buffer: list[_Item] = []
-        self._open = len(self._factories)
-        self.last_put = 0.0  # loop time of the last item put on the queue
+    def __init__(self, starters: Sequence[Starter]) -> None:
+        self._starters = list(starters)
+        self._leaves: list[Callable[[], object]] = []
+        self._started = False
+        self._items: deque[_Item] = deque()
+        self._waiter: asyncio.Future[None] | None = None  # the reader, waiting for an item
+        self._open = len(self._starters)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.last_put = 0.0  # loop time of the last item delivered
 
     @property
     def pending(self) -> bool:
-        """More items are ready now: events() would yield again without waiting. A writer that
-        is behind joins the events it has into one write (one syscall, one pass through the
-        ASGI send chain) until this turns False."""
-        return bool(self._buffer) or not self._queue.empty()
+        """More items are ready now, or every choice has ended: events() would go on without
+        waiting. A writer that is behind joins the events it has into one write (one syscall,
+        one pass through the ASGI send chain) until this turns False; the last event goes out
+        with what ends the stream."""
+        return bool(self._items) or self._open == 0
 
     async def start(self, prime_seconds: float, request: Request | None = None) -> None:
         """Start every generation; wait up to prime_seconds for each one's first delta.
@@ -63,9 +69,10 @@ class ChoiceStreams:
         before the first delta. Whatever ends the wait early, cancellation included, aborts
         the generations: none is left running without a reader.
         """
-        self._launch()
-        watcher = asyncio.create_task(wait_for_disconnect(request)) if request else None
+        watcher = None
         try:
+            self._launch()
+            watcher = asyncio.create_task(wait_for_disconnect(request)) if request else None
             await self._prime(prime_seconds, watcher)
         except BaseException:
             await self.aclose()
@@ -75,62 +82,66 @@ class ChoiceStreams:
                 watcher.cancel()
 
     async def _prime(self, prime_seconds: float, watcher: asyncio.Task[None] | None) -> None:
-        waiting = set(range(len(self._factories)))
+        waiting = set(range(len(self._starters)))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + prime_seconds
+        seen = 0  # items looked at; they stay for events() to read
         while waiting:
+            while waiting and seen < len(self._items):  # in order, as events() will read them
+                index, item = self._items[seen]
+                seen += 1
+                if isinstance(item, BaseException):
+                    raise item
+                waiting.discard(index)
+            if not waiting:
+                return
+            if watcher is not None and watcher.done():
+                raise ClientDisconnected()
             remaining = deadline - loop.time()
             if remaining <= 0:
-                return
-            getter = asyncio.ensure_future(self._queue.get())
+                return  # prime_seconds passed
+            waiter = self._waiter = loop.create_future()
             try:
                 await asyncio.wait(
-                    [getter] if watcher is None else [getter, watcher],
+                    [waiter] if watcher is None else [waiter, watcher],
                     timeout=remaining,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
             finally:
-                if not getter.done():
-                    getter.cancel()
-            if not getter.cancelled() and getter.done():
-                item = getter.result()
-            elif watcher is not None and watcher.done():
-                raise ClientDisconnected()
-            else:
-                return  # prime_seconds passed
-            if item.error is not None:
-                raise item.error
-            self._buffer.append(item)
-            waiting.discard(item.index)
+                self._waiter = None
+                waiter.cancel()
 
     async def events(
         self, keep_alive_seconds: float | None = None
     ) -> AsyncIterator[tuple[int, GenerationDelta] | None]:
         """(choice index, delta) in arrival order; None when keep_alive_seconds pass quietly.
 
-        Raises the first error any generation raises (the others are then aborted by aclose).
+        Raises the first error any generation delivers (the others are then aborted by aclose).
         """
         self._launch()
         timer = _QuietTimer(self, keep_alive_seconds) if keep_alive_seconds else None
+        items = self._items
         try:
             while self._open > 0:
-                item = self._buffer.pop(0) if self._buffer else await self._queue.get()
-                if item is _QUIET:
+                if not items:
+                    await self._wait()
+                    continue
+                index, item = items.popleft()
+                if item is None:
                     yield None
                     continue
-                if item.error is not None:
-                    raise item.error
-                if item.delta is None:
+                if isinstance(item, BaseException):
+                    raise item
+                if item.finished:
                     self._open -= 1
-                    continue
-                yield item.index, item.delta
+                yield index, item
         finally:
             if timer is not None:
                 timer.cancel()
 
     async def collect(self) -> list[list[GenerationDelta]]:
         """Every delta of every choice, in choice order (for non-streamed answers)."""
-        results: list[list[GenerationDelta]] = [[] for _ in self._factories]
+        results: list[list[GenerationDelta]] = [[] for _ in self._starters]
         async for entry in self.events():
             if entry is not None:
                 results[entry[0]].append(entry[1])
@@ -138,47 +149,82 @@ class ChoiceStreams:
 
     async def aclose(self) -> None:
         """Abort whatever is still running. Safe to call more than once."""
-        running = [task for task in self._tasks if not task.done()]
-        for task in running:
-            task.cancel()
-        if running:
-            await asyncio.wait(running)
+        waits = [left for left in self._leave_all() if isinstance(left, asyncio.Future)]
+        if waits:
+            await asyncio.wait(waits)
 
-    def _put(self, item: _Item) -> None:
-        self.last_put = asyncio.get_running_loop().time()
-        self._queue.put_nowait(item)
+    def _leave_all(self) -> list[object]:
+        leaves, self._leaves = self._leaves, []
+        return [leave() for leave in leaves]
+
+    def _put(self, index: int, item: GenerationDelta | BaseException | None) -> None:
+        """The sink: called by the engine (or the quiet timer) with the next item."""
+        assert self._loop is not None  # set by _launch, before anything can be delivered
+        self.last_put = self._loop.time()
+        self._items.append((index, item))
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
 
     def _launch(self) -> None:
-        if not self._tasks:
-            self._tasks = [
-                asyncio.create_task(self._pump(index, factory))
-                for index, factory in enumerate(self._factories)
-            ]
-
-    async def _pump(self, index: int, factory: StreamFactory) -> None:
-        stream: AsyncIterator[GenerationDelta] | None = None
+        if self._started:
+            return
+        self._started = True
+        self._loop = asyncio.get_running_loop()
         try:
-            stream = factory()
-            async for delta in stream:
-                self._put(_Item(index, delta))
-        except asyncio.CancelledError:
+            for index, start in enumerate(self._starters):
+                self._leaves.append(start(functools.partial(self._put, index)))
+        except BaseException:
+            self._leave_all()  # those already started; the refusal goes to the caller
             raise
-        except Exception as exc:  # engine errors travel to the reader, who maps them
-            self._put(_Item(index, error=exc))
-        else:
-            self._put(_Item(index))
-        finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
 
 
-_QUIET = _Item(-1)  # "nothing for keep_alive_seconds": the reader sends a keep-alive
+def pumped(factory: StreamFactory) -> Starter:
+    """A Starter over an async iterator of deltas (an engine's generate(), a test's script): a
+    task reads it into the sink. Leaving cancels the task, which closes the iterator (how
+    generate() learns of an abort); aclose waits for that."""
+
+    def start(sink: DeltaSink) -> Callable[[], object]:
+        async def pump() -> None:
+            stream: AsyncIterator[GenerationDelta] | None = None
+            finished = False
+            try:
+                stream = factory()
+                async for delta in stream:
+                    finished = delta.finished
+                    sink(delta)
+                if not finished:
+                    sink(RuntimeError("the generation ended without a finish reason"))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # engine errors travel to the reader, who maps them
+                sink(exc)
+            finally:
+                aclose = getattr(stream, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+
+        task = asyncio.create_task(pump())
+
+        def leave() -> asyncio.Task[None]:
+            task.cancel()
+            return task
+
+        return leave
+
+    return start
 
 
 class _QuietTimer:
-    """Puts _QUIET on the queue when nothing else was put for `seconds`. One timer per stream,
-    re-armed only when it fires: cheaper than a timeout around every queue read."""
+    """Delivers None (index -1) when nothing else came for `seconds`. One timer per stream,
+    re-armed only when it fires: cheaper than a timeout around every wait."""
 
     def __init__(self, streams: ChoiceStreams, seconds: float) -> None:
         self._streams, self._seconds = streams, seconds
@@ -189,7 +235,7 @@ class _QuietTimer:
     def _fire(self) -> None:
         quiet_until = self._streams.last_put + self._seconds
         if self._loop.time() >= quiet_until:
-            self._streams._put(_QUIET)
+            self._streams._put(-1, None)
             quiet_until = self._loop.time() + self._seconds
         self._handle = self._loop.call_at(quiet_until, self._fire)
 

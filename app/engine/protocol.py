@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import enum
 from array import array
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -321,6 +321,10 @@ class GenerationDelta:
         return self.finish_reason is not None
 
 
+# Where EngineClient.add_request delivers a request's deltas, or the error that ends it.
+DeltaSink = Callable[[GenerationDelta | BaseException], None]
+
+
 @dataclass
 class GenerationResult:
     """Everything one generation produced, folded from its deltas (non-streamed answers, and
@@ -405,6 +409,27 @@ class EngineClient(Protocol):
         Raises before the first delta: InvalidRequestError, OverloadedError (with
         retry_after), EngineNotReadyError. Mid-stream: EngineDeadError when the worker dies.
         Leaving the iteration early (break, aclose, task cancellation) aborts the request.
+        """
+        ...
+
+    def add_request(
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        *,
+        request_id: str,
+        sink: DeltaSink,
+    ) -> Callable[[], None]:
+        """generate() without an iterator: start the request now, and deliver its deltas by
+        calling sink(delta) on the event loop as the engine processes the worker's output (the
+        last has finish_reason and timings), or sink(error) once instead of the rest
+        (EngineDeadError). No task or queue of its own: several requests may share one sink,
+        which must only store what it gets and return.
+
+        Raises at once, having delivered nothing: InvalidRequestError, OverloadedError (with
+        retry_after), EngineNotReadyError. Returns `leave`: call it when the caller stops
+        reading; a request still running is then aborted. Calling it again, or after the
+        request ended, does nothing.
         """
         ...
 

@@ -22,6 +22,7 @@ is certainly still running, on any machine.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from array import array
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -29,12 +30,14 @@ from dataclasses import dataclass, field
 
 from app.engine.client.admission import AdmissionControl
 from app.engine.client.output_processor import OutputProcessor
+from app.engine.client.request_state import RequestState
 from app.engine.client.validation import ModelLimits, check_text_fits, validate_request
 from app.engine.errors import EngineDeadError, EngineNotReadyError
 from app.engine.protocol import (
     ENGINE_FINISHED,
     FINISH_CODES,
     AddRequest,
+    DeltaSink,
     FinishReason,
     GenerationDelta,
     ModelInfo,
@@ -166,6 +169,32 @@ class FakeEngineClient:
     async def generate(
         self, prompt_ids: Sequence[int], params: SamplingParams, *, request_id: str
     ) -> AsyncIterator[GenerationDelta]:
+        req = self._add(prompt_ids, params, request_id, None)
+        try:
+            async for delta in self.outputs.deltas(req):
+                yield delta
+        finally:
+            self.outputs.leave(req)
+
+    def add_request(
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        *,
+        request_id: str,
+        sink: DeltaSink,
+    ) -> Callable[[], None]:
+        req = self._add(prompt_ids, params, request_id, sink)
+        return functools.partial(self.outputs.leave, req)
+
+    def _add(
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        request_id: str,
+        sink: DeltaSink | None,
+    ) -> RequestState:
+        """As AsyncEngine._add: validate, admit, register; then the scripted worker starts."""
         self.calls.append(Call(list(prompt_ids), params, request_id))
         if self.draining or not self.ready:
             raise EngineNotReadyError("the engine is not ready")
@@ -176,16 +205,12 @@ class FakeEngineClient:
             self.admission.check(self.admission.max_in_flight, 0, len(prompt_ids))
         self.admission.admit(len(prompt_ids))
         try:
-            req = self.outputs.add(request_id, handle, len(prompt_ids), params)
+            req = self.outputs.add(request_id, handle, len(prompt_ids), params, sink)
         except BaseException:
             self.admission.release(len(prompt_ids), was_scheduled=False)
             raise
         self._workers[request_id] = asyncio.create_task(self._work(request))
-        try:
-            async for delta in self.outputs.deltas(req):
-                yield delta
-        finally:
-            self.outputs.leave(req)
+        return req
 
     def output_ids(self, params: SamplingParams) -> list[int]:
         text = (f"<{params.seed}>" if params.seed is not None else "") + self.script

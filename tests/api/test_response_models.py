@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -34,7 +33,7 @@ from app.api.schemas import (
     TokenizeResponse,
 )
 from app.config import Settings
-from app.engine.protocol import GenerationDelta
+from app.engine.protocol import DeltaSink, GenerationDelta
 from app.main import create_app
 from tests.api.engine_view import engine_view, use_engine_view
 from tests.api.fakes import FakeEngineClient
@@ -358,17 +357,19 @@ def test_generate_stream_ending_without_a_token(
 ) -> None:
     """A last delta without a token (a timeout, or held-back text flushed at the end) goes out
     as a special placeholder token carrying the text."""
-    generate = fake.generate
+    add_request = fake.add_request
 
-    async def tokenless_end(*args: Any, **kwargs: Any) -> AsyncIterator[GenerationDelta]:
-        async for delta in generate(*args, **kwargs):
-            if delta.finish_reason is None:
-                yield delta
+    def tokenless_end(*args: Any, sink: DeltaSink, **kwargs: Any) -> Any:
+        def split_last(item: GenerationDelta | BaseException) -> None:
+            if isinstance(item, BaseException) or item.finish_reason is None:
+                sink(item)
             else:
-                yield dataclasses.replace(delta, finish_reason=None, timings=None)
-                yield dataclasses.replace(delta, text="!", token_ids=(), logprobs=())
+                sink(dataclasses.replace(item, finish_reason=None, timings=None))
+                sink(dataclasses.replace(item, text="!", token_ids=(), logprobs=()))
 
-    monkeypatch.setattr(fake, "generate", tokenless_end)
+        return add_request(*args, sink=split_last, **kwargs)
+
+    monkeypatch.setattr(fake, "add_request", tokenless_end)
     params = {"max_new_tokens": 2, "top_n_tokens": 1}
     r = client.post("/generate_stream", json={"inputs": "Hi", "parameters": params})
     *_, last = stream(r, StreamResponse, done=False)

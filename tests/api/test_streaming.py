@@ -7,7 +7,13 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from app.api.streams import ChoiceStreams, ClientDisconnected, collect_unless_disconnected
+from app.api.streams import (
+    ChoiceStreams,
+    ClientDisconnected,
+    Starter,
+    collect_unless_disconnected,
+    pumped,
+)
 from app.config import Settings
 from app.engine.errors import OverloadedError
 from app.engine.protocol import SamplingParams
@@ -86,14 +92,16 @@ def _fake_request(disconnect_after: float | None) -> Any:
     return Request()
 
 
+def _starter(fake: FakeEngineClient, params: SamplingParams, request_id: str) -> Starter:
+    return lambda sink: fake.add_request([1], params, request_id=request_id, sink=sink)
+
+
 def test_non_streamed_request_is_aborted_when_client_leaves(fake: FakeEngineClient) -> None:
     fake.hold_after = 1
     params = SamplingParams(max_tokens=100)
 
     async def run() -> None:
-        streams = ChoiceStreams(
-            [lambda i=i: fake.generate([1], params, request_id=f"r{i}") for i in range(2)]
-        )
+        streams = ChoiceStreams([_starter(fake, params, f"r{i}") for i in range(2)])
         with pytest.raises(ClientDisconnected):
             await collect_unless_disconnected(streams, _fake_request(0.05))
 
@@ -104,27 +112,32 @@ def test_non_streamed_request_is_aborted_when_client_leaves(fake: FakeEngineClie
 
 def test_collect_returns_every_choice_in_order(fake: FakeEngineClient) -> None:
     async def run() -> list[list[str]]:
-        factories = [
-            lambda i=i: fake.generate([1], SamplingParams(max_tokens=3, seed=i), request_id=str(i))
-            for i in range(3)
-        ]
-        results = await collect_unless_disconnected(ChoiceStreams(factories), _fake_request(None))
+        starters = [_starter(fake, SamplingParams(max_tokens=3, seed=i), str(i)) for i in range(3)]
+        results = await collect_unless_disconnected(ChoiceStreams(starters), _fake_request(None))
         return [[d.text for d in deltas] for deltas in results]
 
     assert asyncio.run(run()) == [["<", "0", ">"], ["<", "1", ">"], ["<", "2", ">"]]
 
 
-def test_start_raises_the_first_rejection_and_aborts_the_rest(fake: FakeEngineClient) -> None:
+def _refused(sink: Any) -> Any:  # as the engine's add_request refuses: at once
+    raise OverloadedError("full", retry_after=2)
+
+
+async def _refused_stream() -> Any:  # as generate() refuses: on the first iteration
+    raise OverloadedError("full", retry_after=2)
+    yield
+
+
+@pytest.mark.parametrize(
+    "rejected", [_refused, pumped(_refused_stream)], ids=["add_request", "generate"]
+)
+def test_start_raises_the_first_rejection_and_aborts_the_rest(
+    fake: FakeEngineClient, rejected: Starter
+) -> None:
     fake.hold_after = 0
 
-    async def rejected() -> Any:
-        raise OverloadedError("full", retry_after=2)
-        yield  # an async generator, like the engine's
-
     async def run() -> None:
-        streams = ChoiceStreams(
-            [lambda: fake.generate([1], SamplingParams(max_tokens=50), request_id="a"), rejected]
-        )
+        streams = ChoiceStreams([_starter(fake, SamplingParams(max_tokens=50), "a"), rejected])
         with pytest.raises(OverloadedError):
             await streams.start(prime_seconds=1.0)
 
@@ -141,6 +154,22 @@ def test_synchronous_rejection_from_generate_is_handled(fake: FakeEngineClient) 
 
     async def run() -> None:
         with pytest.raises(OverloadedError):
-            await ChoiceStreams([raising]).start(prime_seconds=1.0)
+            await ChoiceStreams([pumped(raising)]).start(prime_seconds=1.0)
 
     asyncio.run(run())
+
+
+def test_a_pumped_generate_stream_is_aborted_by_aclose(fake: FakeEngineClient) -> None:
+    """The fallback for a source with only generate(): a task reads it; aclose cancels the task,
+    which closes generate(), which aborts the request, before aclose returns."""
+    fake.hold_after = 1
+    params = SamplingParams(max_tokens=100)
+
+    async def run() -> list[str]:
+        streams = ChoiceStreams([pumped(lambda: fake.generate([1], params, request_id="g"))])
+        await streams.start(prime_seconds=5.0)
+        await streams.aclose()
+        return list(fake.worker_aborts)
+
+    assert asyncio.run(run()) == ["g"]
+    assert fake.aborted == ["g"] and not fake.worker_running

@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from app.api.openai_stream import openai_events
-from app.api.streams import ChoiceStreams
+from app.api.streams import ChoiceStreams, pumped
 from app.engine.protocol import FinishReason, GenerationDelta
 
 
@@ -25,7 +25,7 @@ async def _writes(
     deltas: AsyncIterator[GenerationDelta], writes: list[bytes] | None = None
 ) -> list[bytes]:
     writes = [] if writes is None else writes
-    streams = ChoiceStreams([lambda: deltas])
+    streams = ChoiceStreams([pumped(lambda: deltas)])
     await streams.start(prime_seconds=1.0)
     events = openai_events(
         streams,

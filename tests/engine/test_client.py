@@ -171,6 +171,53 @@ def test_leaving_early_aborts_the_request_in_the_worker(h: Harness) -> None:
     assert end.num_output_tokens < 500
 
 
+def test_add_request_delivers_into_the_sink_and_leave_aborts(h: Harness) -> None:
+    """add_request: the deltas generate() streams, delivered by calling the sink (no task of
+    the caller's); leave() aborts a request still running, in the worker too."""
+
+    Item = GenerationDelta | BaseException
+
+    async def scenario() -> tuple[list[Item], list[Item]]:
+        ids = await h.client.encode("Once upon")
+        whole: list[Item] = []
+        part: list[Item] = []
+        ended, two = asyncio.Event(), asyncio.Event()
+
+        def into_whole(item: Item) -> None:
+            whole.append(item)
+            if isinstance(item, BaseException) or item.finished:
+                ended.set()
+
+        def into_part(item: Item) -> None:
+            part.append(item)
+            if len(part) == 2:
+                two.set()
+
+        leave = h.client.add_request(ids, GREEDY, request_id="q1", sink=into_whole)
+        long = SamplingParams(max_tokens=500, ignore_eos=True)
+        leave_early = h.client.add_request(ids, long, request_id="q2", sink=into_part)
+        await ended.wait()
+        leave()  # after the end: nothing happens
+        await two.wait()
+        leave_early()
+        leave_early()  # again: nothing more
+        return whole, part
+
+    whole, part = h.run(scenario())
+    streamed = h.run(h.collect("Once upon", GREEDY, "q0"))
+    assert [getattr(d, "token_ids", d) for d in whole] == [d.token_ids for d in streamed]
+    assert all(isinstance(d, GenerationDelta) and not d.finished for d in part)
+    assert [r.outcome for r in h.records if r.request_id in ("q1", "q2")] == [
+        "length",
+        "disconnected",
+    ]
+    assert h.client.num_in_flight == 0
+    h.run(h.until(lambda: h.worker_end("q2") is not None))
+    end = h.worker_end("q2")
+    assert end is not None and end.finish_reason is FinishReason.ABORT
+    assert end.num_output_tokens < 500
+
+
 def test_full_queue_gets_overloaded_with_retry_after(h: Harness) -> None:
     """The worker is paused, so the three requests stay in flight (2 running places + 1
     queued) for as long as the test needs them to."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 from collections import deque
@@ -23,6 +24,7 @@ from typing import Any
 from app.engine.client.admission import AdmissionControl
 from app.engine.client.output_processor import OutputProcessor
 from app.engine.client.remote_worker import ApiProcess, RemoteWorker
+from app.engine.client.request_state import RequestState
 from app.engine.client.tokenizer import GPT2Tokenizer, load_tokenizer
 from app.engine.client.validation import ModelLimits, check_text_fits, validate_request
 from app.engine.client.worker_handle import WorkerHandle
@@ -30,6 +32,7 @@ from app.engine.config import EngineConfig
 from app.engine.errors import EngineDeadError, EngineNotReadyError
 from app.engine.protocol import (
     AbortRequest,
+    DeltaSink,
     GenerationDelta,
     ModelInfo,
     Outcome,
@@ -176,6 +179,33 @@ class AsyncEngine:
         self, prompt_ids: Sequence[int], params: SamplingParams, *, request_id: str
     ) -> AsyncIterator[GenerationDelta]:
         """See EngineClient.generate (app/engine/protocol.py)."""
+        req = self._add(prompt_ids, params, request_id, None)
+        try:
+            async for delta in self.outputs.deltas(req):
+                yield delta
+        finally:
+            self.outputs.leave(req)
+
+    def add_request(
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        *,
+        request_id: str,
+        sink: DeltaSink,
+    ) -> Callable[[], None]:
+        """See EngineClient.add_request (app/engine/protocol.py)."""
+        req = self._add(prompt_ids, params, request_id, sink)
+        return functools.partial(self.outputs.leave, req)
+
+    def _add(
+        self,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        request_id: str,
+        sink: DeltaSink | None,
+    ) -> RequestState:
+        """Validate, admit, register and send one request to the worker."""
         if not self.is_ready or self.worker.info is None:
             reason = "draining for shutdown" if self.is_draining else "starting or restarting"
             raise EngineNotReadyError(f"engine not ready ({reason}); retry shortly")
@@ -184,16 +214,12 @@ class AsyncEngine:
         request = validate_request(request_id, prompt_ids, params, limits, next(self._handles))
         self.admission.admit(len(prompt_ids))
         try:
-            req = self.outputs.add(request_id, request.handle, len(prompt_ids), params)
+            req = self.outputs.add(request_id, request.handle, len(prompt_ids), params, sink)
         except BaseException:
             self.admission.release(len(prompt_ids), was_scheduled=False)
             raise
         self.worker.send(request)
-        try:
-            async for delta in self.outputs.deltas(req):
-                yield delta
-        finally:
-            self.outputs.leave(req)
+        return req
 
     def _abort(self, request_id: str) -> None:
         self.worker.send(AbortRequest(request_id))

@@ -18,6 +18,7 @@ from app.engine.client.request_state import RequestState
 from app.engine.errors import InvalidRequestError
 from app.engine.protocol import (
     FINISH_CODES,
+    DeltaSink,
     FinishReason,
     GenerationDelta,
     Outcome,
@@ -48,10 +49,16 @@ class OutputProcessor:
         self.idle.set()
 
     def add(
-        self, request_id: str, handle: int, num_prompt_tokens: int, params: SamplingParams
+        self,
+        request_id: str,
+        handle: int,
+        num_prompt_tokens: int,
+        params: SamplingParams,
+        sink: DeltaSink | None = None,
     ) -> RequestState:
-        """Register an admitted request (AdmissionControl.admit has counted it). A deadline
-        (params.timeout) needs a running event loop."""
+        """Register an admitted request (AdmissionControl.admit has counted it). Its deltas go
+        to `sink`, else to its queue (read by deltas()). A deadline (params.timeout) needs a
+        running event loop."""
         if request_id in self.requests:
             raise InvalidRequestError("request_id", f"{request_id!r} is already in use")
         detok = IncrementalDetokenizer(
@@ -61,7 +68,7 @@ class OutputProcessor:
             params.include_stop_str_in_output,
             params.skip_special_tokens,
         )
-        req = RequestState(request_id, num_prompt_tokens, detok, time.monotonic(), handle)
+        req = RequestState(request_id, num_prompt_tokens, detok, time.monotonic(), handle, sink)
         if params.timeout is not None:
             loop = asyncio.get_running_loop()
             req.deadline = loop.call_later(params.timeout, self.expire, request_id)
@@ -71,7 +78,8 @@ class OutputProcessor:
         return req
 
     async def deltas(self, req: RequestState) -> AsyncIterator[GenerationDelta]:
-        """The request's deltas as they come; raises the error that ended it, if one did."""
+        """The deltas of a request added without a sink, as they come; raises the error that
+        ended it, if one did."""
         while True:
             item = await req.queue.get()
             if isinstance(item, BaseException):
@@ -139,7 +147,7 @@ class OutputProcessor:
             stop_reason = new_ids[-1]
         if finish is not None:
             self.finish(req, Outcome.of(finish))
-        req.queue.put_nowait(
+        req.put(
             req.delta(
                 delta.text,
                 new_ids,
@@ -160,13 +168,13 @@ class OutputProcessor:
         tail = req.detok.add([], final=True)
         self.finish(req, Outcome.TIMEOUT)
         now = time.monotonic()
-        req.queue.put_nowait(req.delta(tail.text, (), (), FinishReason.TIMEOUT, None, now))
+        req.put(req.delta(tail.text, (), (), FinishReason.TIMEOUT, None, now))
 
     def fail(self, request_id: str, error: BaseException, outcome: Outcome) -> None:
         req = self.requests.get(request_id)
         if req is not None:
             self.finish(req, outcome)
-            req.queue.put_nowait(error)
+            req.put(error)
 
     def fail_all(self, error: BaseException, outcome: Outcome) -> None:
         for request_id in list(self.requests):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
 from app.engine.client.detokenizer import IncrementalDetokenizer
 from app.engine.protocol import (
+    DeltaSink,
     FinishReason,
     GenerationDelta,
     Outcome,
@@ -18,14 +19,17 @@ from app.engine.protocol import (
 
 @dataclass
 class RequestState:
-    """Detokenizer, output queue and timing marks (time.monotonic) of one request."""
+    """Detokenizer, output sink and timing marks (time.monotonic) of one request."""
 
     request_id: str
     num_prompt_tokens: int
     detok: IncrementalDetokenizer
     arrival: float
     handle: int = 0  # AddRequest.handle
+    # The caller's sink (EngineClient.add_request); without one, `queue` (generate() reads it).
+    sink: InitVar[DeltaSink | None] = None
     queue: asyncio.Queue[GenerationDelta | BaseException] = field(default_factory=asyncio.Queue)
+    put: DeltaSink = field(init=False, repr=False)  # each delta, and the error that ends it
     scheduled_at: float | None = None
     first_token_at: float | None = None
     last_token_at: float | None = None
@@ -35,6 +39,9 @@ class RequestState:
     num_cached_tokens: int = 0  # prompt tokens the worker took from its prefix cache
     gaps: list[float] = field(default_factory=list)
     _num_gaps: int = -1  # token arrivals after the first
+
+    def __post_init__(self, sink: DeltaSink | None) -> None:
+        self.put = sink if sink is not None else self.queue.put_nowait
 
     def timings(self, now: float) -> RequestTimings:
         first = self.first_token_at or now
