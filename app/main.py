@@ -27,7 +27,7 @@ from app.api.telemetry import Telemetry, TelemetryMiddleware
 from app.config import BUNDLED_MODEL, Settings, to_engine_config
 from app.engine.client.async_engine import AsyncEngine
 from app.engine.client.remote_worker import ApiProcess
-from app.engine.protocol import EngineClient
+from app.engine.engine_client import EngineClient
 from app.metrics import multiprocess_dir
 
 logger = logging.getLogger(__name__)

@@ -52,9 +52,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from app.engine.engine_client import EngineClient
 from app.engine.protocol import (
     ENGINE_FINISHED,
-    EngineClient,
     Outcome,
     RequestRecord,
     StepStats,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from app.api.errors import APIError
 from app.api.schemas.openai import Prompt
 from app.config import Settings
-from app.engine.protocol import EngineClient
+from app.engine.engine_client import EngineClient
 
 
 def count_prompts(prompt: Prompt) -> int:

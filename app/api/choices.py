@@ -14,9 +14,9 @@ from typing import Any
 
 from app.api.request_context import note_prompt, track_engine_request
 from app.api.streams import ChoiceStreams, Starter
+from app.engine.engine_client import EngineClient
 from app.engine.protocol import (
     DeltaSink,
-    EngineClient,
     GenerationDelta,
     GenerationResult,
     SamplingParams,

@@ -12,7 +12,7 @@ from fastapi import Depends, Request
 
 from app.api.errors import APIError
 from app.config import Settings
-from app.engine.protocol import EngineClient
+from app.engine.engine_client import EngineClient
 
 
 async def get_engine(request: Request) -> EngineClient:

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from app.engine.protocol import EngineClient
+from app.engine.engine_client import EngineClient
 
 
 class TokenLogprobs(Protocol):

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from app.api.errors import APIError
 from app.api.schemas.openai import ChatMessage, Prompt
 from app.config import Settings
-from app.engine.protocol import EngineClient
+from app.engine.engine_client import EngineClient
 
 # Names clients send when they cannot know a single-model server's model: TGI's documented
 # "tgi" (its router serves the loaded model for it), and huggingface_hub's "dummy", which its

@@ -29,10 +29,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.request_context import RequestContext, bind, reason_for_status, unbind
 from app.config import Settings
+from app.engine.engine_client import EngineClient
 from app.engine.protocol import (
     ENGINE_FAILURES,
     ENGINE_FINISHED,
-    EngineClient,
     Outcome,
     RequestRecord,
     StepStats,

@@ -11,7 +11,7 @@ import pytest
 from app.engine.client.admission import AdmissionControl
 from app.engine.client.async_engine import AsyncEngine
 from app.engine.client.output_processor import OutputProcessor
-from app.engine.protocol import EngineClient
+from app.engine.engine_client import EngineClient
 from tests.api import fakes
 from tests.api.fakes import FakeEngineClient
 

@@ -28,7 +28,8 @@ from app.api.sse import EventStreamResponse, sse_openapi
 from app.api.streams import collect_unless_disconnected
 from app.api.timing import timings_ms
 from app.engine.client.validation import resolve_max_tokens
-from app.engine.protocol import EngineClient, GenerationDelta
+from app.engine.engine_client import EngineClient
+from app.engine.protocol import GenerationDelta
 
 router = APIRouter(tags=["OpenAI"])
 

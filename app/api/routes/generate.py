@@ -40,7 +40,8 @@ from app.api.streams import ChoiceStreams, collect_unless_disconnected
 from app.api.timing import server_timing, timings_ms
 from app.config import Settings
 from app.engine.client.validation import resolve_max_tokens
-from app.engine.protocol import EngineClient, FinishReason, GenerationDelta, GenerationResult
+from app.engine.engine_client import EngineClient
+from app.engine.protocol import FinishReason, GenerationDelta, GenerationResult
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["TGI"])

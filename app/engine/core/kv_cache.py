@@ -1,4 +1,4 @@
-"""Which blocks each sequence holds, and the prefix cache's hits. Pure Python; the storage is
+"""Which blocks each sequence holds, and the prefix cache's hits. No torch; the storage is
 in the runner (app/model/attention.py), the blocks themselves in block_pool.py.
 
 A sequence's block table lists its blocks in position order. At admission it gets every block

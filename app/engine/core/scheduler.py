@@ -1,4 +1,4 @@
-"""Continuous batching: which sequences run in the next step, and how many tokens each. Pure Python.
+"""Continuous batching: which sequences run in the next step, and how many tokens each. No torch.
 
 Every step, in this order, until the step's token budget is spent:
 1. every decoding sequence gets one token (running streams are never starved by prefill);
