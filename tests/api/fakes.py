@@ -22,14 +22,14 @@ is certainly still running, on any machine.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from array import array
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from app.engine.client.admission import AdmissionControl
 from app.engine.client.output_processor import OutputProcessor
+from app.engine.client.request_entry import RequestEntry
 from app.engine.client.request_state import RequestState
 from app.engine.client.validation import ModelLimits, check_text_fits, validate_request
 from app.engine.errors import EngineDeadError, EngineNotReadyError
@@ -39,7 +39,6 @@ from app.engine.protocol import (
     AddRequest,
     DeltaSink,
     FinishReason,
-    GenerationDelta,
     ModelInfo,
     Outcome,
     RequestRecord,
@@ -61,7 +60,7 @@ class Call:
 
 
 @dataclass
-class FakeEngineClient:
+class FakeEngineClient(RequestEntry):
     script: str = " the quick brown fox"
     max_model_len: int = 128
     token_delay: float = 0.0  # seconds before each step
@@ -165,28 +164,7 @@ class FakeEngineClient:
     def stats(self) -> dict[str, object]:
         return {"running": 0, "waiting": 0, "calls": len(self.calls)}
 
-    # ---- generation -----------------------------------------------------------------------
-    async def generate(
-        self, prompt_ids: Sequence[int], params: SamplingParams, *, request_id: str
-    ) -> AsyncIterator[GenerationDelta]:
-        req = self._add(prompt_ids, params, request_id, None)
-        try:
-            async for delta in self.outputs.deltas(req):
-                yield delta
-        finally:
-            self.outputs.leave(req)
-
-    def add_request(
-        self,
-        prompt_ids: Sequence[int],
-        params: SamplingParams,
-        *,
-        request_id: str,
-        sink: DeltaSink,
-    ) -> Callable[[], None]:
-        req = self._add(prompt_ids, params, request_id, sink)
-        return functools.partial(self.outputs.leave, req)
-
+    # ---- generation (generate and add_request: RequestEntry, over this _add) --------------
     def _add(
         self,
         prompt_ids: Sequence[int],

@@ -21,6 +21,7 @@ API_SIDE = [
     "api",
     "engine/client",
     "engine/protocol.py",
+    "engine/engine_client.py",
     "engine/wire.py",
     "engine/errors.py",
     "engine/config.py",

@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import itertools
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from app.engine.client.admission import AdmissionControl
 from app.engine.client.output_processor import OutputProcessor
 from app.engine.client.remote_worker import ApiProcess, RemoteWorker
+from app.engine.client.request_entry import RequestEntry
 from app.engine.client.request_state import RequestState
 from app.engine.client.tokenizer import GPT2Tokenizer, load_tokenizer
 from app.engine.client.validation import ModelLimits, check_text_fits, validate_request
@@ -33,7 +33,6 @@ from app.engine.errors import EngineDeadError, EngineNotReadyError
 from app.engine.protocol import (
     AbortRequest,
     DeltaSink,
-    GenerationDelta,
     ModelInfo,
     Outcome,
     RequestRecord,
@@ -49,7 +48,7 @@ log = logging.getLogger(__name__)
 TOKENIZE_THREADS = 2
 
 
-class AsyncEngine:
+class AsyncEngine(RequestEntry):
     def __init__(
         self,
         config: EngineConfig,
@@ -173,30 +172,7 @@ class AsyncEngine:
     def token_text(self, token_id: int) -> str:
         return self.tokenizer.token_text(token_id)
 
-    # ---- requests -------------------------------------------------------------------------
-
-    async def generate(
-        self, prompt_ids: Sequence[int], params: SamplingParams, *, request_id: str
-    ) -> AsyncIterator[GenerationDelta]:
-        """See EngineClient.generate (app/engine/protocol.py)."""
-        req = self._add(prompt_ids, params, request_id, None)
-        try:
-            async for delta in self.outputs.deltas(req):
-                yield delta
-        finally:
-            self.outputs.leave(req)
-
-    def add_request(
-        self,
-        prompt_ids: Sequence[int],
-        params: SamplingParams,
-        *,
-        request_id: str,
-        sink: DeltaSink,
-    ) -> Callable[[], None]:
-        """See EngineClient.add_request (app/engine/protocol.py)."""
-        req = self._add(prompt_ids, params, request_id, sink)
-        return functools.partial(self.outputs.leave, req)
+    # ---- requests (generate and add_request: RequestEntry, over this _add) ----------------
 
     def _add(
         self,
