@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 
+import numpy as np
 import pytest
 
 from app.engine.core.block_pool import Block, BlockPool
@@ -324,3 +325,16 @@ def test_the_check_catches_a_block_table_array_out_of_step() -> None:
     s.kv.tables = StaleTables()
     with pytest.raises(AssertionError):
         _drive(s, seed=0, requests=200)
+
+
+def test_block_table_array_hands_out_rows_densely_and_doubles_as_int64() -> None:
+    """Rows are reused before the array grows, none is lost when it grows, growth doubles (a
+    step's index must stay cheap), and the entries stay int64 (they index the KV cache)."""
+    tables = BlockTableArray(rows=2, width=2)
+    rows = [tables.take_row(list(range(1, i + 2))) for i in range(5)]
+    assert sorted(rows) == list(range(5))
+    assert tables.array.shape == (8, 8) and tables.array.dtype == np.int64
+    for row in rows[:3]:
+        tables.release_row(row)
+    assert sorted(tables.take_row([7]) for _ in range(4)) == sorted([*rows[:3], 5])
+    assert tables.array.shape == (8, 8) and tables.array.dtype == np.int64
