@@ -374,3 +374,53 @@ def test_admission_records_when_it_was_first_scheduled() -> None:
     s.schedule(5.0)
     s.schedule(6.0)
     assert seq.first_scheduled_time == 5.0
+
+
+def test_a_decode_behind_a_prefilling_sequence_still_gets_its_token() -> None:
+    """Running order is admission order: a long prompt admitted before a short one may still be
+    prefilling when the short one decodes; the decode loop must go on past it."""
+    s = _make(max_num_seqs=4, budget=64, blocks=64, max_model_len=256, threshold=8)
+    d = _decoding(s)
+    long, short = _seq("long", 100, 4), _seq("short", 4, 4)
+    s.add(long)
+    s.add(short)
+    _step(s, random.Random(0))  # long's first chunk (8 tokens), short's whole prompt
+    assert s.running == [d, long, short] and not long.is_decoding and short.is_decoding
+    batch, _ = _step(s, random.Random(0))
+    assert (d, 1) in batch.items and (short, 1) in batch.items and not long.is_decoding
+
+
+def test_out_of_blocks_the_newest_of_three_is_preempted() -> None:
+    """Three one-block prompts in a pool of four blocks: when all three need a second block,
+    the second takes the last free one from the newest, which goes back to the queue."""
+    s = _make(max_num_seqs=4, budget=64, blocks=4, max_model_len=64)
+    first, second, third = (_seq(f"s{i}", 16, 8) for i in range(3))
+    for seq in (first, second, third):
+        s.add(seq)
+    _step(s, random.Random(0))  # each prompt fills its one block
+    batch, _ = _step(s, random.Random(0))
+    assert s.running == [first, second] and list(s.waiting) == [third]
+    assert [seq for seq, _ in batch.items] == [first, second]
+
+
+def test_a_decode_that_takes_a_new_block_counts_one_token_of_the_budget() -> None:
+    s = _make(max_num_seqs=4, budget=16, blocks=64, max_model_len=64)
+    d = _seq("d", 16, 8)
+    s.add(d)
+    _step(s, random.Random(0))  # its 16 tokens fill its block: its next token needs another
+    prompt = _seq("p", 15, 4)
+    s.add(prompt)
+    batch = s.schedule(0.0)
+    assert batch.items == [(d, 1), (prompt, 15)]  # the budget to the last token
+    assert len(d.block_table) == 2
+
+
+def test_with_nothing_running_a_prompt_may_take_every_block() -> None:
+    """The watermark keeps blocks back for running sequences to grow into; with none running
+    it would only stall a prompt that fits (a 100-block pool keeps 1 block back otherwise)."""
+    s = _make(max_num_seqs=4, budget=2048, blocks=100, block_size=16, max_model_len=2048)
+    assert s.watermark_blocks == 1
+    seq = _seq("all", 1600, 4)
+    s.add(seq)
+    batch = s.schedule(0.0)
+    assert batch.items == [(seq, 1600)] and s.kv.pool.num_free == 0
