@@ -114,18 +114,16 @@ class Scheduler:
         # decode, oldest first: a sequence that cannot get a block preempts the newest
         block_size = self.kv.block_size
         for seq in list(self.running):
-            # (is_decoding and the room check of kv.grow inlined: this runs for every row)
+            # (is_decoding inlined, and kv.grow called only for a full block: this runs for
+            # every row)
             if seq.status is not Status.RUNNING or seq.num_computed != len(seq.token_ids) - 1:
                 continue  # preempted by an older one in this loop, or still prefilling
-            if seq.num_computed < len(seq.block_table) * block_size:
-                batch.items.append((seq, 1))  # its last block has room for the new token
-                budget -= 1
-                continue
-            while not self.kv.grow(seq):
-                victim = self.running[-1]
-                self._preempt(victim)
-                if victim is seq:
-                    break
+            if seq.num_computed >= len(seq.block_table) * block_size:  # its last block is full
+                while not self.kv.grow(seq):
+                    victim = self.running[-1]
+                    self._preempt(victim)
+                    if victim is seq:
+                        break
             if seq.status is Status.RUNNING:
                 batch.items.append((seq, 1))
                 budget -= 1

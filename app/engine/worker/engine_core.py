@@ -100,7 +100,7 @@ class EngineCore:
         start = time.perf_counter()
         rows = _Rows()
         for seq in self._aborted:
-            rows.add(seq, -1, None)
+            rows.add_aborted(seq)
         self._aborted = []
         if self.pacer is not None:
             self.scheduler.max_prefill_tokens_while_decoding = self.pacer.limit
@@ -163,24 +163,23 @@ class _Rows:
         self.logprobs: list[tuple[int, TokenLogprobs]] = []
         self.prompt_logprobs: list[tuple[int, tuple[TokenLogprobs | None, ...]]] = []
 
-    def add(self, seq: Sequence, token: int, logprobs: TokenLogprobs | None) -> None:
+    def add_aborted(self, seq: Sequence) -> None:
+        """A row with no token (-1) that ends an aborted request; if it never produced a token,
+        its first-row facts (when it was scheduled, its cached prompt tokens) go with it."""
         row = len(self.handles)
         self.handles.append(seq.handle)
-        self.tokens.append(token)
+        self.tokens.append(-1)
         self.finish.append(_FINISH_CODE[seq.finish_reason])
-        first = seq.num_output_tokens == (1 if token >= 0 else 0)
-        if first and seq.first_scheduled_time is not None:
-            self.scheduled.append((row, seq.first_scheduled_time))
-        if first and seq.num_cached_tokens:
-            self.cached_tokens.append((row, seq.num_cached_tokens))
-        if logprobs is not None:
-            self.logprobs.append((row, logprobs))
-        if first and token >= 0 and seq.prompt_logprobs is not None:
-            self.prompt_logprobs.append((row, tuple(seq.prompt_logprobs)))  # all prefilled
+        if seq.num_output_tokens == 0:
+            if seq.first_scheduled_time is not None:
+                self.scheduled.append((row, seq.first_scheduled_time))
+            if seq.num_cached_tokens:
+                self.cached_tokens.append((row, seq.num_cached_tokens))
 
     def add_sampled(self, seqs: list[Sequence], logprobs: list[TokenLogprobs | None]) -> None:
-        """add() for each sequence and its new token, as a few list passes rather than a call
-        per row (this runs for every row of every step)."""
+        """A row for each sequence and its new token, as a few list passes rather than a call
+        per row (this runs for every row of every step); first tokens carry the first-row
+        facts, prompt logprobs included."""
         start = len(self.handles)
         self.handles.extend([seq.handle for seq in seqs])
         self.tokens.extend([seq.token_ids[-1] for seq in seqs])

@@ -5,8 +5,9 @@ A CPU step allocates and frees the same large tensors every time: the logits alo
 at most 32 MiB) with a fresh mmap and returns them with munmap when freed, and trims the heap's
 free top above its trim threshold; either way the next step pays the kernel to zero and map the
 same pages again, one page fault per 4 KiB. Measured with `python -m benchmarks.worker_host
---rows 256` (tiny model, so the logits dominate): the forward pass and sampling took 2x the CPU,
-and freeing the step's tensors 15 µs a row, against the same run with these settings.
+--rows 256` (tiny model, so the logits dominate): the forward pass took 2x the CPU (90 against
+45 µs a row) and freeing the step's tensors 15 µs a row more, against the same run with these
+settings.
 
 Raising both thresholds above any per-step buffer keeps that memory in the heap for reuse. The
 cost is memory: up to TRIM_THRESHOLD of freed heap can stay resident. Model weights and the KV
