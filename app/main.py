@@ -16,8 +16,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
 
 from app.api.errors import install_error_handlers
+from app.api.event_stream import keep_server_send
 from app.api.middleware import APIKeyMiddleware, BodySizeLimitMiddleware, RequestIdMiddleware
 from app.api.routes import chat, completions, generate, health, models, stats, tokenize
 from app.api.routes.models import server_version
@@ -110,7 +112,7 @@ def create_app(
             await client.shutdown(settings.drain_timeout_seconds)
             app.state.telemetry.close()
 
-    app = FastAPI(
+    app = _ServingApp(
         title="gpt2-serve",
         version=server_version(),
         description="GPT-2 inference: OpenAI- and TGI-compatible, continuous batching, SSE.",
@@ -135,6 +137,13 @@ def create_app(
     app.add_exception_handler(ClientDisconnected, _client_gone)
     _add_middleware(app, settings)
     return app
+
+
+class _ServingApp(FastAPI):
+    def build_middleware_stack(self) -> ASGIApp:
+        # Outside everything, Starlette's error middleware included: an event stream writes its
+        # body chunks to the server's send directly (app/api/event_stream.py says why).
+        return keep_server_send(super().build_middleware_stack())
 
 
 def _settle_garbage_collector() -> None:

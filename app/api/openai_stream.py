@@ -16,7 +16,7 @@ written: see app/api/responses.py.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi.responses import Response
@@ -24,10 +24,10 @@ from pydantic import BaseModel
 
 from app.api.choices import ChoicePlan, usage
 from app.api.errors import to_api_error
+from app.api.event_stream import StreamEvents
 from app.api.request_context import note_error
 from app.api.responses import build, json_response
-from app.api.sse import DONE, KEEP_ALIVE, event
-from app.api.streams import ChoiceStreams
+from app.api.sse import DONE, event
 from app.api.timing import combine, server_timing, timings_ms
 from app.engine.protocol import GenerationDelta, GenerationResult
 
@@ -37,51 +37,48 @@ logger = logging.getLogger(__name__)
 ChunkBuilder = Callable[[int, GenerationDelta], BaseModel | bytes | None]
 
 
-async def openai_events(
-    streams: ChoiceStreams,
-    *,
-    build_chunk: ChunkBuilder,
-    keep_alive_seconds: float,
-    prelude: Sequence[BaseModel] = (),
-    usage_chunk: Callable[[list[int], list[int]], BaseModel] | None = None,
-    num_choices: int,
-    response_id: str,
-) -> AsyncIterator[bytes]:
-    outputs = [0] * num_choices  # tokens generated per choice, for the usage chunk
-    cached = [0] * num_choices  # prompt tokens each choice took from the prefix cache
-    # Events wait here while more deltas are ready at once, and go out as one write: a reader
-    # that keeps up writes each event alone; one that is behind pays per write, not per token.
-    ready: list[bytes] = [event(chunk) for chunk in prelude]
-    try:
-        if ready and not streams.pending:  # no delta yet (still queued): the prelude goes now
-            yield b"".join(ready)
-            ready.clear()
-        async for entry in streams.events(keep_alive_seconds):
-            if entry is None:
-                ready.append(KEEP_ALIVE)
-            else:
-                index, delta = entry
-                outputs[index] = delta.num_output_tokens
-                cached[index] = delta.num_cached_tokens
-                built = build_chunk(index, delta)
-                if built is not None:
-                    ready.append(built if isinstance(built, bytes) else event(built))
-            if ready and not streams.pending:
-                yield b"".join(ready)
-                ready.clear()
-        if usage_chunk is not None:
-            ready.append(event(usage_chunk(outputs, cached)))
-        ready.append(DONE)
-        yield b"".join(ready)
-    except Exception as exc:
+class OpenAIEvents(StreamEvents):
+    """OpenAI's stream: a chunk per delta that has something to say, the usage chunk when asked,
+    [DONE]; an error event then [DONE] for a failure."""
+
+    def __init__(
+        self,
+        *,
+        build_chunk: ChunkBuilder,
+        prelude: Sequence[BaseModel] = (),
+        usage_chunk: Callable[[list[int], list[int]], BaseModel] | None = None,
+        num_choices: int,
+        response_id: str,
+    ) -> None:
+        self._build_chunk = build_chunk
+        self._prelude = prelude
+        self._usage_chunk = usage_chunk
+        self._response_id = response_id
+        self._outputs = [0] * num_choices  # tokens generated per choice, for the usage chunk
+        self._cached = [0] * num_choices  # prompt tokens each choice took from the prefix cache
+
+    def opening(self) -> bytes:
+        return b"".join(event(chunk) for chunk in self._prelude)
+
+    def delta(self, index: int, delta: GenerationDelta) -> bytes:
+        self._outputs[index] = delta.num_output_tokens
+        self._cached[index] = delta.num_cached_tokens
+        built = self._build_chunk(index, delta)
+        if built is None:
+            return b""
+        return built if isinstance(built, bytes) else event(built)
+
+    def end(self) -> bytes:
+        if self._usage_chunk is None:
+            return DONE
+        return event(self._usage_chunk(self._outputs, self._cached)) + DONE
+
+    def error(self, exc: Exception) -> bytes:
         note_error(exc)
         error = to_api_error(exc)
         if error.status_code >= 500:
-            logger.warning("stream %s failed mid-way: %s", response_id, exc, exc_info=exc)
-        ready += (event(error.body()), DONE)
-        yield b"".join(ready)
-    finally:
-        await streams.aclose()
+            logger.warning("stream %s failed mid-way: %s", self._response_id, exc, exc_info=exc)
+        return event(error.body()) + DONE
 
 
 def base_chunk(response_id: str, kind: str, created: int, model: str) -> dict[str, Any]:

@@ -1,16 +1,10 @@
-"""Server-sent events: the one place that frames events and builds streaming responses."""
+"""Server-sent events: the one place that frames events (app/api/event_stream.py writes them)."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel
-from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
-
-logger = logging.getLogger(__name__)
 
 DONE = b"data: [DONE]\n\n"
 # A comment line: every SSE parser skips it, and it keeps idle proxies from closing the stream.
@@ -26,31 +20,6 @@ def event(payload: BaseModel) -> bytes:
     """One `data:` event from a response model: compact JSON on one line, UTF-8 as is (no \\u
     escapes; JSON escapes every line break inside strings)."""
     return b"data: " + payload.__pydantic_serializer__.to_json(payload) + b"\n\n"
-
-
-class EventStreamResponse(StreamingResponse):
-    """A text/event-stream response that always runs `on_close`, even when the client leaves
-    before the body generator has started (Starlette then cancels the send loop and the
-    generator's own `finally` never runs). `on_close` is where the engine requests are aborted."""
-
-    def __init__(
-        self,
-        content: AsyncIterator[bytes],
-        *,
-        on_close: Callable[[], Awaitable[None]] | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(
-            content, media_type="text/event-stream", headers={**SSE_HEADERS, **(headers or {})}
-        )
-        self._on_close = on_close
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            if self._on_close is not None:
-                await self._on_close()
 
 
 # One event as OpenAPI 3.0/3.1 describe an event stream: the media type's schema is that of each

@@ -3,8 +3,11 @@
 Every generation delivers into one sink the route reads, so the route sees a single ordered
 sequence of (choice index, delta) whatever the number of choices, and can send keep-alives while
 it is quiet. The engine calls the sink as it processes the worker's output (EngineClient
-.add_request): a delta reaches the route with one hop and no task of its own. Closing a
-ChoiceStreams leaves every generation, which aborts those that have not finished.
+.add_request): a delta reaches the route with one hop and no task of its own. It is read in one
+of two ways: pulled (`events()`, `collect()`: a non-streamed answer), or pushed (`attach()`: an
+event stream, app/api/event_stream.py, is told when items arrive and takes them, with no task
+woken per token). Closing a ChoiceStreams leaves every generation, which aborts those that have
+not finished.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ class ChoiceStreams:
         self._waiter: asyncio.Future[None] | None = None  # the reader, waiting for an item
         self._open = len(self._starters)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._on_ready: Callable[[], None] | None = None  # the attached reader (push)
+        self._timer: _QuietTimer | None = None  # the attached reader's keep-alives
         self.last_put = 0.0  # loop time of the last item delivered
 
     @property
@@ -139,6 +144,32 @@ class ChoiceStreams:
             if timer is not None:
                 timer.cancel()
 
+    def attach(self, on_ready: Callable[[], None], keep_alive_seconds: float | None) -> None:
+        """Push instead of pull: `on_ready()` is called, from the engine's callback, whenever an
+        item arrives (at once if some already have), and the reader then `take()`s them. A
+        None item comes when keep_alive_seconds pass quietly."""
+        self._launch()
+        self._on_ready = on_ready
+        if keep_alive_seconds:
+            self._timer = _QuietTimer(self, keep_alive_seconds)
+        if self._items:
+            on_ready()
+
+    def take(self) -> list[_Item]:
+        """Every item that has arrived, in order (push). A finished delta ends its choice;
+        `ended` tells when all have."""
+        items = list(self._items)
+        self._items.clear()
+        for _, item in items:
+            if item is not None and not isinstance(item, BaseException) and item.finished:
+                self._open -= 1
+        return items
+
+    @property
+    def ended(self) -> bool:
+        """Every choice has delivered its last delta."""
+        return self._open == 0
+
     async def collect(self) -> list[list[GenerationDelta]]:
         """Every delta of every choice, in choice order (for non-streamed answers)."""
         results: list[list[GenerationDelta]] = [[] for _ in self._starters]
@@ -149,6 +180,9 @@ class ChoiceStreams:
 
     async def aclose(self) -> None:
         """Abort whatever is still running. Safe to call more than once."""
+        self._on_ready = None
+        if self._timer is not None:
+            self._timer.cancel()
         waits = [left for left in self._leave_all() if isinstance(left, asyncio.Future)]
         if waits:
             await asyncio.wait(waits)
@@ -162,6 +196,9 @@ class ChoiceStreams:
         assert self._loop is not None  # set by _launch, before anything can be delivered
         self.last_put = self._loop.time()
         self._items.append((index, item))
+        if self._on_ready is not None:
+            self._on_ready()
+            return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

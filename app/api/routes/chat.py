@@ -12,8 +12,9 @@ from app.api.capacity import check_choices, check_prompt_tokens
 from app.api.choices import ChoicePlan, fold, log_request, new_id, open_streams, usage
 from app.api.deps import EngineDep, RequestIdDep, SettingsDep
 from app.api.dialect import use_field_names
+from app.api.event_stream import EventStreamResponse
 from app.api.logprobs import chat_logprobs
-from app.api.openai_stream import ChunkBuilder, base_chunk, openai_events, openai_response
+from app.api.openai_stream import ChunkBuilder, OpenAIEvents, base_chunk, openai_response
 from app.api.prompts import (
     check_model,
     encode_text,
@@ -24,7 +25,7 @@ from app.api.responses import TextEventTemplate, build
 from app.api.sampling import openai_params
 from app.api.schemas import ERROR_RESPONSES, ChatCompletionChunk, ChatCompletionRequest
 from app.api.schemas import ChatCompletionResponse as ChatResponse
-from app.api.sse import EventStreamResponse, sse_openapi
+from app.api.sse import sse_openapi
 from app.api.streams import collect_unless_disconnected
 from app.api.timing import timings_ms
 from app.engine.client.validation import resolve_max_tokens
@@ -107,12 +108,10 @@ async def create_chat_completion(
             )
             for choice in range(body.n)
         ]
-        events = openai_events(
-            streams,
+        events = OpenAIEvents(
             build_chunk=_chunk_builder(
                 engine, base, body.logprobs, top_n, plans if body.continuous_usage else None
             ),
-            keep_alive_seconds=settings.keep_alive_seconds,
             prelude=prelude,
             usage_chunk=(
                 (
@@ -127,7 +126,7 @@ async def create_chat_completion(
             num_choices=len(plans),
             response_id=response_id,
         )
-        return EventStreamResponse(events, on_close=streams.aclose)
+        return EventStreamResponse(streams, events, keep_alive_seconds=settings.keep_alive_seconds)
 
     results = fold(await collect_unless_disconnected(streams, request))
     choices = [

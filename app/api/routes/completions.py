@@ -19,13 +19,14 @@ from app.api.choices import (
 )
 from app.api.deps import EngineDep, RequestIdDep, SettingsDep
 from app.api.dialect import use_field_names
+from app.api.event_stream import EventStreamResponse
 from app.api.logprobs import completion_logprobs, vllm_prompt_logprobs
-from app.api.openai_stream import base_chunk, openai_events, openai_response
+from app.api.openai_stream import OpenAIEvents, base_chunk, openai_response
 from app.api.prompts import check_model, completion_prompts, truncate_prompt
 from app.api.responses import TextEventTemplate, build
 from app.api.sampling import openai_params
 from app.api.schemas import ERROR_RESPONSES, CompletionChunk, CompletionRequest, CompletionResponse
-from app.api.sse import EventStreamResponse, sse_openapi
+from app.api.sse import sse_openapi
 from app.api.streams import collect_unless_disconnected
 from app.api.timing import timings_ms
 from app.config import Settings
@@ -88,15 +89,13 @@ async def create_completion(
     if body.stream:
         await streams.start(settings.keep_alive_seconds, request)
         builder = _ChunkBuilder(engine, body, plans, echo, response_id, created, settings)
-        events = openai_events(
-            streams,
+        events = OpenAIEvents(
             build_chunk=builder,
-            keep_alive_seconds=settings.keep_alive_seconds,
             usage_chunk=builder.usage_chunk if body.include_usage else None,
             num_choices=len(plans),
             response_id=response_id,
         )
-        return EventStreamResponse(events, on_close=streams.aclose)
+        return EventStreamResponse(streams, events, keep_alive_seconds=settings.keep_alive_seconds)
 
     results = fold(await collect_unless_disconnected(streams, request))
     choices: list[dict[str, Any]] = []

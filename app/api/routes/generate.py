@@ -9,7 +9,6 @@ a "timings" object.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -27,6 +26,7 @@ from app.api.choices import (
 from app.api.deps import EngineDep, RequestIdDep, SettingsDep
 from app.api.dialect import use_field_names
 from app.api.errors import to_api_error
+from app.api.event_stream import EventStreamResponse, StreamEvents
 from app.api.logprobs import tgi_prefill_token, tgi_token, tgi_top_tokens
 from app.api.prompts import encode_text, truncate_prompt
 from app.api.request_context import note_error
@@ -35,7 +35,7 @@ from app.api.sampling import tgi_params
 from app.api.schemas import GenerateRequest, GenerateResponse, StreamResponse
 from app.api.schemas.common import TGI_ERROR_RESPONSES
 from app.api.schemas.tgi import DEFAULT_MAX_NEW_TOKENS
-from app.api.sse import KEEP_ALIVE, EventStreamResponse, event, sse_openapi
+from app.api.sse import event, sse_openapi
 from app.api.streams import ChoiceStreams, collect_unless_disconnected
 from app.api.timing import server_timing, timings_ms
 from app.config import Settings
@@ -240,54 +240,39 @@ async def _generate_stream(
     log_request(response_id, request_id, [prepared.ids], 1, body.inputs, settings.log_prompts)
     streams = _open(engine, prepared, response_id)
     await streams.start(settings.keep_alive_seconds, request)
-    events = _tgi_events(
-        streams, engine, prepared, _full_text_prefix(body, compat), settings.keep_alive_seconds
-    )
-    return EventStreamResponse(events, on_close=streams.aclose)
+    events = _TGIEvents(engine, prepared, _full_text_prefix(body, compat))
+    return EventStreamResponse(streams, events, keep_alive_seconds=settings.keep_alive_seconds)
 
 
-async def _tgi_events(
-    streams: ChoiceStreams,
-    engine: EngineClient,
-    prepared: _Prepared,
-    prefix: str,
-    keep_alive_seconds: float,
-) -> AsyncIterator[bytes]:
+class _TGIEvents(StreamEvents):
     """TGI's stream: one event per token, the last with generated_text and details; no [DONE]."""
-    top_n = prepared.params.top_n_tokens
-    index = 0
-    text = ""
-    ready: list[bytes] = []  # events joined into one write while more deltas are ready
-    try:
-        async for entry in streams.events(keep_alive_seconds):
-            if entry is None:
-                ready.append(KEEP_ALIVE)
-            else:
-                _, delta = entry
-                text += delta.text
-                payloads = _token_payloads(engine, delta, top_n)
-                for k, payload in enumerate(payloads):
-                    index += 1
-                    payload["index"] = index
-                    if k == len(payloads) - 1 and delta.finish_reason is not None:
-                        payload["generated_text"] = prefix + text
-                        payload["details"] = _stream_details(prepared, delta)
-                    ready.append(event(build(StreamResponse, payload)))
-            if ready and not streams.pending:
-                yield b"".join(ready)
-                ready.clear()
-        if ready:
-            yield b"".join(ready)
-    except Exception as exc:
+
+    def __init__(self, engine: EngineClient, prepared: _Prepared, prefix: str) -> None:
+        self._engine = engine
+        self._prepared = prepared
+        self._prefix = prefix
+        self._top_n = prepared.params.top_n_tokens
+        self._index = 0  # tokens so far: TGI numbers its events
+        self._text = ""
+
+    def delta(self, index: int, delta: GenerationDelta) -> bytes:
+        self._text += delta.text
+        payloads = _token_payloads(self._engine, delta, self._top_n)
+        for k, payload in enumerate(payloads):
+            self._index += 1
+            payload["index"] = self._index
+            if k == len(payloads) - 1 and delta.finish_reason is not None:
+                payload["generated_text"] = self._prefix + self._text
+                payload["details"] = _stream_details(self._prepared, delta)
+        return b"".join(event(build(StreamResponse, payload)) for payload in payloads)
+
+    def error(self, exc: Exception) -> bytes:
         note_error(exc)
         error = to_api_error(exc, "tgi")
         if error.status_code >= 500:
             logger.warning("generate_stream failed mid-way: %s", exc, exc_info=exc)
         # TGI's clients look at error_type; the mid-stream kind in TGI's words is "generation".
-        ready.append(event(error.body("tgi", error_type="generation")))
-        yield b"".join(ready)
-    finally:
-        await streams.aclose()
+        return event(error.body("tgi", error_type="generation"))
 
 
 def _token_payloads(
