@@ -34,24 +34,60 @@ class IncrementalDetokenizer:
     ) -> None:
         self._token_bytes = token_bytes
         self._skip = special_ids if skip_special_tokens else frozenset()
-        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._partial = b""  # the bytes of a character still incomplete
         self._stop = [s for s in stop if s]
+        # No stop strings (the common case): every decoded character is emitted at once, so
+        # the text need not be kept whole and searched; add_one streams it (see its comment).
+        self.plain = not self._stop
+        self._pieces: list[str] = []  # plain: the text handed out, in pieces
         self._include_stop = include_stop_str_in_output
-        self._text = ""  # everything decoded so far
+        self._text = ""  # with stop strings: everything decoded so far
         self._emitted = 0  # length of _text already handed out
         self.stopped = False
 
     @property
     def text(self) -> str:
         """The text handed out so far."""
+        if self.plain:
+            return "".join(self._pieces)
         return self._text[: self._emitted]
+
+    def _decode(self, data: bytes, final: bool) -> str:
+        # What codecs' incremental UTF-8 decoder (errors="replace") does, without its Python
+        # frame: complete characters out, an incomplete one's bytes kept for the next token.
+        data = self._partial + data
+        text, used = codecs.utf_8_decode(data, "replace", final)
+        self._partial = data[used:]
+        return text
+
+    def add_one(self, token_id: int) -> str:
+        """The text of one more token, not the last one, when `plain` (no stop strings): the
+        same text as add((token_id,)).text, without the DetokenizedDelta, the join over a
+        generator and the stop-string search (OutputProcessor's path for most tokens)."""
+        if token_id in self._skip:
+            return ""  # no bytes: decoding nothing would give "" and keep _partial
+        data = self._partial + self._token_bytes[token_id]
+        text, used = codecs.utf_8_decode(data, "replace", False)
+        self._partial = data[used:]
+        if text:
+            self._pieces.append(text)
+        return text
 
     def add(self, token_ids: Sequence[int], final: bool = False) -> DetokenizedDelta:
         """Decode new tokens; `final` flushes held-back text (no more tokens will come)."""
         if self.stopped:
             return DetokenizedDelta("", None)
-        data = b"".join(self._token_bytes[t] for t in token_ids if t not in self._skip)
-        self._text += self._utf8.decode(data, final=final)
+        if len(token_ids) == 1:  # one token a step: no join over a generator
+            t = token_ids[0]
+            data = b"" if t in self._skip else self._token_bytes[t]
+        else:
+            data = b"".join(self._token_bytes[t] for t in token_ids if t not in self._skip)
+        new = self._decode(data, final)
+        if self.plain:
+            if new:
+                self._pieces.append(new)
+            return DetokenizedDelta(new, None)
+        self._text += new
         match = self._find_stop()
         if match is not None:
             index, stop = match
