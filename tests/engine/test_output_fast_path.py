@@ -169,22 +169,26 @@ def test_the_inline_path_equals_the_general_path(monkeypatch: pytest.MonkeyPatch
 
 @pytest.mark.parametrize("skip", [True, False])
 def test_add_one_equals_add(skip: bool) -> None:
+    """add_one against add on the stop-string path, with stop strings that never match: one
+    of a character that never occurs (nothing held back: the same text token by token), one
+    whose first and last characters do occur (held back, then handed out: the same text in
+    all). Both against a one-shot decode."""
     rng = random.Random(skip)
+    special = frozenset({EOS})
     for _ in range(200):
         ids = _script(rng) + _script(rng)
-        one = IncrementalDetokenizer(TOKEN_BYTES, frozenset({EOS}), skip_special_tokens=skip)
-        # The stop-string path, with a stop string that never occurs.
-        ref = IncrementalDetokenizer(TOKEN_BYTES, frozenset({EOS}), ["\x00"], False, skip)
-        assert one.plain and not ref.plain
+        one = IncrementalDetokenizer(TOKEN_BYTES, special, skip_special_tokens=skip)
+        same = IncrementalDetokenizer(TOKEN_BYTES, special, ["\x00"], False, skip)
+        held = IncrementalDetokenizer(TOKEN_BYTES, special, ["a\x00b"], False, skip)
+        assert one.plain and not same.plain and not held.plain
+        streamed = ""
         for t in ids[:-1]:
-            assert one.add_one(t) == ref.add([t]).text
-            assert one.text == ref.text
+            text = one.add_one(t)
+            assert text == same.add([t]).text
+            assert one.text == same.text
+            streamed += held.add([t]).text
         last = ids[-1:]  # the last token, flushed, takes add() on both
-        assert one.add(last, final=True) == ref.add(last, final=True)
-        assert (
-            one.text
-            == ref.text
-            == bytes(b for t in ids if t != EOS or not skip for b in TOKEN_BYTES[t]).decode(
-                errors="replace"
-            )
-        )
+        assert one.add(last, final=True) == same.add(last, final=True)
+        streamed += held.add(last, final=True).text
+        whole = bytes(b for t in ids if t != EOS or not skip for b in TOKEN_BYTES[t])
+        assert one.text == same.text == held.text == streamed == whole.decode(errors="replace")

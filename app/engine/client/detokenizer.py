@@ -37,20 +37,27 @@ class IncrementalDetokenizer:
         self._partial = b""  # the bytes of a character still incomplete
         self._stop = [s for s in stop if s]
         # No stop strings (the common case): every decoded character is emitted at once, so
-        # the text need not be kept whole and searched; add_one streams it (see its comment).
+        # the text need not be kept and searched; add_one streams it (see its comment).
         self.plain = not self._stop
-        self._pieces: list[str] = []  # plain: the text handed out, in pieces
+        self._pieces: list[str] = []  # the text handed out, in pieces
         self._include_stop = include_stop_str_in_output
-        self._text = ""  # with stop strings: everything decoded so far
+        # With stop strings, _text is a window of the text: what is held back, and the last
+        # _keep characters handed out before it, all a match may start in (a match ends in text
+        # not yet handed out and starts up to len(stop)-1 before it). Trimmed after each add,
+        # so no add copies or searches the whole text so far.
+        self._keep = max((len(s) - 1 for s in self._stop), default=0)
+        # A stop string's first and last characters: new text without any, when nothing is
+        # held back, can neither end a match (its last character would be in the new text)
+        # nor start one to hold back (its first would be): it is handed out whole, unsearched.
+        self._edges = frozenset(s[0] for s in self._stop) | frozenset(s[-1] for s in self._stop)
+        self._text = ""
         self._emitted = 0  # length of _text already handed out
         self.stopped = False
 
     @property
     def text(self) -> str:
         """The text handed out so far."""
-        if self.plain:
-            return "".join(self._pieces)
-        return self._text[: self._emitted]
+        return "".join(self._pieces)
 
     def _decode(self, data: bytes, final: bool) -> str:
         # What codecs' incremental UTF-8 decoder (errors="replace") does, without its Python
@@ -87,19 +94,30 @@ class IncrementalDetokenizer:
             if new:
                 self._pieces.append(new)
             return DetokenizedDelta(new, None)
+        nothing_held = self._emitted == len(self._text)
         self._text += new
-        match = self._find_stop()
-        if match is not None:
-            index, stop = match
-            end = index + len(stop) if self._include_stop else index
-            self.stopped = True
-            return self._emit_until(max(end, self._emitted), stop)
-        hold = 0 if final else self._held_back()
-        return self._emit_until(len(self._text) - hold, None)
+        if nothing_held and self._edges.isdisjoint(new):
+            delta = self._emit_until(len(self._text), None)
+        else:
+            match = self._find_stop()
+            if match is not None:
+                index, stop = match
+                end = index + len(stop) if self._include_stop else index
+                self.stopped = True
+                return self._emit_until(max(end, self._emitted), stop)
+            hold = 0 if final else self._held_back()
+            delta = self._emit_until(len(self._text) - hold, None)
+        cut = self._emitted - self._keep
+        if cut > 0:
+            self._text = self._text[cut:]
+            self._emitted -= cut
+        return delta
 
     def _emit_until(self, end: int, stop: str | None) -> DetokenizedDelta:
         new = self._text[self._emitted : end]
-        self._emitted = max(self._emitted, end)
+        if new:
+            self._pieces.append(new)
+            self._emitted = end
         return DetokenizedDelta(new, stop)
 
     def _find_stop(self) -> tuple[int, str] | None:
@@ -116,10 +134,14 @@ class IncrementalDetokenizer:
     def _held_back(self) -> int:
         """Length of the longest pending suffix that is a proper prefix of some stop string."""
         pending = self._text[self._emitted :]
+        n = len(pending)
         longest = 0
         for stop in self._stop:
-            for k in range(min(len(stop) - 1, len(pending)), longest, -1):
-                if pending.endswith(stop[:k]):
-                    longest = k
+            # Such a suffix starts with stop[0]: try only those starts, longest first.
+            i = pending.find(stop[0], max(0, n - len(stop) + 1))
+            while i != -1 and n - i > longest:
+                if pending.endswith(stop[: n - i]):
+                    longest = n - i
                     break
+                i = pending.find(stop[0], i + 1)
         return longest
