@@ -1,7 +1,7 @@
 """OutputProcessor.process's inline path for the common row (one token, not the last, no
-extras, no stop strings) against the general path (_row, _advance, IncrementalDetokenizer.add)
-that every other row takes: the same random steps through both must give the same deltas, the
-same aborts and the same records. Also IncrementalDetokenizer.add_one against add.
+extras) against the general path (_row, _advance, IncrementalDetokenizer.add) that every other
+row takes: the same random steps through both must give the same deltas, the same aborts and
+the same records. Also IncrementalDetokenizer.add_one against add.
 
 Random steps: requests with and without stop strings (several characters, multi-byte ones),
 skip_special_tokens either way, token scripts of random text whose multi-byte characters are
@@ -192,3 +192,23 @@ def test_add_one_equals_add(skip: bool) -> None:
         streamed += held.add(last, final=True).text
         whole = bytes(b for t in ids if t != EOS or not skip for b in TOKEN_BYTES[t])
         assert one.text == same.text == held.text == streamed == whole.decode(errors="replace")
+
+
+def test_add_one_equals_add_with_stop_strings_that_match() -> None:
+    """Token by token: the same text, stopping at the same token, with the same stop string."""
+    rng = random.Random(7)
+    special = frozenset({EOS})
+    matched = 0
+    for _ in range(500):
+        ids = _script(rng) + _script(rng) + _script(rng)
+        stop, include, skip = rng.choice(STOPS[2:]), rng.random() < 0.5, rng.random() < 0.5
+        one = IncrementalDetokenizer(TOKEN_BYTES, special, stop, include, skip)
+        ref = IncrementalDetokenizer(TOKEN_BYTES, special, stop, include, skip)
+        for t in ids:
+            delta = ref.add([t])
+            assert one.add_one(t) == delta.text
+            assert (one.stopped, one.text) == (ref.stopped, ref.text)
+            if delta.stop_string is not None:  # the token that matched
+                assert one.stop_string == delta.stop_string
+        matched += one.stopped
+    assert matched > 100

@@ -37,7 +37,7 @@ class IncrementalDetokenizer:
         self._partial = b""  # the bytes of a character still incomplete
         self._stop = [s for s in stop if s]
         # No stop strings (the common case): every decoded character is emitted at once, so
-        # the text need not be kept and searched; add_one streams it (see its comment).
+        # the text need not be kept and searched.
         self.plain = not self._stop
         self._pieces: list[str] = []  # the text handed out, in pieces
         self._include_stop = include_stop_str_in_output
@@ -53,6 +53,7 @@ class IncrementalDetokenizer:
         self._text = ""
         self._emitted = 0  # length of _text already handed out
         self.stopped = False
+        self.stop_string: str | None = None  # the stop string that matched, once one did
 
     @property
     def text(self) -> str:
@@ -68,17 +69,22 @@ class IncrementalDetokenizer:
         return text
 
     def add_one(self, token_id: int) -> str:
-        """The text of one more token, not the last one, when `plain` (no stop strings): the
-        same text as add((token_id,)).text, without the DetokenizedDelta, the join over a
-        generator and the stop-string search (OutputProcessor's path for most tokens)."""
+        """One more token, not the last one: add((token_id,)).text, without building the
+        DetokenizedDelta or joining over a generator (OutputProcessor's path for most tokens).
+        If a stop string matches, `stopped` and `stop_string` are set, as add() does."""
+        if self.stopped:
+            return ""
         if token_id in self._skip:
-            return ""  # no bytes: decoding nothing would give "" and keep _partial
-        data = self._partial + self._token_bytes[token_id]
-        text, used = codecs.utf_8_decode(data, "replace", False)
-        self._partial = data[used:]
-        if text:
-            self._pieces.append(text)
-        return text
+            new = self._decode(b"", False)  # no bytes: "" and _partial kept, as add's join
+        else:
+            data = self._partial + self._token_bytes[token_id]
+            new, used = codecs.utf_8_decode(data, "replace", False)
+            self._partial = data[used:]
+        if self.plain:
+            if new:
+                self._pieces.append(new)
+            return new
+        return self._settle(new, False)
 
     def add(self, token_ids: Sequence[int], final: bool = False) -> DetokenizedDelta:
         """Decode new tokens; `final` flushes held-back text (no more tokens will come)."""
@@ -94,31 +100,35 @@ class IncrementalDetokenizer:
             if new:
                 self._pieces.append(new)
             return DetokenizedDelta(new, None)
+        return DetokenizedDelta(self._settle(new, final), self.stop_string)
+
+    def _settle(self, new: str, final: bool) -> str:
+        """With stop strings: the text to hand out now that `new` was decoded."""
         nothing_held = self._emitted == len(self._text)
         self._text += new
         if nothing_held and self._edges.isdisjoint(new):
-            delta = self._emit_until(len(self._text), None)
+            out = self._emit_until(len(self._text))
         else:
             match = self._find_stop()
             if match is not None:
                 index, stop = match
                 end = index + len(stop) if self._include_stop else index
-                self.stopped = True
-                return self._emit_until(max(end, self._emitted), stop)
+                self.stopped, self.stop_string = True, stop
+                return self._emit_until(max(end, self._emitted))
             hold = 0 if final else self._held_back()
-            delta = self._emit_until(len(self._text) - hold, None)
+            out = self._emit_until(len(self._text) - hold)
         cut = self._emitted - self._keep
         if cut > 0:
             self._text = self._text[cut:]
             self._emitted -= cut
-        return delta
+        return out
 
-    def _emit_until(self, end: int, stop: str | None) -> DetokenizedDelta:
+    def _emit_until(self, end: int) -> str:
         new = self._text[self._emitted : end]
         if new:
             self._pieces.append(new)
             self._emitted = end
-        return DetokenizedDelta(new, stop)
+        return new
 
     def _find_stop(self) -> tuple[int, str] | None:
         if not self._stop:

@@ -98,11 +98,12 @@ class OutputProcessor:
         """One worker step: a delta for every row whose request is still here.
 
         Most rows are the common case: one token, not the last, no extras (scheduled time,
-        cached tokens, logprobs, prompt logprobs), no stop strings. Those take the inline path
-        below, which does what _row and _advance do for such a row (the equivalence tests in
+        cached tokens, logprobs, prompt logprobs). Those take the inline path below, which does
+        what _row and _advance do for such a row (the equivalence tests in
         tests/engine/test_output_fast_path.py hold the two to the same deltas and records)
         without the per-row tuples, dict lookups, DetokenizedDelta and calls: this loop runs
-        for every streamed token, in the HTTP process."""
+        for every streamed token, in the HTTP process. A stop string that matches takes
+        _deliver, as _advance does."""
         now = time.monotonic()
         by_handle = self._by_handle
         extras = _Extras(step) if _has_extras(step) else None
@@ -113,16 +114,20 @@ class OutputProcessor:
             req = by_handle.get(handle)
             if req is None:  # ended here already (left, expired, stopped by a stop string)
                 continue
-            detok = req.detok
-            if code or token < 0 or not detok.plain or row in rows_with_extras:
+            if code or token < 0 or row in rows_with_extras:
                 self._row(req, row, token, code, extras, now)
                 continue
             req.on_tokens(now)
             req.num_output_tokens += 1
+            detok = req.detok
+            text = detok.add_one(token)
+            if detok.stopped:  # a stop string matched: the request ends here
+                self._deliver(req, (token,), (), None, None, now, text, detok.stop_string)
+                continue
             req.put(
                 GenerationDelta(
                     req.request_id,
-                    detok.add_one(token),
+                    text,
                     (token,),
                     (),
                     None,
@@ -178,18 +183,35 @@ class OutputProcessor:
             req.on_tokens(now)
             req.num_output_tokens += len(new_ids)
         delta = req.detok.add(new_ids, final=finish is not None)
+        self._deliver(
+            req, new_ids, new_logprobs, finish, prompt_logprobs, now, delta.text, delta.stop_string
+        )
+
+    def _deliver(
+        self,
+        req: RequestState,
+        new_ids: tuple[int, ...],
+        new_logprobs: tuple[TokenLogprobs, ...],
+        finish: FinishReason | None,
+        prompt_logprobs: tuple[TokenLogprobs | None, ...] | None,
+        now: float,
+        text: str,
+        stop_string: str | None,
+    ) -> None:
+        """The delta of a row whose tokens were counted and detokenized into `text`; ends the
+        request if the row finishes it or a stop string matched."""
         stop_reason: str | int | None = None
-        if delta.stop_string is not None:
+        if stop_string is not None:
             if finish is None:
                 self._abort(req.request_id)
-            finish, stop_reason = FinishReason.STOP, delta.stop_string
+            finish, stop_reason = FinishReason.STOP, stop_string
         elif finish is FinishReason.STOP and new_ids:
             stop_reason = new_ids[-1]
         if finish is not None:
             self.finish(req, Outcome.of(finish))
         req.put(
             req.delta(
-                delta.text,
+                text,
                 new_ids,
                 new_logprobs,
                 finish,
