@@ -16,6 +16,8 @@ import codecs
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+PIECES = 64  # IncrementalDetokenizer._pieces
+
 
 @dataclass(slots=True)  # one per streamed token: not frozen, see GenerationDelta
 class DetokenizedDelta:
@@ -39,7 +41,10 @@ class IncrementalDetokenizer:
         # No stop strings (the common case): every decoded character is emitted at once, so
         # the text need not be kept and searched.
         self.plain = not self._stop
-        self._pieces: list[str] = []  # the text handed out, in pieces
+        # The text handed out, in pieces: appending is O(1) where a growing string is copied
+        # whole. Joined into one every PIECES pieces, which bounds their overhead (~50 bytes a
+        # piece) for a long answer.
+        self._pieces: list[str] = []
         self._include_stop = include_stop_str_in_output
         # With stop strings, _text is a window of the text: what is held back, and the last
         # _keep characters handed out before it, all a match may start in (a match ends in text
@@ -82,7 +87,10 @@ class IncrementalDetokenizer:
             self._partial = data[used:]
         if self.plain:
             if new:
-                self._pieces.append(new)
+                pieces = self._pieces
+                pieces.append(new)
+                if len(pieces) >= PIECES:
+                    self._pieces = ["".join(pieces)]
             return new
         return self._settle(new, False)
 
@@ -97,8 +105,7 @@ class IncrementalDetokenizer:
             data = b"".join(self._token_bytes[t] for t in token_ids if t not in self._skip)
         new = self._decode(data, final)
         if self.plain:
-            if new:
-                self._pieces.append(new)
+            self._hand_out(new)
             return DetokenizedDelta(new, None)
         return DetokenizedDelta(self._settle(new, final), self.stop_string)
 
@@ -126,9 +133,15 @@ class IncrementalDetokenizer:
     def _emit_until(self, end: int) -> str:
         new = self._text[self._emitted : end]
         if new:
-            self._pieces.append(new)
+            self._hand_out(new)
             self._emitted = end
         return new
+
+    def _hand_out(self, new: str) -> None:
+        if new:
+            self._pieces.append(new)
+            if len(self._pieces) >= PIECES:
+                self._pieces = ["".join(self._pieces)]
 
     def _find_stop(self) -> tuple[int, str] | None:
         if not self._stop:
