@@ -110,7 +110,8 @@ def test_tokenizing_runs_a_bounded_number_at_once(
     monkeypatch.setattr(engine.tokenizer, "encode", slow_encode)
 
     async def run() -> None:
-        calls = [asyncio.create_task(engine.encode("text")) for _ in range(16)]
+        text = "x" * (async_engine.INLINE_ENCODE_CHARS + 1)  # long enough for the pool
+        calls = [asyncio.create_task(engine.encode(text)) for _ in range(16)]
         while most < THREADS:
             await asyncio.sleep(0.005)
         await asyncio.sleep(0.2)  # room for more threads to start, were any allowed
@@ -119,6 +120,28 @@ def test_tokenizing_runs_a_bounded_number_at_once(
 
     asyncio.run(run())
     assert most == THREADS
+
+
+def test_short_texts_are_tokenized_on_the_loop_and_long_ones_in_the_pool(
+    engine: AsyncEngine,
+) -> None:
+    """Below INLINE_ENCODE_CHARS the pool's hand-off costs more than tokenizing: the loop's
+    own thread does it. Either way the ids are the tokenizer's."""
+    threads: list[str] = []
+    real = engine.tokenizer.encode
+
+    def recording(text: str) -> list[int]:
+        threads.append(threading.current_thread().name)
+        return real(text)
+
+    limit = async_engine.INLINE_ENCODE_CHARS
+    short, long = ("Hello, wörld 😀 " * 100)[:limit], ("Hello, wörld 😀 " * 100)[: limit + 1]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine.tokenizer, "encode", recording)
+        ids = asyncio.run(engine.encode(short)), asyncio.run(engine.encode(long))
+    assert ids == (real(short), real(long))
+    assert threads[0] == threading.main_thread().name
+    assert threads[1].startswith("tokenize")
 
 
 def test_tokenizing_in_pieces_gives_the_same_ids(

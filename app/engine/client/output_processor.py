@@ -95,35 +95,80 @@ class OutputProcessor:
             self._abort(req.request_id)
 
     def process(self, step: StepResult) -> None:
-        """One worker step: a delta for every row whose request is still here."""
+        """One worker step: a delta for every row whose request is still here.
+
+        Most rows are the common case: one token, not the last, no extras (scheduled time,
+        cached tokens, logprobs, prompt logprobs). Those take the inline path below, which does
+        what _row and _advance do for such a row (the equivalence tests in
+        tests/engine/test_output_fast_path.py hold the two to the same deltas and records)
+        without the per-row tuples, dict lookups, DetokenizedDelta and calls: this loop runs
+        for every streamed token, in the HTTP process. A stop string that matches takes
+        _deliver, as _advance does."""
         now = time.monotonic()
         by_handle = self._by_handle
-        scheduled = dict(step.scheduled)
-        cached = dict(step.cached_tokens)
-        logprobs = dict(step.logprobs)
-        prompt_logprobs = dict(step.prompt_logprobs)
+        extras = _Extras(step) if _has_extras(step) else None
+        rows_with_extras = extras.rows if extras is not None else ()
         for row, (handle, token, code) in enumerate(
             zip(step.handles, step.tokens, step.finish, strict=True)
         ):
             req = by_handle.get(handle)
             if req is None:  # ended here already (left, expired, stopped by a stop string)
                 continue
-            at = scheduled.get(row)
+            if code or token < 0 or row in rows_with_extras:
+                self._row(req, row, token, code, extras, now)
+                continue
+            req.on_tokens(now)
+            req.num_output_tokens += 1
+            detok = req.detok
+            text = detok.add_one(token)
+            if detok.stopped:  # a stop string matched: the request ends here
+                self._deliver(req, (token,), (), None, None, now, text, detok.stop_string)
+                continue
+            req.put(
+                GenerationDelta(
+                    req.request_id,
+                    text,
+                    (token,),
+                    (),
+                    None,
+                    req.num_prompt_tokens,
+                    req.num_output_tokens,
+                    None,
+                    None,
+                    None,
+                    req.num_cached_tokens,
+                )
+            )
+
+    def _row(
+        self,
+        req: RequestState,
+        row: int,
+        token: int,
+        code: int,
+        extras: _Extras | None,
+        now: float,
+    ) -> None:
+        """Any row: what its extras say, then _advance."""
+        lp = prompt_lp = None
+        if extras is not None:
+            at = extras.scheduled.get(row)
             if req.scheduled_at is None and at is not None:
                 req.scheduled_at = at
                 if self._admission is not None:
                     self._admission.scheduled(req.num_prompt_tokens)
-            if cached:
-                req.num_cached_tokens = cached.get(row, req.num_cached_tokens)
-            lp = logprobs.get(row)
-            self._advance(
-                req,
-                (token,) if token >= 0 else (),
-                (lp,) if lp is not None else (),
-                FINISH_CODES[code],
-                prompt_logprobs.get(row),
-                now,
-            )
+            if extras.cached:
+                req.num_cached_tokens = extras.cached.get(row, req.num_cached_tokens)
+            lp = extras.logprobs.get(row)
+            prompt_lp = extras.prompt_logprobs.get(row)
+        self._advance(
+            req,
+            (token,) if token >= 0 else (),
+            (lp,) if lp is not None else (),
+            FINISH_CODES[code],
+            prompt_lp,
+            now,
+        )
 
     def _advance(
         self,
@@ -138,18 +183,35 @@ class OutputProcessor:
             req.on_tokens(now)
             req.num_output_tokens += len(new_ids)
         delta = req.detok.add(new_ids, final=finish is not None)
+        self._deliver(
+            req, new_ids, new_logprobs, finish, prompt_logprobs, now, delta.text, delta.stop_string
+        )
+
+    def _deliver(
+        self,
+        req: RequestState,
+        new_ids: tuple[int, ...],
+        new_logprobs: tuple[TokenLogprobs, ...],
+        finish: FinishReason | None,
+        prompt_logprobs: tuple[TokenLogprobs | None, ...] | None,
+        now: float,
+        text: str,
+        stop_string: str | None,
+    ) -> None:
+        """The delta of a row whose tokens were counted and detokenized into `text`; ends the
+        request if the row finishes it or a stop string matched."""
         stop_reason: str | int | None = None
-        if delta.stop_string is not None:
+        if stop_string is not None:
             if finish is None:
                 self._abort(req.request_id)
-            finish, stop_reason = FinishReason.STOP, delta.stop_string
+            finish, stop_reason = FinishReason.STOP, stop_string
         elif finish is FinishReason.STOP and new_ids:
             stop_reason = new_ids[-1]
         if finish is not None:
             self.finish(req, Outcome.of(finish))
         req.put(
             req.delta(
-                delta.text,
+                text,
                 new_ids,
                 new_logprobs,
                 finish,
@@ -193,3 +255,20 @@ class OutputProcessor:
             self._record_sink(req.record(outcome, time.monotonic()))
         if not self.requests:
             self.idle.set()
+
+
+def _has_extras(step: StepResult) -> bool:
+    return bool(step.scheduled or step.cached_tokens or step.logprobs or step.prompt_logprobs)
+
+
+class _Extras:
+    """A step's sparse extras by row, built only for a step that has some."""
+
+    __slots__ = ("cached", "logprobs", "prompt_logprobs", "rows", "scheduled")
+
+    def __init__(self, step: StepResult) -> None:
+        self.scheduled = dict(step.scheduled)
+        self.cached = dict(step.cached_tokens)
+        self.logprobs = dict(step.logprobs)
+        self.prompt_logprobs = dict(step.prompt_logprobs)
+        self.rows = {*self.scheduled, *self.cached, *self.logprobs, *self.prompt_logprobs}
