@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
+from types import CoroutineType
 from typing import Any
 
 from starlette.types import Message, Send
@@ -21,7 +22,9 @@ def send_now(send: Send, message: Message) -> asyncio.Future[None] | None:
     """Run `send(message)` until it finishes or waits. None: it finished (it raised, if it
     failed). A task: it waits, and the task runs the rest (its result is the send's)."""
     coro = send(message)
-    if not isinstance(coro, Coroutine):  # an awaitable that is not a coroutine: a task runs it
+    # An exact type check: isinstance against collections.abc.Coroutine is an ABC check, a
+    # microsecond a token. Any other awaitable is run by a task.
+    if type(coro) is not CoroutineType:
         return asyncio.ensure_future(coro)
     try:
         waiting_on = coro.send(None)

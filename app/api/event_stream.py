@@ -150,7 +150,7 @@ class EventStreamResponse(Response):
         except Exception as exc:
             out.append(self._events.error(exc))
             last = True
-        body = b"".join(out)
+        body = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
         if body or last:
             self._write(body, last)

@@ -158,10 +158,10 @@ class ChoiceStreams:
     def take(self) -> list[_Item]:
         """Every item that has arrived, in order (push). A finished delta ends its choice;
         `ended` tells when all have."""
-        items = list(self._items)
+        items = [*self._items]
         self._items.clear()
         for _, item in items:
-            if item is not None and not isinstance(item, BaseException) and item.finished:
+            if type(item) is GenerationDelta and item.finish_reason is not None:
                 self._open -= 1
         return items
 

@@ -148,6 +148,8 @@ class _ChunkBuilder:
         self.offsets = [0] * len(plans)
         self.text_events: dict[int, TextEventTemplate] = {}
         self.continuous_usage = body.continuous_usage
+        # Chunks that carry only text: no logprobs, no usage in every chunk.
+        self.plain = body.logprobs is None and not self.continuous_usage
 
     def text_event(self, index: int, text: str) -> bytes:
         """The event for new text alone (no logprobs, not the last), from its template."""
@@ -172,13 +174,7 @@ class _ChunkBuilder:
     def __call__(self, index: int, delta: GenerationDelta) -> CompletionChunk | bytes | None:
         plan = self.plans[index]
         text = delta.text
-        if (
-            text
-            and self.started[index]
-            and self.body.logprobs is None
-            and delta.finish_reason is None
-            and not self.continuous_usage
-        ):
+        if text and self.plain and self.started[index] and delta.finish_reason is None:
             return self.text_event(index, text)  # the common case, once per token
         echo_ids: list[int] = []
         if not self.started[index]:
