@@ -53,14 +53,6 @@ class ChoiceStreams:
         self._timer: _QuietTimer | None = None  # the attached reader's keep-alives
         self.last_put = 0.0  # loop time of the last item delivered
 
-    @property
-    def pending(self) -> bool:
-        """More items are ready now, or every choice has ended: events() would go on without
-        waiting. A writer that is behind joins the events it has into one write (one syscall,
-        one pass through the ASGI send chain) until this turns False; the last event goes out
-        with what ends the stream."""
-        return bool(self._items) or self._open == 0
-
     async def start(self, prime_seconds: float, request: Request | None = None) -> None:
         """Start every generation; wait up to prime_seconds for each one's first delta.
 

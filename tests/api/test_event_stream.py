@@ -138,26 +138,32 @@ def test_what_arrives_while_a_send_waits_goes_out_in_one_write_after_it() -> Non
     assert sent.more == [True, False]
 
 
-def test_a_failing_send_ends_the_response_and_aborts_the_generation() -> None:
-    aborted: list[bool] = []
+def _endless(aborted: list[bool], pause: float) -> Callable[[], AsyncIterator[GenerationDelta]]:
+    """A generation that never finishes; `aborted` records that it was stopped from outside."""
 
-    async def endless() -> AsyncIterator[GenerationDelta]:
+    async def deltas() -> AsyncIterator[GenerationDelta]:
         try:
             k = 0
             while True:
                 yield _delta(k, last=False)
                 k += 1
-                await asyncio.sleep(0)
+                await asyncio.sleep(pause)
         except (GeneratorExit, asyncio.CancelledError):
             aborted.append(True)
             raise
+
+    return deltas
+
+
+def test_a_failing_send_ends_the_response_and_aborts_the_generation() -> None:
+    aborted: list[bool] = []
 
     async def broken(message: Message) -> None:
         if message["type"] == "http.response.body":
             raise OSError("connection reset")
 
     with pytest.raises(OSError, match="connection reset"):
-        asyncio.run(_serve(endless, broken))
+        asyncio.run(_serve(_endless(aborted, 0.0), broken))
     assert aborted == [True]
 
 
@@ -165,23 +171,12 @@ def test_the_client_leaving_returns_and_aborts_the_generation() -> None:
     aborted: list[bool] = []
     sent = _Recorder()
 
-    async def endless() -> AsyncIterator[GenerationDelta]:
-        try:
-            k = 0
-            while True:
-                yield _delta(k, last=False)
-                k += 1
-                await asyncio.sleep(0.001)
-        except (GeneratorExit, asyncio.CancelledError):
-            aborted.append(True)
-            raise
-
     async def leaves() -> Message:
         while len(sent.bodies) < 3:
             await asyncio.sleep(0.001)
         return {"type": "http.disconnect"}
 
-    asyncio.run(_serve(endless, sent, leaves))
+    asyncio.run(_serve(_endless(aborted, 0.001), sent, leaves))
     assert aborted == [True]
     assert len(sent.bodies) >= 3 and all(sent.more)  # it ended without a final chunk
 

@@ -55,12 +55,12 @@ def test_a_delta_is_ready_for_the_route_as_the_engine_delivers_it(
         await streams.start(prime_seconds=0.0)
         for _ in range(5):  # whatever was started runs until it waits
             await asyncio.sleep(0)
-        before = streams.pending
+        before = bool(streams.take())
         step = StepResult(
             array("q", [1]), array("q", [ord("x")]), bytes([FINISH_CODES.index(None)])
         )
         fake.outputs.process(step)  # the worker's step arrives (handle 1: the first call)
-        after = streams.pending  # no await since: nothing else ran
+        after = bool(streams.take())  # no await since: nothing else ran
         await streams.aclose()
         return before, after
 
