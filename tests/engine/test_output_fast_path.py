@@ -32,9 +32,8 @@ from app.engine.protocol import (
     StepResult,
     TokenLogprobs,
 )
+from tests.api.fakes import EOS, TOKEN_BYTES
 
-EOS = 256
-TOKEN_BYTES = [bytes([i]) for i in range(256)] + [b"<|endoftext|>"]
 ALPHABET = "ab xyé日😀\n"
 STOPS: list[tuple[str, ...]] = [(), (), ("xy",), ("é日", "b b"), ("\n\n",), ("😀",)]
 
