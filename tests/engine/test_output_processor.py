@@ -403,3 +403,34 @@ def test_finish_reports_once_however_often_it_is_called() -> None:
     h.proc.finish(req, Outcome.ABORT)
     h.proc.finish(req, Outcome.ABORT)
     assert [r.outcome for r in h.records] == [Outcome.ABORT]
+
+
+def test_the_prefix_cache_hit_a_step_reports_reaches_the_request_s_deltas() -> None:
+    """The worker reports a row's cached prompt tokens with its first token: the deltas (and
+    the usage built from them) carry it from then on."""
+    h = Harness()
+    req = h.add(max_tokens=4, prompt_len=40)
+    handle = h.handles["r"]
+    first = StepResult(
+        array("q", [handle]),
+        array("q", [ord("a")]),
+        bytes([FINISH_CODES.index(None)]),
+        scheduled=((0, 1.0),),
+        cached_tokens=((0, 32),),
+    )
+    h.proc.process(first)
+    h.proc.process(step_of(handle, ord("b")))
+    deltas = [d for d in drain(req) if isinstance(d, GenerationDelta)]
+    assert [d.num_cached_tokens for d in deltas] == [32, 32]
+
+
+def test_token_id_zero_is_a_token_on_every_path() -> None:
+    """Id 0 is a real token (GPT-2's "!"): a row carrying it is a token whether it takes the
+    inline path or the general one (a first row, with its scheduled time)."""
+    h = Harness()
+    req = h.add(max_tokens=3)
+    h.out([0, 0])  # the first row with its extras (general path), then the inline path
+    h.out([0], finish=FinishReason.LENGTH)  # a finishing row (general path)
+    deltas = [d for d in drain(req) if isinstance(d, GenerationDelta)]
+    assert [d.token_ids for d in deltas] == [(0,), (0,), (0,)]
+    assert deltas[-1].num_output_tokens == 3
