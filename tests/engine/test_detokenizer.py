@@ -272,3 +272,19 @@ def test_stop_strings_starting_at_the_same_place_the_first_listed_wins(
             tok.token_bytes, tok.special_ids, stop=stops, include_stop_str_in_output=True
         )
         assert detok.add(tok.encode("x abc")) == DetokenizedDelta(f"x {want}", want)
+
+
+@pytest.mark.parametrize("one_at_a_time", [True, False])
+def test_the_longest_pending_prefix_of_a_stop_string_is_held(one_at_a_time: bool) -> None:
+    """ "xxx" against the stop string "xxyz": "xxx" itself is no prefix of it, "xx" is, so "xx"
+    is held back, not just "x" (which would stream the stop string's first "x" before it
+    matches at the next tokens)."""
+    bytes_of = [b"x", b"y", b"z"]
+    ids = {b: i for i, b in enumerate(bytes_of)}
+    detok = IncrementalDetokenizer(bytes_of, frozenset(), stop=["xxyz"])
+    out = []
+    for ch in b"xxxyz":
+        token = ids[bytes([ch])]
+        out.append(detok.add_one(token) if one_at_a_time else detok.add([token]).text)
+    assert out[:3] == ["", "", "x"]  # after "xxx": the first x out, "xx" held
+    assert "".join(out) == "x" and detok.stopped
