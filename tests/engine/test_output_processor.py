@@ -434,3 +434,13 @@ def test_token_id_zero_is_a_token_on_every_path() -> None:
     deltas = [d for d in drain(req) if isinstance(d, GenerationDelta)]
     assert [d.token_ids for d in deltas] == [(0,), (0,), (0,)]
     assert deltas[-1].num_output_tokens == 3
+
+
+def test_a_request_added_with_a_sink_gets_its_deltas_there_and_not_in_a_queue() -> None:
+    h = Harness()
+    got: list[GenerationDelta | BaseException] = []
+    req = h.proc.add("r", 1, 3, SamplingParams(max_tokens=2), sink=got.append)
+    h.handles["r"] = 1
+    h.out("ab", finish=FinishReason.LENGTH)
+    assert [d.text for d in got if isinstance(d, GenerationDelta)] == ["a", "b"]
+    assert drain(req) == []
