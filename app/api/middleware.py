@@ -136,7 +136,9 @@ class BodySizeLimitMiddleware:
                 message = await receive()
             else:
                 try:
-                    message = await asyncio.wait_for(receive(), deadline - loop.time())
+                    # asyncio.timeout_at: a timer on this task, not wait_for's task per receive.
+                    async with asyncio.timeout_at(deadline):
+                        message = await receive()
                 except TimeoutError:
                     if not response_started:
                         await _closing_error(

@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from app.api.capacity import check_choices, check_prompt_tokens
 from app.api.choices import ChoicePlan, fold, log_request, new_id, open_streams, usage
-from app.api.deps import EngineDep, RequestIdDep, SettingsDep
+from app.api.deps import engine_of, request_id_of, settings_of
 from app.api.dialect import use_field_names
 from app.api.event_stream import EventStreamResponse
 from app.api.logprobs import chat_logprobs
@@ -49,10 +49,8 @@ CHUNK_OBJECT = "chat.completion.chunk"
 async def create_chat_completion(
     body: ChatCompletionRequest,
     request: Request,
-    engine: EngineDep,
-    settings: SettingsDep,
-    request_id: RequestIdDep,
 ) -> Response:
+    engine, settings, request_id = engine_of(request), settings_of(request), request_id_of(request)
     check_model(body.model, settings)
     use_field_names(request, _field_names(body))
     check_choices(1, body.n, engine, settings)

@@ -17,7 +17,7 @@ from app.api.choices import (
     open_streams,
     usage,
 )
-from app.api.deps import EngineDep, RequestIdDep, SettingsDep
+from app.api.deps import engine_of, request_id_of, settings_of
 from app.api.dialect import use_field_names
 from app.api.event_stream import EventStreamResponse
 from app.api.logprobs import completion_logprobs, vllm_prompt_logprobs
@@ -50,10 +50,8 @@ OBJECT = "text_completion"
 async def create_completion(
     body: CompletionRequest,
     request: Request,
-    engine: EngineDep,
-    settings: SettingsDep,
-    request_id: RequestIdDep,
 ) -> Response:
+    engine, settings, request_id = engine_of(request), settings_of(request), request_id_of(request)
     check_model(body.model, settings)
     if body.max_tokens is None:  # the rest of the window: an overflow is the prompt's
         use_field_names(request, {"max_tokens": "prompt"})

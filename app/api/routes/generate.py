@@ -23,7 +23,7 @@ from app.api.choices import (
     new_id,
     open_streams,
 )
-from app.api.deps import EngineDep, RequestIdDep, SettingsDep
+from app.api.deps import engine_of, request_id_of, settings_of
 from app.api.dialect import use_field_names
 from app.api.errors import to_api_error
 from app.api.event_stream import EventStreamResponse, StreamEvents
@@ -115,10 +115,8 @@ def tgi_finish_reason(finish_reason: FinishReason | None, stop_reason: str | int
 async def generate(
     body: GenerateRequest,
     request: Request,
-    engine: EngineDep,
-    settings: SettingsDep,
-    request_id: RequestIdDep,
 ) -> Response:
+    engine, settings, request_id = engine_of(request), settings_of(request), request_id_of(request)
     return await _generate_json(body, request, engine, settings, request_id, compat=False)
 
 
@@ -130,10 +128,8 @@ async def generate(
 async def generate_stream(
     body: GenerateRequest,
     request: Request,
-    engine: EngineDep,
-    settings: SettingsDep,
-    request_id: RequestIdDep,
 ) -> Response:
+    engine, settings, request_id = engine_of(request), settings_of(request), request_id_of(request)
     return await _generate_stream(body, request, engine, settings, request_id, compat=False)
 
 
@@ -151,10 +147,8 @@ async def generate_stream(
 async def compat_generate(
     body: GenerateRequest,
     request: Request,
-    engine: EngineDep,
-    settings: SettingsDep,
-    request_id: RequestIdDep,
 ) -> Response:
+    engine, settings, request_id = engine_of(request), settings_of(request), request_id_of(request)
     """What huggingface_hub's InferenceClient posts to when given the server's base URL."""
     if body.stream:
         return await _generate_stream(body, request, engine, settings, request_id, compat=True)

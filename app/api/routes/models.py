@@ -6,7 +6,7 @@ from importlib import metadata
 
 from fastapi import APIRouter, Request
 
-from app.api.deps import EngineDep, SettingsDep
+from app.api.deps import engine_of, settings_of
 from app.api.schemas import Info, ModelCard, ModelList
 from app.api.schemas.common import MAX_STOP_SEQUENCES
 
@@ -21,7 +21,8 @@ def server_version() -> str:
 
 
 @router.get("/v1/models", tags=["OpenAI"], response_model=ModelList)
-async def list_models(request: Request, engine: EngineDep, settings: SettingsDep) -> ModelList:
+async def list_models(request: Request) -> ModelList:
+    engine, settings = engine_of(request), settings_of(request)
     card = ModelCard(
         id=settings.model_name,
         created=request.app.state.started_at,
@@ -32,8 +33,9 @@ async def list_models(request: Request, engine: EngineDep, settings: SettingsDep
 
 
 @router.get("/info", tags=["TGI"], response_model=Info)
-async def info(engine: EngineDep, settings: SettingsDep) -> Info:
-    model = engine.info
+async def info(request: Request) -> Info:
+    settings = settings_of(request)
+    model = engine_of(request).info
     return Info(
         model_id=settings.model_name,
         model_dtype=model.dtype,

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client.exposition import choose_encoder
 
-from app.api.deps import EngineDep
+from app.api.deps import engine_of
 from app.api.schemas import ERROR_RESPONSES, EngineStats
 
 router = APIRouter()
@@ -30,7 +30,7 @@ async def metrics(request: Request) -> Response:
         503: ERROR_RESPONSES[503],
     },
 )
-async def engine_stats(engine: EngineDep) -> EngineStats:
+async def engine_stats(request: Request) -> EngineStats:
     """The engine's own view (EngineClient.stats()): KV cache use as a fraction, the recent
     step times in milliseconds."""
-    return EngineStats.model_validate(engine.stats())
+    return EngineStats.model_validate(engine_of(request).stats())

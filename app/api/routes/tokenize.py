@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
-from app.api.deps import EngineDep, SettingsDep
+from app.api.deps import engine_of, settings_of
 from app.api.prompts import check_model
 from app.api.schemas import (
     ERROR_RESPONSES,
@@ -19,10 +19,9 @@ router = APIRouter(tags=["Tokenizer"])
 
 
 @router.post("/tokenize", response_model=TokenizeResponse, responses=ERROR_RESPONSES)
-async def tokenize(
-    body: TokenizeRequest, engine: EngineDep, settings: SettingsDep
-) -> TokenizeResponse:
-    check_model(body.model, settings)
+async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
+    engine = engine_of(request)
+    check_model(body.model, settings_of(request))
     tokens = await engine.encode(body.prompt) if body.prompt else []
     return TokenizeResponse(
         tokens=tokens, count=len(tokens), max_model_len=engine.info.max_model_len
@@ -30,9 +29,8 @@ async def tokenize(
 
 
 @router.post("/detokenize", response_model=DetokenizeResponse, responses=ERROR_RESPONSES)
-async def detokenize(
-    body: DetokenizeRequest, engine: EngineDep, settings: SettingsDep
-) -> DetokenizeResponse:
-    check_model(body.model, settings)
+async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeResponse:
+    engine = engine_of(request)
+    check_model(body.model, settings_of(request))
     check_token_ids("tokens", body.tokens, engine.info.vocab_size)
     return DetokenizeResponse(prompt=engine.decode(body.tokens, skip_special_tokens=False))
