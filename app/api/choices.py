@@ -7,7 +7,6 @@ prompt_index * n + i, as OpenAI numbers them. Each choice is its own engine requ
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,10 +30,6 @@ class ChoicePlan:
     prompt_index: int
     prompt_ids: list[int]
     params: SamplingParams
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
 
 
 def open_streams(

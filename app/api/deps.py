@@ -7,11 +7,10 @@ streamed request costs the HTTP process besides its tokens, for what are attribu
 
 from __future__ import annotations
 
-import uuid
-
 from starlette.requests import Request
 
 from app.api.errors import APIError
+from app.api.ids import random_hex
 from app.config import Settings
 from app.engine.engine_client import EngineClient
 
@@ -31,4 +30,4 @@ def settings_of(request: Request) -> Settings:
 def request_id_of(request: Request) -> str:
     """The X-Request-Id the middleware accepted or generated; also the engine's request id."""
     request_id: str | None = request.scope.get("state", {}).get("request_id")
-    return request_id or uuid.uuid4().hex
+    return request_id or random_hex()

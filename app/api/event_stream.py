@@ -114,7 +114,8 @@ class EventStreamResponse(Response):
 
             self._streams.attach(ready, self._keep_alive_seconds)
             ready()  # the opening, and whatever arrived before
-            watcher = asyncio.ensure_future(_disconnected(receive))
+            # The request's own watcher when the route started one (ChoiceStreams.start).
+            watcher = self._streams.client_gone or asyncio.ensure_future(_disconnected(receive))
             await asyncio.wait((done, watcher), return_when=asyncio.FIRST_COMPLETED)
             if done.done():
                 done.result()  # a failed write raises here, as a failed send would

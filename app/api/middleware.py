@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import re
-import uuid
 from collections.abc import Iterable
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import APIError
+from app.api.ids import random_hex
 
 # What we accept from a caller's X-Request-Id; anything else is replaced, so logs and headers
 # never carry arbitrary caller text.
@@ -35,7 +35,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         given = Headers(scope=scope).get("x-request-id", "")
-        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        request_id = given if _REQUEST_ID.match(given) else random_hex()
         # A fresh dict: the server may share one lifespan state dict between requests.
         scope["state"] = {**scope.get("state", {}), "request_id": request_id}
 

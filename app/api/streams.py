@@ -17,6 +17,7 @@ import functools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 from starlette.requests import Request
 
@@ -52,6 +53,9 @@ class ChoiceStreams:
         self._on_ready: Callable[[], None] | None = None  # the attached reader (push)
         self._timer: _QuietTimer | None = None  # the attached reader's keep-alives
         self.last_put = 0.0  # loop time of the last item delivered
+        # Done when the client leaves (start(request=...) watches from then until aclose): one
+        # watcher for the whole request, which its readers share instead of making their own.
+        self.client_gone: asyncio.Future[None] | None = None
 
     async def start(self, prime_seconds: float, request: Request | None = None) -> None:
         """Start every generation; wait up to prime_seconds for each one's first delta.
@@ -66,19 +70,17 @@ class ChoiceStreams:
         before the first delta. Whatever ends the wait early, cancellation included, aborts
         the generations: none is left running without a reader.
         """
-        watcher = None
         try:
             self._launch()
-            watcher = asyncio.create_task(wait_for_disconnect(request)) if request else None
-            await self._prime(prime_seconds, watcher)
+            if request is not None:
+                watcher = self.client_gone = asyncio.ensure_future(wait_for_disconnect(request))
+                watcher.add_done_callback(self._wake)
+            await self._prime(prime_seconds)
         except BaseException:
             await self.aclose()
             raise
-        finally:
-            if watcher is not None:
-                watcher.cancel()
 
-    async def _prime(self, prime_seconds: float, watcher: asyncio.Task[None] | None) -> None:
+    async def _prime(self, prime_seconds: float) -> None:
         waiting = set(range(len(self._starters)))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + prime_seconds
@@ -92,21 +94,22 @@ class ChoiceStreams:
                 waiting.discard(index)
             if not waiting:
                 return
-            if watcher is not None and watcher.done():
+            if self.client_gone is not None and self.client_gone.done():
                 raise ClientDisconnected()
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+            if loop.time() >= deadline:
                 return  # prime_seconds passed
-            waiter = self._waiter = loop.create_future()
+            # One timer on this task; the watcher wakes the same waiter (_wake). asyncio.wait
+            # would cost a callback on each future and a timer handle per wait, about 50 µs.
             try:
-                await asyncio.wait(
-                    [waiter] if watcher is None else [waiter, watcher],
-                    timeout=remaining,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-            finally:
-                self._waiter = None
-                waiter.cancel()
+                async with asyncio.timeout_at(deadline):
+                    await self._wait()
+            except TimeoutError:
+                return  # prime_seconds passed
+
+    def _wake(self, _: object = None) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def events(
         self, keep_alive_seconds: float | None = None
@@ -173,6 +176,8 @@ class ChoiceStreams:
     async def aclose(self) -> None:
         """Abort whatever is still running. Safe to call more than once."""
         self._on_ready = None
+        if self.client_gone is not None:
+            self.client_gone.cancel()
         if self._timer is not None:
             self._timer.cancel()
         waits = [left for left in self._leave_all() if isinstance(left, asyncio.Future)]
@@ -191,9 +196,7 @@ class ChoiceStreams:
         if self._on_ready is not None:
             self._on_ready()
             return
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake()
 
     async def _wait(self) -> None:
         waiter = self._waiter = asyncio.get_running_loop().create_future()
@@ -285,14 +288,15 @@ async def collect_unless_disconnected(
 ) -> list[list[GenerationDelta]]:
     """Collect a non-streamed answer, aborting it if the client leaves before it is ready."""
     work = asyncio.create_task(streams.collect())
-    watcher = asyncio.create_task(wait_for_disconnect(request))
+    watcher = streams.client_gone or asyncio.ensure_future(wait_for_disconnect(request))
+    both: set[asyncio.Future[Any]] = {work, watcher}
     try:
-        done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
         if work in done:
             return work.result()
         raise ClientDisconnected()
     finally:
-        for task in (work, watcher):
+        for task in both:
             task.cancel()
-        await asyncio.wait({work, watcher})
+        await asyncio.wait(both)
         await streams.aclose()

@@ -9,10 +9,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from app.api.capacity import check_choices, check_prompt_tokens
-from app.api.choices import ChoicePlan, fold, log_request, new_id, open_streams, usage
+from app.api.choices import ChoicePlan, fold, log_request, open_streams, usage
 from app.api.deps import engine_of, request_id_of, settings_of
 from app.api.dialect import use_field_names
 from app.api.event_stream import EventStreamResponse
+from app.api.ids import new_id
 from app.api.logprobs import chat_logprobs
 from app.api.openai_stream import ChunkBuilder, OpenAIEvents, base_chunk, openai_response
 from app.api.prompts import (

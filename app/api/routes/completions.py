@@ -13,13 +13,13 @@ from app.api.choices import (
     ChoicePlan,
     fold,
     log_request,
-    new_id,
     open_streams,
     usage,
 )
 from app.api.deps import engine_of, request_id_of, settings_of
 from app.api.dialect import use_field_names
 from app.api.event_stream import EventStreamResponse
+from app.api.ids import new_id
 from app.api.logprobs import completion_logprobs, vllm_prompt_logprobs
 from app.api.openai_stream import OpenAIEvents, base_chunk, openai_response
 from app.api.prompts import check_model, completion_prompts, truncate_prompt

@@ -20,13 +20,13 @@ from app.api.choices import (
     ChoicePlan,
     fold,
     log_request,
-    new_id,
     open_streams,
 )
 from app.api.deps import engine_of, request_id_of, settings_of
 from app.api.dialect import use_field_names
 from app.api.errors import to_api_error
 from app.api.event_stream import EventStreamResponse, StreamEvents
+from app.api.ids import new_id
 from app.api.logprobs import tgi_prefill_token, tgi_token, tgi_top_tokens
 from app.api.prompts import encode_text, truncate_prompt
 from app.api.request_context import note_error
