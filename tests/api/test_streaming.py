@@ -110,6 +110,34 @@ def test_non_streamed_request_is_aborted_when_client_leaves(fake: FakeEngineClie
     assert sorted(fake.worker_aborts) == ["r0", "r1"] and not fake.worker_running
 
 
+def test_one_disconnect_watcher_serves_the_whole_request(fake: FakeEngineClient) -> None:
+    """start() watches for the client from the first moment; the reader after it shares that
+    watcher (one receive() waiting for the whole request, not one per phase), which still
+    aborts the generation when the client leaves, and closing the streams ends it."""
+    fake.hold_after = 1
+    receives = 0
+
+    class Request:
+        async def receive(self) -> dict[str, str]:
+            nonlocal receives
+            receives += 1
+            await asyncio.sleep(0.2)
+            return {"type": "http.disconnect"}
+
+    async def run() -> None:
+        request: Any = Request()
+        streams = ChoiceStreams([_starter(fake, SamplingParams(max_tokens=100), "r0")])
+        await streams.start(30.0, request)  # returns at the first delta, well before 0.2 s
+        with pytest.raises(ClientDisconnected):
+            await collect_unless_disconnected(streams, request)
+        assert streams.client_gone is not None and streams.client_gone.done()
+
+    asyncio.run(run())
+    assert receives == 1
+    assert fake.aborted == ["r0"]
+    assert fake.worker_aborts == ["r0"] and not fake.worker_running
+
+
 def test_collect_returns_every_choice_in_order(fake: FakeEngineClient) -> None:
     async def run() -> list[list[str]]:
         starters = [_starter(fake, SamplingParams(max_tokens=3, seed=i), str(i)) for i in range(3)]
