@@ -142,7 +142,9 @@ class _ChunkBuilder:
         self.plans = plans
         self.echo = echo
         self.base = base_chunk(response_id, OBJECT, created, settings.model_name)
-        self.started = [False] * len(plans)
+        # The prompt went out with the choice's first piece (echo), or none is due: until
+        # then a choice's chunks take the general path.
+        self.echoed = [not body.echo] * len(plans)
         self.offsets = [0] * len(plans)
         self.text_events: dict[int, TextEventTemplate] = {}
         self.continuous_usage = body.continuous_usage
@@ -172,14 +174,13 @@ class _ChunkBuilder:
     def __call__(self, index: int, delta: GenerationDelta) -> CompletionChunk | bytes | None:
         plan = self.plans[index]
         text = delta.text
-        if text and self.plain and self.started[index] and delta.finish_reason is None:
+        if text and self.plain and self.echoed[index] and delta.finish_reason is None:
             return self.text_event(index, text)  # the common case, once per token
         echo_ids: list[int] = []
-        if not self.started[index]:
-            self.started[index] = True
-            if self.body.echo:  # the prompt goes out with the choice's first piece
-                text = self.echo[plan.prompt_index] + text
-                echo_ids = plan.prompt_ids
+        if not self.echoed[index]:  # the prompt goes out with the choice's first piece
+            self.echoed[index] = True
+            text = self.echo[plan.prompt_index] + text
+            echo_ids = plan.prompt_ids
         logprobs = None
         if self.body.logprobs is not None:
             logprobs, self.offsets[index] = completion_logprobs(
