@@ -33,7 +33,7 @@ from app.engine.protocol import GenerationDelta, GenerationResult
 
 logger = logging.getLogger(__name__)
 
-# A chunk for one choice's delta: a model, or an event already written (TextEventTemplate).
+# A chunk for one choice's delta: a model, or an event already written (EventTemplate).
 ChunkBuilder = Callable[[int, GenerationDelta], BaseModel | bytes | None]
 
 

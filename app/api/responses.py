@@ -10,7 +10,7 @@ keys in the model's field order.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 import pydantic_core
@@ -39,29 +39,53 @@ def json_response(
     )
 
 
-_MARKER = "\x00text\x00"
+class EventTemplate:
+    """A stream event that goes out per token, written from a template.
+
+    Most events of a stream differ from the last only in a few values: the new text (OpenAI's
+    chunks), or the token's index, id, text and logprob (TGI's). The response model writes such
+    an event once, with a sentinel in each of those places (`EventTemplate.TEXT` for a string,
+    `slot_int(k)` for an integer, `SLOT_FLOAT` for a float); each event is then the bytes
+    between the sentinels with the values' JSON (pydantic-core's encoding, as the model's) in
+    between: byte for byte what building the event through the model writes, for a fraction of
+    the CPU (tests/api/test_text_events.py holds the two equal)."""
+
+    TEXT = "\x00text\x00"
+
+    def __init__(
+        self, model: type[BaseModel], data: Mapping[str, Any], slots: Sequence[Any]
+    ) -> None:
+        rest = b"data: " + to_json(build(model, data)) + b"\n\n"
+        pieces = []
+        for sentinel in slots:  # in the order the model writes them
+            head, sep, rest = rest.partition(pydantic_core.to_json(sentinel))
+            if not sep:
+                raise ValueError(f"the event must hold each slot once, in order: {sentinel!r}")
+            pieces.append(head)
+            if any(pydantic_core.to_json(s) in head for s in slots):
+                raise ValueError(f"a slot appears twice, or out of order: {sentinel!r}")
+        if any(pydantic_core.to_json(s) in rest for s in slots):
+            raise ValueError("a slot appears twice")
+        pieces.append(rest)
+        self._pieces = pieces
+        if len(slots) == 1:  # the per-token case of OpenAI's streams: no join
+            self._head, self._tail = pieces
+
+    def text(self, value: str) -> bytes:
+        """The event of a one-slot template."""
+        return self._head + pydantic_core.to_json(value) + self._tail
+
+    def __call__(self, *values: Any) -> bytes:
+        pieces = self._pieces
+        out = [pieces[0]]
+        for value, piece in zip(values, pieces[1:], strict=True):
+            out += (pydantic_core.to_json(value), piece)
+        return b"".join(out)
 
 
-class TextEventTemplate:
-    """The one stream event that goes out per token, written from a template.
+def slot_int(k: int) -> int:
+    """The k-th integer sentinel: far from any real index or token id."""
+    return 987_654_321_000 + k
 
-    Most events of a stream say only "this choice has new text". The response model writes
-    such a chunk once, with a marker for the text; each event is then the bytes around the
-    marker with the new text's JSON (pydantic-core's string encoding, as the model's) in
-    between: byte for byte what building the chunk through the model writes, for a fraction of
-    the CPU (tests/api/test_response_models.py holds the two equal)."""
 
-    def __init__(self, model: type[BaseModel], chunk: Mapping[str, Any]) -> None:
-        data = b"data: " + to_json(build(model, chunk)) + b"\n\n"
-        head, sep, tail = data.partition(pydantic_core.to_json(_MARKER))
-        if not sep or _MARKER.encode() in tail:
-            raise ValueError("the chunk must hold the text marker exactly once")
-        self._head, self._tail = head, tail
-
-    @staticmethod
-    def chunk_text() -> str:
-        """What to put where the text goes in the chunk the template is made from."""
-        return _MARKER
-
-    def __call__(self, text: str) -> bytes:
-        return self._head + pydantic_core.to_json(text) + self._tail
+SLOT_FLOAT = -1.2345678901234567e-300

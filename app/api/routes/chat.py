@@ -22,7 +22,7 @@ from app.api.prompts import (
     render_chat,
     truncate_prompt,
 )
-from app.api.responses import TextEventTemplate, build
+from app.api.responses import EventTemplate, build
 from app.api.sampling import openai_params
 from app.api.schemas import ERROR_RESPONSES, ChatCompletionChunk, ChatCompletionRequest
 from app.api.schemas import ChatCompletionResponse as ChatResponse
@@ -164,7 +164,7 @@ def _chunk_builder(
     usage_of: list[ChoicePlan] | None,
 ) -> ChunkBuilder:
     """`usage_of`: the plans, when every chunk carries its choice's usage (continuous)."""
-    text_events: dict[int, TextEventTemplate] = {}
+    text_events: dict[int, EventTemplate] = {}
 
     def chunk(index: int, content: dict[str, str], lps: Any, finish: str | None) -> dict[str, Any]:
         choice = {"index": index, "delta": content, "logprobs": lps, "finish_reason": finish}
@@ -178,11 +178,11 @@ def _chunk_builder(
         ):  # once per token
             template = text_events.get(index)
             if template is None:
-                marker = {"content": TextEventTemplate.chunk_text()}
-                template = text_events[index] = TextEventTemplate(
-                    ChatCompletionChunk, chunk(index, marker, None, None)
+                marker = {"content": EventTemplate.TEXT}
+                template = text_events[index] = EventTemplate(
+                    ChatCompletionChunk, chunk(index, marker, None, None), [EventTemplate.TEXT]
                 )
-            return template(delta.text)
+            return template.text(delta.text)
         lps = {"content": chat_logprobs(engine, delta.logprobs, top_n)} if logprobs else None
         content = {"content": delta.text} if delta.text else {}
         built = chunk(index, content, lps, delta.finish_reason)

@@ -23,7 +23,7 @@ from app.api.ids import new_id
 from app.api.logprobs import completion_logprobs, vllm_prompt_logprobs
 from app.api.openai_stream import OpenAIEvents, base_chunk, openai_response
 from app.api.prompts import check_model, completion_prompts, truncate_prompt
-from app.api.responses import TextEventTemplate, build
+from app.api.responses import EventTemplate, build
 from app.api.sampling import openai_params
 from app.api.schemas import ERROR_RESPONSES, CompletionChunk, CompletionRequest, CompletionResponse
 from app.api.sse import sse_openapi
@@ -146,7 +146,7 @@ class _ChunkBuilder:
         # then a choice's chunks take the general path.
         self.echoed = [not body.echo] * len(plans)
         self.offsets = [0] * len(plans)
-        self.text_events: dict[int, TextEventTemplate] = {}
+        self.text_events: dict[int, EventTemplate] = {}
         self.continuous_usage = body.continuous_usage
         # Chunks that carry only text: no logprobs, no usage in every chunk.
         self.plain = body.logprobs is None and not self.continuous_usage
@@ -155,10 +155,11 @@ class _ChunkBuilder:
         """The event for new text alone (no logprobs, not the last), from its template."""
         template = self.text_events.get(index)
         if template is None:
-            template = self.text_events[index] = TextEventTemplate(
-                CompletionChunk, self._chunk(index, TextEventTemplate.chunk_text(), None, None)
+            chunk = self._chunk(index, EventTemplate.TEXT, None, None)
+            template = self.text_events[index] = EventTemplate(
+                CompletionChunk, chunk, [EventTemplate.TEXT]
             )
-        return template(text)
+        return template.text(text)
 
     def _chunk(
         self, index: int, text: str, logprobs: Any, finish_reason: str | None

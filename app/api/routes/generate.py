@@ -27,10 +27,10 @@ from app.api.dialect import use_field_names
 from app.api.errors import to_api_error
 from app.api.event_stream import EventStreamResponse, StreamEvents
 from app.api.ids import new_id
-from app.api.logprobs import tgi_prefill_token, tgi_token, tgi_top_tokens
+from app.api.logprobs import finite, tgi_prefill_token, tgi_token, tgi_top_tokens
 from app.api.prompts import encode_text, truncate_prompt
 from app.api.request_context import note_error
-from app.api.responses import build, json_response
+from app.api.responses import SLOT_FLOAT, EventTemplate, build, json_response, slot_int
 from app.api.sampling import tgi_params
 from app.api.schemas import GenerateRequest, GenerateResponse, StreamResponse
 from app.api.schemas.common import TGI_ERROR_RESPONSES
@@ -247,16 +247,26 @@ class _TGIEvents(StreamEvents):
         self._prefix = prefix
         self._top_n = prepared.params.top_n_tokens
         self._index = 0  # tokens so far: TGI numbers its events
-        self._text = ""
+        self._texts: list[str] = []  # joined once, for the last event's generated_text
 
     def delta(self, index: int, delta: GenerationDelta) -> bytes:
-        self._text += delta.text
+        self._texts.append(delta.text)
+        if (
+            len(delta.token_ids) == 1
+            and delta.finish_reason is None
+            and not self._top_n
+            and delta.token_ids[0] != self._engine.info.eos_token_id
+        ):  # once per token: one ordinary token, from the template
+            self._index += 1
+            lp = delta.logprobs[0] if delta.logprobs else None
+            logprob = None if lp is None else finite(lp.logprob)
+            return _TOKEN_EVENT(self._index, delta.token_ids[0], delta.text, logprob)
         payloads = _token_payloads(self._engine, delta, self._top_n)
         for k, payload in enumerate(payloads):
             self._index += 1
             payload["index"] = self._index
             if k == len(payloads) - 1 and delta.finish_reason is not None:
-                payload["generated_text"] = self._prefix + self._text
+                payload["generated_text"] = self._prefix + "".join(self._texts)
                 payload["details"] = _stream_details(self._prepared, delta)
         return b"".join(event(build(StreamResponse, payload)) for payload in payloads)
 
@@ -299,6 +309,27 @@ def _payload(token: dict[str, Any], top_tokens: list[dict[str, Any]] | None) -> 
         "generated_text": None,
         "details": None,
     }
+
+
+# The event of one ordinary token (not special, no top tokens, not the last), as
+# _token_payloads and _payload make it, with its index, id, text and logprob as slots.
+_TOKEN_SLOTS = (slot_int(0), slot_int(1), EventTemplate.TEXT, SLOT_FLOAT)
+_TOKEN_EVENT = EventTemplate(
+    StreamResponse,
+    {
+        **_payload(
+            {
+                "id": _TOKEN_SLOTS[1],
+                "text": EventTemplate.TEXT,
+                "logprob": SLOT_FLOAT,
+                "special": False,
+            },
+            None,
+        ),
+        "index": _TOKEN_SLOTS[0],
+    },
+    _TOKEN_SLOTS,
+)
 
 
 def _stream_details(prepared: _Prepared, delta: GenerationDelta) -> dict[str, Any]:
