@@ -15,6 +15,7 @@ reads, before and after each load point:
     python -m benchmarks.host_cost                       # 64 and 256 streams
     python -m benchmarks.host_cost --streams 64 --requests 512 --server-arg=--api-workers=2
     python -m benchmarks.host_cost --model DIR --device cuda --streams 1 32 256 --clients 4
+    python -m benchmarks.host_cost --streams 32 --requests 1500 --output-len 2   # per request
 
 --clients N spreads each point's streams over N `gpt2-serve bench` processes (tokens are read
 from the server, so they add up by themselves), so a figure is never one Python client's
@@ -81,7 +82,13 @@ def snapshot(url: str, api_pids: list[int], worker_pid: int) -> dict[str, float]
 
 
 def run_point(
-    url: str, streams: int, requests: int, server_pid: int, out: Path, clients: int
+    url: str,
+    streams: int,
+    requests: int,
+    server_pid: int,
+    out: Path,
+    clients: int,
+    output_len: int = 128,
 ) -> dict[str, float]:
     stats = httpx.get(url + "/v1/engine/stats", timeout=10).json()
     worker_pid = int(stats["worker_pid"])
@@ -93,7 +100,7 @@ def run_point(
         argv = [
             sys.executable, "-m", "app.cli", "bench", "--url", url, "--concurrency", str(share),
             "--num-requests", str(max(1, requests // clients)), "--warmup", str(share),
-            "--prompt-len", "32", "--output-len", "128", "--ignore-eos", "--no-progress",
+            "--prompt-len", "32", "--output-len", str(output_len), "--ignore-eos", "--no-progress",
             "--no-metrics-check", "--json", str(out / f"bench_{streams}_{i}.json"),
         ]  # fmt: skip
         procs.append(subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True))
@@ -103,6 +110,7 @@ def run_point(
         if p.returncode != 0:
             raise RuntimeError(f"bench failed: {text[-2000:]}")
     tokens = after["tokens"] - before["tokens"]
+    served = sum(max(1, requests // clients) for _ in range(clients)) + streams  # and warm-ups
     wall = after["time"] - before["time"]
     client_cpu = [
         json.loads((out / f"bench_{streams}_{i}.json").read_text()).get("client_cpu_seconds")
@@ -115,6 +123,7 @@ def run_point(
         "tokens": tokens,
         "tokens_per_s": tokens / wall,
         "api_us_per_token": 1e6 * (after["api"] - before["api"]) / tokens,
+        "api_us_per_request": 1e6 * (after["api"] - before["api"]) / served,
         "api_system_share": (after["api_system"] - before["api_system"])
         / max(1e-9, after["api"] - before["api"]),
         "worker_us_per_token": 1e6 * (after["worker"] - before["worker"]) / tokens,
@@ -134,6 +143,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="checkpoint to serve (default: a tiny one)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--clients", type=int, default=1, help="bench processes per point")
+    parser.add_argument("--output-len", type=int, default=128, help="tokens a request (128)")
     parser.add_argument("--out", type=Path, default=Path(".cache/host_cost"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -154,18 +164,21 @@ def main() -> None:
             pid = _server_pid(url)
             for streams in args.streams:
                 requests = args.requests or 4 * streams
-                rows.append(run_point(url, streams, requests, pid, args.out, args.clients))
+                rows.append(
+                    run_point(url, streams, requests, pid, args.out, args.clients, args.output_len)
+                )
     print(f"# {command}")
     print(
         "streams  tokens/s  API us/token (kernel)  worker us/token  worker host us/token  "
-        "API busy  worker busy  busiest client"
+        "API busy  worker busy  busiest client  API us/request"
     )
     for r in rows:
         print(
             f"{r['streams']:7d}  {r['tokens_per_s']:8.0f}  {r['api_us_per_token']:12.1f} "
             f"({r['api_system_share']:4.0%})  "
             f"{r['worker_us_per_token']:15.1f}  {r['worker_host_us_per_token']:20.1f}  "
-            f"{r['api_busy']:8.0%}  {r['worker_busy']:11.0%}  {r['client_busy']:11.0%}"
+            f"{r['api_busy']:8.0%}  {r['worker_busy']:11.0%}  {r['client_busy']:11.0%}  "
+            f"{r['api_us_per_request']:14.0f}"
         )
     (args.out / "host_cost.json").write_text(json.dumps({"command": command, "rows": rows}))
 
