@@ -6,7 +6,9 @@
 #      GPU-busy share, and half-precision greedy match (benchmarks/gpu_bench.py);
 #   3. the HTTP sweep at 1, 32, 256 streams on GPT-2 124M's shape: tokens/s and CPU per token of
 #      each process, the load spread over 4 client processes (benchmarks/host_cost.py);
-#   4. tokens/s at 256 streams with --api-workers 1, 2, 4 (when the flag exists).
+#   4. tokens/s at 256 streams with --api-workers 1, 2, 4 (when the flag exists);
+#   5. the HTTP stack's own CPU per streamed token on this host (benchmarks/http_floor.py): what
+#      uvicorn and FastAPI cost by themselves, against which step 3's figure is read.
 # Usage: bash benchmarks/gpu_check.sh [OUT_DIR]  (gpu_check.log, gpu_bench.json, host_cost_*.json)
 # Packages the device image lacks travel as wheels in .whl/ (bash benchmarks/gpu_wheels.sh here).
 set -uo pipefail
@@ -45,3 +47,7 @@ if python3 -m app.cli serve --help 2>/dev/null | grep -q -- --api-workers; then
 else
   echo "this build has no --api-workers" | tee -a "$log"
 fi
+
+echo "== 5. the HTTP stack's floor on this host" | tee -a "$log"
+timeout 45 python3 -m benchmarks.http_floor --streams 256 --requests 1024 \
+  --out "$out/http_floor" 2>&1 | tail -3 | tee -a "$log"
