@@ -95,7 +95,9 @@ class EventStreamResponse(Response):
         self._queued = False  # in the write batch already
         self._writing: asyncio.Future[None] | None = None  # a send that had to wait
         self._last_sent = False  # the final chunk went to send
-        self._done: asyncio.Future[None] | None = None  # the final chunk written, or failed
+        # Done when the final chunk is written (False), the client left (True), or a write
+        # failed (its exception).
+        self._done: asyncio.Future[bool] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
@@ -116,10 +118,15 @@ class EventStreamResponse(Response):
             ready()  # the opening, and whatever arrived before
             # The request's own watcher when the route started one (ChoiceStreams.start).
             watcher = self._streams.client_gone or asyncio.ensure_future(_disconnected(receive))
-            await asyncio.wait((done, watcher), return_when=asyncio.FIRST_COMPLETED)
-            if done.done():
-                done.result()  # a failed write raises here, as a failed send would
-            else:
+
+            def client_left(_: object) -> None:
+                if not done.done():
+                    done.set_result(True)
+
+            # One callback instead of asyncio.wait's waiter and callbacks on both (15 against
+            # 36 µs a request here).
+            watcher.add_done_callback(client_left)
+            if await done:  # a failed write raises here, as a failed send would
                 logger.debug("client left an event stream")
         finally:
             self._last_sent = True  # nothing more is written, whatever is still queued
@@ -170,7 +177,7 @@ class EventStreamResponse(Response):
             self._writing = waiting
             waiting.add_done_callback(self._written)
         elif last and not self._done.done():
-            self._done.set_result(None)
+            self._done.set_result(False)
 
     def _written(self, task: asyncio.Future[None]) -> None:
         """A send that had to wait is done: finish, or write what arrived meanwhile."""
@@ -183,7 +190,7 @@ class EventStreamResponse(Response):
             self._fail(exc)
         elif self._last_sent:
             if not self._done.done():
-                self._done.set_result(None)
+                self._done.set_result(False)
         else:
             self.flush()
 
