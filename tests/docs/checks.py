@@ -89,8 +89,15 @@ def _python_check(argv: list[str]) -> str | None:
 
 
 def _run_module(module: str, argv: list[str]) -> None:
-    with _argv(argv):
-        runpy.run_module(module, run_name="__main__", alter_sys=False)
+    # runpy warns when the code it is about to run was imported already (a test imported the
+    # package's __main__): run it from a fresh import, and put the imported one back after.
+    imported = sys.modules.pop(module + ".__main__", None)
+    try:
+        with _argv(argv):
+            runpy.run_module(module, run_name="__main__", alter_sys=False)
+    finally:
+        if imported is not None:
+            sys.modules[module + ".__main__"] = imported
 
 
 def _run_path(script: Path, argv: list[str]) -> None:
