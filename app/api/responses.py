@@ -55,18 +55,15 @@ class EventTemplate:
     def __init__(
         self, model: type[BaseModel], data: Mapping[str, Any], slots: Sequence[Any]
     ) -> None:
-        rest = b"data: " + to_json(build(model, data)) + b"\n\n"
-        pieces = []
-        for sentinel in slots:  # in the order the model writes them
-            head, sep, rest = rest.partition(pydantic_core.to_json(sentinel))
-            if not sep:
-                raise ValueError(f"the event must hold each slot once, in order: {sentinel!r}")
-            pieces.append(head)
-            if any(pydantic_core.to_json(s) in head for s in slots):
-                raise ValueError(f"a slot appears twice, or out of order: {sentinel!r}")
-        if any(pydantic_core.to_json(s) in rest for s in slots):
-            raise ValueError("a slot appears twice")
-        pieces.append(rest)
+        rendered = b"data: " + to_json(build(model, data)) + b"\n\n"
+        marks = [pydantic_core.to_json(sentinel) for sentinel in slots]
+        if any(rendered.count(mark) != 1 for mark in marks):
+            raise ValueError(f"the event must hold each slot exactly once: {slots!r}")
+        starts = [rendered.index(mark) for mark in marks]
+        if starts != sorted(starts):
+            raise ValueError(f"slots given out of the order the model writes them: {slots!r}")
+        ends = [start + len(mark) for start, mark in zip(starts, marks, strict=True)]
+        pieces = [rendered[a:b] for a, b in zip([0, *ends], [*starts, len(rendered)], strict=True)]
         self._pieces = pieces
         if len(slots) == 1:  # the per-token case of OpenAI's streams: no join
             self._head, self._tail = pieces

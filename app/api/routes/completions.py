@@ -173,10 +173,10 @@ class _ChunkBuilder:
         return {**self.base, "choices": [choice]}
 
     def __call__(self, index: int, delta: GenerationDelta) -> CompletionChunk | bytes | None:
-        plan = self.plans[index]
         text = delta.text
         if text and self.plain and self.echoed[index] and delta.finish_reason is None:
             return self.text_event(index, text)  # the common case, once per token
+        plan = self.plans[index]
         echo_ids: list[int] = []
         if not self.echoed[index]:  # the prompt goes out with the choice's first piece
             self.echoed[index] = True

@@ -38,7 +38,6 @@ from app.api.schemas.tgi import DEFAULT_MAX_NEW_TOKENS
 from app.api.sse import event, sse_openapi
 from app.api.streams import ChoiceStreams, collect_unless_disconnected
 from app.api.timing import server_timing, timings_ms
-from app.config import Settings
 from app.engine.client.validation import resolve_max_tokens
 from app.engine.engine_client import EngineClient
 from app.engine.protocol import FinishReason, GenerationDelta, GenerationResult
@@ -116,8 +115,7 @@ async def generate(
     body: GenerateRequest,
     request: Request,
 ) -> Response:
-    engine, settings, request_id = engine_of(request), settings_of(request), request_id_of(request)
-    return await _generate_json(body, request, engine, settings, request_id, compat=False)
+    return await _generate_json(body, request, compat=False)
 
 
 @router.post(
@@ -129,8 +127,7 @@ async def generate_stream(
     body: GenerateRequest,
     request: Request,
 ) -> Response:
-    engine, settings, request_id = engine_of(request), settings_of(request), request_id_of(request)
-    return await _generate_stream(body, request, engine, settings, request_id, compat=False)
+    return await _generate_stream(body, request, compat=False)
 
 
 @router.post(
@@ -148,11 +145,10 @@ async def compat_generate(
     body: GenerateRequest,
     request: Request,
 ) -> Response:
-    engine, settings, request_id = engine_of(request), settings_of(request), request_id_of(request)
     """What huggingface_hub's InferenceClient posts to when given the server's base URL."""
     if body.stream:
-        return await _generate_stream(body, request, engine, settings, request_id, compat=True)
-    return await _generate_json(body, request, engine, settings, request_id, compat=True)
+        return await _generate_stream(body, request, compat=True)
+    return await _generate_json(body, request, compat=True)
 
 
 def _full_text_prefix(body: GenerateRequest, compat: bool) -> str:
@@ -164,15 +160,8 @@ def _full_text_prefix(body: GenerateRequest, compat: bool) -> str:
     return body.inputs if full else ""
 
 
-async def _generate_json(
-    body: GenerateRequest,
-    request: Request,
-    engine: EngineClient,
-    settings: Settings,
-    request_id: str,
-    *,
-    compat: bool,
-) -> Response:
+async def _generate_json(body: GenerateRequest, request: Request, *, compat: bool) -> Response:
+    engine, settings, request_id = engine_of(request), settings_of(request), request_id_of(request)
     prepared = await _prepare(body, request, engine, stream=False)
     check_prompt_tokens([len(prepared.ids)], settings)
     response_id = new_id("gen")
@@ -219,15 +208,8 @@ def _details(engine: EngineClient, prepared: _Prepared, result: GenerationResult
     return details
 
 
-async def _generate_stream(
-    body: GenerateRequest,
-    request: Request,
-    engine: EngineClient,
-    settings: Settings,
-    request_id: str,
-    *,
-    compat: bool,
-) -> Response:
+async def _generate_stream(body: GenerateRequest, request: Request, *, compat: bool) -> Response:
+    engine, settings, request_id = engine_of(request), settings_of(request), request_id_of(request)
     prepared = await _prepare(body, request, engine, stream=True)
     check_prompt_tokens([len(prepared.ids)], settings)
     response_id = new_id("gen")
