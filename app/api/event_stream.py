@@ -52,6 +52,12 @@ def keep_server_send(app: ASGIApp) -> ASGIApp:
 class StreamEvents:
     """What a stream says, as bytes: written by the event loop's callbacks, so never awaits."""
 
+    # With a stream interval above 1, a choice's deltas written together are said as one
+    # (ChoiceStreams.take's merge): true where one event may carry several tokens (OpenAI's
+    # chunks), not where each token is its own event (TGI's). At interval 1 every token stays
+    # its own event, also when several go out in one write.
+    merges_deltas: ClassVar[bool] = False
+
     def opening(self) -> bytes:
         """Events that go out before any delta (OpenAI chat's role chunks)."""
         return b""
@@ -82,6 +88,7 @@ class EventStreamResponse(Response):
         events: StreamEvents,
         *,
         keep_alive_seconds: float | None,
+        stream_interval: int = 1,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         self.status_code = 200
@@ -90,6 +97,8 @@ class EventStreamResponse(Response):
         self._streams = streams
         self._events = events
         self._keep_alive_seconds = keep_alive_seconds
+        self._stream_interval = stream_interval
+        self._merge = events.merges_deltas and stream_interval > 1
         self._send: Send | None = None
         self._out: list[bytes] = []  # events made, not yet written
         self._queued = False  # in the write batch already
@@ -114,7 +123,7 @@ class EventStreamResponse(Response):
                     self._queued = True
                     batch.add(self)
 
-            self._streams.attach(ready, self._keep_alive_seconds)
+            self._streams.attach(ready, self._keep_alive_seconds, self._stream_interval)
             ready()  # the opening, and whatever arrived before
             # The request's own watcher when the route started one (ChoiceStreams.start).
             watcher = self._streams.client_gone or asyncio.ensure_future(_disconnected(receive))
@@ -145,7 +154,7 @@ class EventStreamResponse(Response):
         out = self._out
         last = False
         try:
-            for index, item in self._streams.take():
+            for index, item in self._streams.take(self._merge):
                 if item is None:
                     out.append(KEEP_ALIVE)
                 elif isinstance(item, BaseException):

@@ -39,7 +39,10 @@ ChunkBuilder = Callable[[int, GenerationDelta], BaseModel | bytes | None]
 
 class OpenAIEvents(StreamEvents):
     """OpenAI's stream: a chunk per delta that has something to say, the usage chunk when asked,
-    [DONE]; an error event then [DONE] for a failure."""
+    [DONE]; an error event then [DONE] for a failure. With --stream-interval above 1, a
+    choice's deltas written together go out as one chunk."""
+
+    merges_deltas = True
 
     def __init__(
         self,

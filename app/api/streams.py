@@ -51,6 +51,10 @@ class ChoiceStreams:
         self._open = len(self._starters)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_ready: Callable[[], None] | None = None  # the attached reader (push)
+        # Push only: the reader is told once a choice has this many tokens it has not taken
+        # (its first and last delta, errors and keep-alives at once).
+        self._interval = 1
+        self._untaken = [0] * len(self._starters)  # tokens per choice since the last take()
         self._timer: _QuietTimer | None = None  # the attached reader's keep-alives
         self.last_put = 0.0  # loop time of the last item delivered
         # Done when the client leaves (start(request=...) watches from then until aclose): one
@@ -139,25 +143,41 @@ class ChoiceStreams:
             if timer is not None:
                 timer.cancel()
 
-    def attach(self, on_ready: Callable[[], None], keep_alive_seconds: float | None) -> None:
-        """Push instead of pull: `on_ready()` is called, from the engine's callback, whenever an
-        item arrives (at once if some already have), and the reader then `take()`s them. A
-        None item comes when keep_alive_seconds pass quietly."""
+    def attach(
+        self,
+        on_ready: Callable[[], None],
+        keep_alive_seconds: float | None,
+        interval: int = 1,
+    ) -> None:
+        """Push instead of pull: `on_ready()` is called, from the engine's callback, when items
+        arrive (at once if some already have), and the reader then `take()`s them. A None item
+        comes when keep_alive_seconds pass quietly.
+
+        With `interval` N > 1 the reader is told once some choice has N new tokens, or has its
+        first or last delta; an error or a keep-alive tells it at once. What arrived in between
+        waits in the deque and goes with the next take()."""
         self._launch()
+        self._interval = interval
         self._on_ready = on_ready
         if keep_alive_seconds:
             self._timer = _QuietTimer(self, keep_alive_seconds)
         if self._items:
             on_ready()
 
-    def take(self) -> list[_Item]:
+    def take(self, merge: bool = False) -> list[_Item]:
         """Every item that has arrived, in order (push). A finished delta ends its choice;
-        `ended` tells when all have."""
+        `ended` tells when all have. With `merge`, each choice's deltas that arrived together
+        become one (merge_deltas), at the place of its first; a keep-alive or an error between
+        two deltas keeps them apart."""
         items = [*self._items]
         self._items.clear()
+        if self._interval > 1:
+            self._untaken = [0] * len(self._untaken)
         for _, item in items:
             if type(item) is GenerationDelta and item.finish_reason is not None:
                 self._open -= 1
+        if merge and len(items) > 1:
+            return _merged(items)
         return items
 
     @property
@@ -193,10 +213,21 @@ class ChoiceStreams:
         assert self._loop is not None  # set by _launch, before anything can be delivered
         self.last_put = self._loop.time()
         self._items.append((index, item))
-        if self._on_ready is not None:
-            self._on_ready()
+        on_ready = self._on_ready
+        if on_ready is None:
+            self._wake()
             return
-        self._wake()
+        if (
+            self._interval > 1
+            and type(item) is GenerationDelta
+            and item.finish_reason is None
+            and item.num_output_tokens > 1  # the first token goes at once (time to first token)
+        ):
+            untaken = self._untaken[index] + len(item.token_ids)
+            self._untaken[index] = untaken
+            if untaken < self._interval:
+                return
+        on_ready()
 
     async def _wait(self) -> None:
         waiter = self._waiter = asyncio.get_running_loop().create_future()
@@ -216,6 +247,49 @@ class ChoiceStreams:
         except BaseException:
             self._leave_all()  # those already started; the refusal goes to the caller
             raise
+
+
+def merge_deltas(deltas: Sequence[GenerationDelta]) -> GenerationDelta:
+    """One delta saying what consecutive deltas of one generation say: their text, tokens and
+    logprobs joined; where it stands (finish, counts, timings) from the last; prompt logprobs
+    from the one that carried them (the first token's)."""
+    if len(deltas) == 1:
+        return deltas[0]
+    first, last = deltas[0], deltas[-1]
+    prompt_logprobs = next(
+        (d.prompt_logprobs for d in deltas if d.prompt_logprobs is not None), None
+    )
+    return GenerationDelta(
+        first.request_id,
+        "".join([d.text for d in deltas]),
+        tuple(t for d in deltas for t in d.token_ids),
+        tuple(lp for d in deltas for lp in d.logprobs),
+        last.finish_reason,
+        last.num_prompt_tokens,
+        last.num_output_tokens,
+        last.stop_reason,
+        last.timings,
+        prompt_logprobs,
+        last.num_cached_tokens,
+    )
+
+
+def _merged(items: list[_Item]) -> list[_Item]:
+    runs: list[tuple[int, list[GenerationDelta] | BaseException | None]] = []
+    open_runs: dict[int, list[GenerationDelta]] = {}  # choice -> its run since the last break
+    for index, item in items:
+        if isinstance(item, GenerationDelta):
+            run = open_runs.get(index)
+            if run is None:
+                run = open_runs[index] = []
+                runs.append((index, run))
+            run.append(item)
+        else:  # nothing merges across a keep-alive or an error
+            open_runs.clear()
+            runs.append((index, item))
+    return [
+        (index, merge_deltas(entry) if isinstance(entry, list) else entry) for index, entry in runs
+    ]
 
 
 def pumped(factory: StreamFactory) -> Starter:

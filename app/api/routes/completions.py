@@ -93,7 +93,12 @@ async def create_completion(
             num_choices=len(plans),
             response_id=response_id,
         )
-        return EventStreamResponse(streams, events, keep_alive_seconds=settings.keep_alive_seconds)
+        return EventStreamResponse(
+            streams,
+            events,
+            keep_alive_seconds=settings.keep_alive_seconds,
+            stream_interval=settings.stream_interval,
+        )
 
     results = fold(await collect_unless_disconnected(streams, request))
     choices: list[dict[str, Any]] = []

@@ -217,7 +217,12 @@ async def _generate_stream(body: GenerateRequest, request: Request, *, compat: b
     streams = _open(engine, prepared, response_id)
     await streams.start(settings.keep_alive_seconds, request)
     events = _TGIEvents(engine, prepared, _full_text_prefix(body, compat))
-    return EventStreamResponse(streams, events, keep_alive_seconds=settings.keep_alive_seconds)
+    return EventStreamResponse(
+        streams,
+        events,
+        keep_alive_seconds=settings.keep_alive_seconds,
+        stream_interval=settings.stream_interval,
+    )
 
 
 class _TGIEvents(StreamEvents):
