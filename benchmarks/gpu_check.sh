@@ -6,7 +6,8 @@
 #      GPU-busy share, and half-precision greedy match (benchmarks/gpu_bench.py);
 #   3. the HTTP sweep at 1, 32, 256 streams on GPT-2 124M's shape: tokens/s and CPU per token of
 #      each process, the load spread over 4 client processes (benchmarks/host_cost.py);
-#   4. tokens/s at 256 streams with --api-workers 1, 2, 4 (when the flag exists);
+#   4. tokens/s at 256 streams with --api-workers 1, 2, 4 (when the flag exists), and with
+#      --api-workers 4 --stream-interval 8 (fewer writes a token: the HTTP side's most);
 #   5. the HTTP stack's own CPU per streamed token on this host (benchmarks/http_floor.py): what
 #      uvicorn and FastAPI cost by themselves, against which step 3's figure is read.
 # Usage: bash benchmarks/gpu_check.sh [OUT_DIR]  (gpu_check.log, gpu_bench.json, host_cost_*.json)
@@ -44,6 +45,12 @@ if python3 -m app.cli serve --help 2>/dev/null | grep -q -- --api-workers; then
       --clients 4 --server-arg=--api-workers=$n --out "$out/api_workers_$n" \
       2>&1 | tail -1 | sed "s/^/api-workers=$n /" | tee -a "$log"
   done
+  if python3 -m app.cli serve --help 2>/dev/null | grep -q -- --stream-interval; then
+    timeout 60 python3 -m benchmarks.host_cost --model $model --device cuda --streams 256 \
+      --clients 4 --server-arg=--api-workers=4 --server-arg=--stream-interval=8 \
+      --out "$out/api_workers_4_interval_8" \
+      2>&1 | tail -1 | sed "s/^/api-workers=4 stream-interval=8 /" | tee -a "$log"
+  fi
 else
   echo "this build has no --api-workers" | tee -a "$log"
 fi
