@@ -54,9 +54,13 @@ def greedy_match(model_dir: Path, hf: GPT2LMHeadModel, dtype: str) -> float:
     return prefix_match([c.token_ids for c in ours], refs)
 
 
-def decode_step_ms(model_dir: Path, batch: int, graphs: bool) -> dict[str, float]:
-    """Median decode step (ms), tokens/s over 64 steps of `batch` sequences, and the share of a
-    step's wall time the GPU spends in kernels (torch.profiler over 20 more steps)."""
+def decode_step_ms(
+    model_dir: Path, batch: int, graphs: bool, async_scheduling: bool = False
+) -> dict[str, float]:
+    """Decode steps of `batch` sequences: the median step (ms) each timed alone (the device
+    synchronised before and after), the mean step and tokens/s over 64 steps back to back (what
+    async scheduling overlaps), and the share of a step's wall time the GPU spends in kernels
+    (torch.profiler over 20 more steps)."""
     llm = LLM(
         EngineConfig(
             model=str(model_dir),
@@ -67,6 +71,7 @@ def decode_step_ms(model_dir: Path, batch: int, graphs: bool) -> dict[str, float
             kv_cache_tokens=max(KV_TOKENS, batch * 256),
             cuda_graphs=graphs,
             cuda_graph_batch_sizes=tuple(sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, batch})),
+            async_scheduling=async_scheduling,
         )
     )
     for _ in range(batch):
@@ -74,16 +79,21 @@ def decode_step_ms(model_dir: Path, batch: int, graphs: bool) -> dict[str, float
     while llm.core.scheduler.waiting or any(not s.is_decoding for s in llm.core.scheduler.running):
         llm.step()
     times = []
-    start = time.perf_counter()
-    for _ in range(64):
+    for _ in range(16):
         torch.cuda.synchronize()
         t = time.perf_counter()
         llm.step()
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(64):
+        llm.step()
+    torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     return {
         "step_ms": statistics.median(times) * 1e3,
+        "step_ms_back_to_back": elapsed / 64 * 1e3,
         "tokens_per_s": batch * 64 / elapsed,
         "gpu_busy": gpu_busy_share(llm, steps=20),
     }
@@ -128,14 +138,15 @@ def main() -> None:
             results[f"greedy_match_{dtype}"] = greedy_match(model_dir, hf, dtype)
             print(dtype, "greedy match", results[f"greedy_match_{dtype}"], flush=True)
         for batch in (1, 32, 256):
-            for graphs in (True, False):
-                step = decode_step_ms(model_dir, batch, graphs)
-                key = f"batch{batch}_{'graphs' if graphs else 'eager'}"
+            for graphs, ahead in ((True, False), (False, False), (True, True)):
+                step = decode_step_ms(model_dir, batch, graphs, ahead)
+                key = f"batch{batch}_{'graphs' if graphs else 'eager'}{'_async' if ahead else ''}"
                 results[key] = step
                 print(
                     key,
-                    f"step {step['step_ms']:.2f} ms, {step['tokens_per_s']:.0f} tok/s, "
-                    f"GPU busy {step['gpu_busy']:.0%}",
+                    f"step {step['step_ms']:.2f} ms alone, "
+                    f"{step['step_ms_back_to_back']:.2f} ms back to back, "
+                    f"{step['tokens_per_s']:.0f} tok/s, GPU busy {step['gpu_busy']:.0%}",
                     flush=True,
                 )
     print("command: python -m benchmarks.gpu_bench")

@@ -47,6 +47,19 @@ def _timed(spent: dict[str, float], name: str, fn: Callable[..., Any]) -> Callab
     return wrapper
 
 
+class _TimedSampler:
+    """The runner's sampler, its calls timed; its attributes read through."""
+
+    def __init__(self, sampler: Any, timed: Callable[..., Any]) -> None:
+        self._sampler, self._timed = sampler, timed
+
+    def __call__(self, *args: Any) -> Any:
+        return self._timed(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sampler, name)
+
+
 def measure(model: Path, rows: int, steps: int) -> dict[str, float]:
     """µs per row of each phase over `steps` decode steps of `rows` sequences."""
     config = EngineConfig(
@@ -66,9 +79,10 @@ def measure(model: Path, rows: int, steps: int) -> dict[str, float]:
     runner, scheduler = core.runner, core.scheduler
     runner.prepare = _timed(spent, "prepare", runner.prepare)  # type: ignore[method-assign]
     runner.forward = _timed(spent, "forward", runner.forward)  # type: ignore[method-assign]
-    runner.sampler = _timed(spent, "sample", runner.sampler)  # type: ignore[assignment]
+    runner.sampler = _TimedSampler(runner.sampler, _timed(spent, "sample", runner.sampler))  # type: ignore[assignment]
     scheduler.schedule = _timed(spent, "schedule", scheduler.schedule)  # type: ignore[method-assign]
-    scheduler.postprocess = _timed(spent, "postprocess", scheduler.postprocess)  # type: ignore[method-assign]
+    scheduler.advance = _timed(spent, "postprocess", scheduler.advance)  # type: ignore[method-assign]
+    scheduler.resolve = _timed(spent, "postprocess", scheduler.resolve)  # type: ignore[method-assign]
     counted = 0
     start = time.thread_time()
     for _ in range(steps):

@@ -139,6 +139,14 @@ class EngineConfig:
     cuda_graphs: bool = field(
         default=True, metadata=_option("capture decode steps as CUDA graphs (CUDA only)")
     )
+    async_scheduling: bool = field(
+        default=False,
+        metadata=_option(
+            "schedule and prepare each step while the device still runs the previous one "
+            "(vLLM's async scheduling): the host's work per step overlaps the GPU's. Tokens are "
+            "the same either way; on CPU nothing runs ahead, so it only adds bookkeeping there"
+        ),
+    )
     prefix_cache: bool = field(
         default=True,
         metadata=_option(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +10,7 @@ import uvicorn
 from app.config import Settings
 from app.main import create_app
 from tests.api.fakes import FakeEngineClient
+from tests.api.live_server import running
 
 
 @pytest.fixture
@@ -20,16 +19,8 @@ def base_url(fake: FakeEngineClient) -> Iterator[str]:
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with running(server) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def test_huggingface_hub_text_generation(base_url: str) -> None:

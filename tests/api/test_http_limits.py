@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
@@ -16,6 +15,7 @@ from app.cli import uvicorn_config
 from app.config import Settings
 from app.main import create_app
 from tests.api.fakes import FakeEngineClient
+from tests.api.live_server import running
 from tests.e2e.server import free_port
 
 TIMEOUT = 0.5  # the header and body deadlines these servers run with
@@ -25,15 +25,8 @@ def _serve(**limits: float) -> Iterator[int]:
     port = free_port()
     settings = Settings(model="fake-gpt2", host="127.0.0.1", port=port, **limits)  # type: ignore[arg-type]
     server = uvicorn.Server(uvicorn_config(create_app(settings, FakeEngineClient()), settings))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    yield port
-    server.should_exit = True
-    thread.join(10)
+    with running(server):
+        yield port
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,6 @@ logprobs, finish and usage as with N = 1."""
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -25,6 +23,7 @@ from app.engine.protocol import FinishReason, GenerationDelta, RequestTimings, T
 from app.main import create_app
 from tests.api.conftest import sse_events
 from tests.api.fakes import FakeEngineClient
+from tests.api.live_server import running
 from tests.api.test_event_stream import _Events, _never_disconnects, _Recorder
 
 
@@ -240,21 +239,10 @@ def _server(interval: int) -> Iterator[tuple[str, FakeEngineClient]]:
     everything after the first write would go out merged, whatever the interval)."""
     fake = FakeEngineClient()
     settings = Settings(model="fake-gpt2", keep_alive_seconds=5.0, stream_interval=interval)
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, fake), host="127.0.0.1", port=0, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
+    app = create_app(settings, fake)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    with running(server) as port:
         yield f"http://127.0.0.1:{port}", fake
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def _post(url: str, fake: FakeEngineClient, path: str, body: dict[str, Any]) -> Any:
@@ -331,32 +319,32 @@ def test_merged_chunks_say_what_the_answer_says(interval: int) -> None:
         "logprobs": True,
         "top_logprobs": 2,
     }
-    include_usage = {"stream_options": {"include_usage": True}}
     with _server(interval) as (url, fake):
-        answer = _post(url, fake, "/v1/completions", completion)
-        streamed = _said(
-            _post(url, fake, "/v1/completions", {**completion, "stream": True, **include_usage}),
-            "text",
-        )
-        assert streamed["usage"] == answer["usage"]
+        answer, streamed = _answered_and_streamed(url, fake, "/v1/completions", completion)
         for choice in answer["choices"]:
             mine = streamed[choice["index"]]
             assert (mine["text"], mine["finish"]) == (choice["text"], choice["finish_reason"])
             assert _joined(mine["logprobs"]) == {k: choice["logprobs"][k] for k in _joined([])}
             assert len(mine["logprobs"]) < 17  # fewer chunks than tokens
 
-        answer = _post(url, fake, "/v1/chat/completions", chat)
-        streamed = _said(
-            _post(url, fake, "/v1/chat/completions", {**chat, "stream": True, **include_usage}),
-            "delta",
-        )
-        assert streamed["usage"] == answer["usage"]
+        answer, streamed = _answered_and_streamed(url, fake, "/v1/chat/completions", chat)
         for choice in answer["choices"]:
             mine = streamed[choice["index"]]
             message = choice["message"]["content"]
             assert (mine["text"], mine["finish"]) == (message, choice["finish_reason"])
             tokens = [t for part in mine["logprobs"] for t in part["content"]]
             assert tokens == choice["logprobs"]["content"]
+
+
+def _answered_and_streamed(
+    url: str, fake: FakeEngineClient, path: str, body: dict[str, Any]
+) -> tuple[Any, dict[Any, Any]]:
+    """The JSON answer and what the stream said (_said), whose usage must agree."""
+    answer = _post(url, fake, path, body)
+    streamed_body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    streamed = _said(_post(url, fake, path, streamed_body), "delta" if "chat" in path else "text")
+    assert streamed["usage"] == answer["usage"]
+    return answer, streamed
 
 
 def test_stream_interval_is_a_setting_with_bounds(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -303,3 +303,35 @@ def test_killed_worker_ends_streams_with_an_error_then_recovers(server: Server) 
     again = _complete(server, prompt="again", max_tokens=4, ignore_eos=True)
     assert again["choices"][0]["finish_reason"] == "length"
     assert again["usage"]["completion_tokens"] == 4
+
+
+def test_async_scheduling_serves_the_tokens_of_one_step_at_a_time(
+    server: Server,
+    tiny_model_dir: Any,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker that launches each step before the previous one's tokens are known
+    (--async-scheduling) answers six concurrent requests (greedy, logprobs, stop tokens,
+    n=2) as the default worker does, and streams what it answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bodies: list[dict[str, Any]] = [
+        {"prompt": f"Request {i} says", "max_tokens": 12 + i, "temperature": 0} for i in range(4)
+    ]
+    bodies[1] |= {"logprobs": 2}
+    bodies[2] |= {"n": 2}
+    bodies.append({"prompt": [50, 51, 52], "max_tokens": 20, "temperature": 0, "stop": ["e"]})
+    bodies.append({"prompt": "One", "max_tokens": 1, "temperature": 0})
+    monkeypatch.setenv("GPT2_ASYNC_SCHEDULING", "true")
+    ahead = Server(tiny_model_dir, tmp_path / "ahead.log", max_num_seqs=4)
+    try:
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            want = list(pool.map(lambda body: _complete(server, **body)["choices"], bodies))
+            got = list(pool.map(lambda body: _complete(ahead, **body)["choices"], bodies))
+        assert got == want
+        events = _stream(ahead, "/v1/completions", {**bodies[0], "stream": True})
+        text = "".join(e["choices"][0]["text"] for e in events[:-1] if e["choices"])
+        assert text == want[0][0]["text"]
+    finally:
+        assert ahead.stop() == 0, ahead.log_path.read_text()[-3000:]

@@ -40,11 +40,18 @@ def _greedy(max_tokens: int) -> SamplingParams:
     return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
 
 
-@pytest.mark.parametrize("cpu_gemm", ["torch", "onednn"])
+@pytest.mark.parametrize(
+    ("cpu_gemm", "async_scheduling"), [("torch", False), ("onednn", False), ("onednn", True)]
+)
 def test_concurrent_staggered_greedy_equals_transformers_and_solo(
-    make_llm: Any, hf_reference: list[list[int]], cpu_gemm: str
+    make_llm: Any, hf_reference: list[list[int]], cpu_gemm: str, async_scheduling: bool
 ) -> None:
-    llm: LLM = make_llm(max_num_seqs=8, max_num_batched_tokens=256, cpu_gemm=cpu_gemm)
+    llm: LLM = make_llm(
+        max_num_seqs=8,
+        max_num_batched_tokens=256,
+        cpu_gemm=cpu_gemm,
+        async_scheduling=async_scheduling,
+    )
     # Staggered arrival: a new request joins every other step while earlier ones decode.
     pending = list(enumerate(PROMPTS))
     ids_by_request: dict[str, int] = {}

@@ -231,3 +231,41 @@ def test_nan_and_inf_logits_never_reach_the_draw(caplog: pytest.LogCaptureFixtur
         assert lp is not None and math.isfinite(lp.logprob)
         assert all(math.isfinite(value) for _, value in lp.top)
     assert math.isnan(logits[0, 2])  # the caller's tensor is left as it was
+
+
+def test_on_the_device_a_row_with_no_distribution_ends_its_text() -> None:
+    """With checks on the device (CUDA; forced here), nothing waits on the host: a row with a
+    NaN, a +inf or nothing finite gets EOS, flagged in last_invalid; sound rows are drawn as
+    the host path draws them."""
+    from app.engine.worker.sampler import Sampler
+
+    nan, inf = math.nan, math.inf
+    logits = torch.tensor(
+        [
+            [0.0, 50.0, nan, 0.0, 0.0, 0.0, 0.0, 0.0],
+            [0.0, inf, 0.0, 0.0, inf, 0.0, 0.0, 0.0],
+            [-inf] * 8,
+            [0.0, 0.0, 9.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            [0.0, 1.0, 0.5, 0.0, 0.2, 0.0, 0.3, 0.0],
+        ]
+    )
+    greedy, sampled = SamplingParams(temperature=0), SamplingParams(temperature=1.0, seed=3)
+    rows = _sampler_rows(greedy, sampled, greedy, greedy, sampled)
+
+    def sampler(on_device: bool) -> Sampler:
+        s = Sampler(vocab_size=8, eos_token_id=7, device=torch.device("cpu"), seed=0)
+        s.checks_on_device = on_device
+        return s
+
+    on_device = sampler(True)
+    chosen, _ = on_device(logits, rows)
+    assert chosen.tolist()[:3] == [7, 7, 7]
+    assert on_device.last_invalid is not None
+    assert on_device.last_invalid.tolist() == [True, True, True, False, False]
+    host, _ = sampler(False)(logits, rows)
+    assert chosen.tolist()[3:] == host.tolist()[3:]
+    # A step that reports logprobs reads them on the host: rows are repaired as there.
+    with_logprobs = _sampler_rows(*[SamplingParams(temperature=0, logprobs=1)] * 5)
+    chosen, logprobs = on_device(logits, with_logprobs)
+    assert on_device.last_invalid is None and chosen.tolist()[0] == 1
+    assert all(lp is not None and math.isfinite(lp.logprob) for lp in logprobs)

@@ -7,11 +7,12 @@ from __future__ import annotations
 import random
 import zlib
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.engine.core.kv_cache import KVCacheManager
-from app.engine.core.scheduler import ScheduledBatch, Scheduler
+from app.engine.core.scheduler import PLACEHOLDER, ScheduledBatch, Scheduler
 from app.engine.core.sequence import FinishReason, Sequence, Status
 from app.engine.protocol import SamplingParams
 
@@ -196,6 +197,8 @@ def _check_batch(s: Scheduler, batch: ScheduledBatch, decoding: list[Sequence]) 
     assert len({id(seq) for seq, _ in batch.items}) == len(batch.items)
     for seq, n in batch.items:
         assert 0 < n <= seq.num_tokens - seq.num_computed
+        if batch.samples(seq, n):  # never a token past its limit (placeholders count)
+            assert seq.num_output_tokens < seq.params.max_tokens
     if decoding:  # long prompts share at most the threshold while streams decode
         threshold = s.max_prefill_tokens_while_decoding
         long = sum(
@@ -230,6 +233,32 @@ OPS = st.lists(
 )
 
 
+class PipelinedCacheModel(CacheModel):
+    """CacheModel for async scheduling: a step launched before the previous one's tokens are
+    known feeds placeholders, and the device writes the keys and values of the token that
+    takes the placeholder's place; the slot remembers whose token it holds and reads it when
+    checked."""
+
+    def run(self, batch: ScheduledBatch, running: list[Sequence]) -> None:
+        for seq, n in batch.items:
+            for pos in range(seq.num_computed, seq.num_computed + n):
+                token = seq.token_ids[pos]
+                self.slots[self._slot(seq, pos)] = (seq, pos) if token == PLACEHOLDER else token  # type: ignore[assignment]
+        written = {id(seq): n for seq, n in batch.items}
+        for seq in running:
+            end = seq.num_computed + written.get(id(seq), 0)
+            got = [self._read(self.slots.get(self._slot(seq, p))) for p in range(end)]
+            assert got == seq.token_ids[:end], seq.request_id
+
+    @staticmethod
+    def _read(held: object) -> object:
+        if isinstance(held, tuple):
+            writer, pos = held
+            return writer.token_ids[pos]
+        return held
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
 @settings(max_examples=150)
 @given(
     ops=OPS,
@@ -240,6 +269,7 @@ OPS = st.lists(
     cache=st.booleans(),
 )
 def test_random_adds_aborts_and_steps_keep_blocks_exact_and_bounded(
+    pipelined: bool,
     ops: list[tuple[object, ...]],
     max_num_seqs: int,
     budget: int,
@@ -247,20 +277,34 @@ def test_random_adds_aborts_and_steps_keep_blocks_exact_and_bounded(
     threshold: int | None,
     cache: bool,
 ) -> None:
+    """Pipelined: each step launched (advance) before the previous one's tokens are resolved,
+    as async scheduling does: placeholders resolve in place, a sequence that ends or is aborted
+    meanwhile takes no token, one preempted meanwhile takes its token and waits, and every
+    block still comes back."""
     # 4-token blocks and 24-60 of them for sequences of up to 82 tokens: blocks run out and
     # sequences are preempted often.
     s = _make(max_num_seqs, budget, num_blocks, 4, 96, threshold, cache)
-    model = CacheModel(4)
+    model = PipelinedCacheModel(4) if pipelined else CacheModel(4)
     seqs: list[Sequence] = []
+    in_flight: list[tuple[ScheduledBatch, list[int], int]] = []
+
+    def resolve(batch: ScheduledBatch, slots: list[int], token: int) -> None:
+        for seq in s.resolve(batch, slots, [token for at in slots if at >= 0])[1]:
+            _check_finished(seq, token)
+            assert PLACEHOLDER not in seq.token_ids
 
     def step(token: int) -> None:
         decoding = [q for q in s.running if q.is_decoding]
         batch = s.schedule(0.0)
         _check_batch(s, batch, decoding)
         model.run(batch, s.running)
-        sampled = [token for seq, n in batch.items if batch.samples(seq, n)]
-        for seq in s.postprocess(batch, sampled):
-            _check_finished(seq, token)
+        slots = s.advance(batch)
+        if not pipelined:
+            resolve(batch, slots, token)
+        else:
+            if in_flight:
+                resolve(*in_flight.pop())
+            in_flight.append((batch, slots, token))
         _check_state(s, seqs)
 
     for op in ops:
@@ -283,12 +327,36 @@ def test_random_adds_aborts_and_steps_keep_blocks_exact_and_bounded(
             step(op[1])  # type: ignore[arg-type]
         _check_state(s, seqs)
     for _ in range(2000):  # then everything finishes, and every block comes back
-        if not s.num_unfinished:
+        if not s.num_unfinished and not in_flight:
             break
         step(7)
     assert s.num_unfinished == 0 and s.kv.num_used == 0
     assert s.kv.pool.num_free == num_blocks
     assert all(seq.is_finished for seq in seqs)
+
+
+def test_a_sequence_preempted_while_its_token_is_in_flight_can_end_on_that_token() -> None:
+    """Async scheduling: B samples in step 1; step 2 is scheduled before that token is known
+    and preempts B for A's next block; B's token then turns out to be a stop token. B ends
+    from the waiting queue, where the preemption put it."""
+    s = _make(max_num_seqs=2, blocks=3, block_size=4, cache=False)
+    a, b = _seq("a", 4, 8), _seq("b", 8, 8, stop_token_ids=(5,))
+    s.add(a)
+    s.add(b)
+    first = s.schedule(0.0)
+    assert [seq for seq, _ in first.items] == [a, b] and s.kv.num_used == 3
+    first_slots = s.advance(first)
+    second = s.schedule(0.0)  # a needs a fourth block: b, the newest, is preempted
+    assert [seq for seq, _ in second.items] == [a] and b.status is Status.WAITING
+    second_slots = s.advance(second)
+    dropped, finished = s.resolve(first, first_slots, [7, 5])
+    assert dropped == [] and finished == [b]
+    assert b.finish_reason is FinishReason.STOP and b.output_ids == [5]
+    assert b not in s.waiting and b not in s.running
+    assert a.token_ids[-2:] == [7, PLACEHOLDER]
+    dropped, finished = s.resolve(second, second_slots, [9])
+    assert dropped == [] and finished == [] and a.output_ids == [7, 9]
+    s.kv.check(s.running)
 
 
 # ---- edges found by mutation testing (make mutation) ------------------------------------------

@@ -52,8 +52,8 @@ def test_array_built_inputs_equal_the_row_by_row_reference(make_llm: Any) -> Non
     prepare = runner.prepare
     checked = {"steps": 0, "mixed": 0, "decode_only": 0, "no_sample": 0}
 
-    def checking_prepare(batch: ScheduledBatch) -> StepInputs:
-        got = prepare(batch)
+    def checking_prepare(batch: ScheduledBatch, previous: Any = None) -> StepInputs:
+        got = prepare(batch, previous)
         want = _reference(batch, runner.block_size)
         assert got.input_ids.tolist() == want["ids"]
         assert got.positions.tolist() == want["positions"]

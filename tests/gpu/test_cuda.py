@@ -59,6 +59,17 @@ def test_cuda_graph_decode_is_token_identical_to_eager(tiny_model_dir: Path) -> 
     assert got == [r.token_ids for r in eager.generate(prompts(), GREEDY)]
 
 
+def test_async_scheduling_is_token_identical_on_cuda(tiny_model_dir: Path) -> None:
+    """The next step launched before this one's tokens reach the host (their ids fed on the
+    device), with CUDA graphs: the same tokens as one step at a time, stop tokens included."""
+    stops = dataclasses.replace(GREEDY, stop_token_ids=[7, 300, 1024])
+    mixed = [GREEDY, stops, dataclasses.replace(GREEDY, max_tokens=5)] * 6
+    ahead = cuda_llm(tiny_model_dir, async_scheduling=True)
+    sync = cuda_llm(tiny_model_dir)
+    got = [(r.token_ids, r.finish_reason) for r in ahead.generate(prompts(18), mixed)]
+    assert got == [(r.token_ids, r.finish_reason) for r in sync.generate(prompts(18), mixed)]
+
+
 def test_seeded_sampling_reproduces_alone_and_in_a_busy_batch(tiny_model_dir: Path) -> None:
     seeded = SamplingParams(max_tokens=32, temperature=0.9, top_p=0.95, top_k=50, seed=1234)
     alone = cuda_llm(tiny_model_dir).generate([prompts(1)[0]], seeded)[0].token_ids

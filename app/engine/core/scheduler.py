@@ -39,6 +39,9 @@ from app.engine.core.kv_cache import KVCacheManager
 from app.engine.core.sequence import Sequence, Status
 from app.engine.protocol import FinishReason
 
+# A sampled token not known yet (see Scheduler.advance): never a vocabulary id.
+PLACEHOLDER = -1
+
 # Free blocks kept back at admission so running sequences can grow without preempting at once
 # (vLLM's watermark, 1% of the pool).
 WATERMARK = 0.01
@@ -173,47 +176,109 @@ class Scheduler:
 
     def postprocess(self, batch: ScheduledBatch, sampled: list[int]) -> list[Sequence]:
         """Advance sequences by the step's work and sampled tokens; returns those that finished."""
+        return self.resolve(batch, self.advance(batch, placeholders=False), sampled)[1]
+
+    def advance(self, batch: ScheduledBatch, placeholders: bool = True) -> list[int]:
+        """The step is launched: its tokens' keys and values count as computed, and each
+        sequence it samples holds a PLACEHOLDER for the token to come, unless that token is
+        certainly its last (max_tokens, the context window). The next step can then be
+        scheduled before this one's tokens are known (the engine's async scheduling): it feeds
+        the placeholder, whose value the model runner takes on the device. Without
+        `placeholders` (one step at a time: resolve comes next) nothing is appended.
+
+        Returns, for each item, the index in its token_ids where its sampled token goes, or -1
+        if it samples none: what resolve needs."""
+        slots: list[int] = []
+        append = slots.append
+        last = self.max_model_len - 1
+        for seq, n in batch.items:
+            # (batch.samples inlined: this runs for every row of every step)
+            token_ids = seq.token_ids
+            at = len(token_ids)
+            computed = seq.num_computed + n
+            seq.num_computed = computed
+            if computed != at:
+                append(-1)
+            else:
+                append(at)
+                if (
+                    placeholders
+                    and at < last
+                    and at + 1 - seq.num_prompt_tokens < seq.params.max_tokens
+                ):
+                    token_ids.append(PLACEHOLDER)
+        return slots
+
+    def resolve(
+        self, batch: ScheduledBatch, slots: list[int], sampled: list[int]
+    ) -> tuple[list[Sequence], list[Sequence]]:
+        """The step's tokens are known (one per item with a slot, in order): each goes where
+        advance left its place, full blocks are hashed into the prefix cache, and sequences
+        that end here release their blocks. A sequence that ended or was aborted since the step
+        was launched takes nothing (its row was wasted work).
+
+        Returns those sequences whose sampled tokens were dropped so (usually none), and the
+        sequences that finished."""
+        items = batch.items
+        if len(sampled) != len(items):  # some items sample nothing (prefill chunks): align
+            tokens = iter(sampled)
+            sampled = [next(tokens) if at >= 0 else -1 for at in slots]
+        dropped: list[Sequence] = []
         finished: list[Sequence] = []
-        new_tokens = iter(sampled)
         block_size = self.kv.block_size
         caching = self.kv.enable_prefix_cache
         max_model_len = self.max_model_len
-        for seq, n in batch.items:
-            # (batch.samples, cache_computed's "nothing new" case and _finish_reason's usual
-            # "not yet" inlined: this runs for every row of every step)
-            token_ids = seq.token_ids
-            samples = seq.num_computed + n == len(token_ids)
-            seq.num_computed += n
-            if caching and seq.num_computed // block_size > len(seq.block_hashes):
-                self.kv.cache_computed(seq)
-            if not samples:
+        eos = self.eos_token_id
+        finished_status = Status.FINISHED
+        for (seq, _), at, token in zip(items, slots, sampled, strict=True):
+            # (cache_computed's "nothing new" case and _finish_reason's usual "not yet" inlined:
+            # this runs for every row of every step)
+            if seq.status is finished_status:
+                if at >= 0:
+                    dropped.append(seq)
                 continue
-            token = next(new_tokens)
-            token_ids.append(token)
+            if at < 0:
+                if caching and seq.num_computed // block_size > len(seq.block_hashes):
+                    self.kv.cache_computed(seq)
+                continue
+            token_ids = seq.token_ids
+            if at < len(token_ids):
+                token_ids[at] = token
+            else:
+                token_ids.append(token)
+            if caching and seq.num_computed // block_size > len(seq.block_hashes):
+                self.kv.cache_computed(seq)  # (before a release below)
             p = seq.params
+            num_output = at + 1 - seq.num_prompt_tokens
             if (
-                len(token_ids) - seq.num_prompt_tokens < p.max_tokens
-                and len(token_ids) < max_model_len
+                num_output < p.max_tokens
+                and at + 1 < max_model_len
                 and token not in p.stop_token_ids
-                and (token != self.eos_token_id or p.ignore_eos)
+                and (token != eos or p.ignore_eos)
             ):
                 continue
-            reason = self._finish_reason(seq, token)
+            reason = self._finish_reason(seq, token, num_output, at + 1)
             if reason is not None:
+                del token_ids[at + 1 :]  # the placeholder a step launched since holds, if any
+                if seq.status is Status.WAITING:  # preempted since: it holds no blocks
+                    self.waiting.remove(seq)
+                else:
+                    self._release(seq)
                 seq.status = Status.FINISHED
                 seq.finish_reason = reason
                 finished.append(seq)
-                self._release(seq)
-        return finished
+        return dropped, finished
 
-    def _finish_reason(self, seq: Sequence, token: int) -> FinishReason | None:
+    def _finish_reason(
+        self, seq: Sequence, token: int, num_output: int, num_tokens: int
+    ) -> FinishReason | None:
         p = seq.params
         # Below min_tokens the sampler masks EOS and stop ids, so this only fires past it.
-        if seq.num_output_tokens > p.min_tokens:
+        if num_output > p.min_tokens:
             is_eos = token == self.eos_token_id and not p.ignore_eos
             if is_eos or token in p.stop_token_ids:
                 return FinishReason.STOP
-        if seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.max_model_len:
+        if num_output >= p.max_tokens or num_tokens >= self.max_model_len:
             return FinishReason.LENGTH
         return None
 

@@ -1,15 +1,16 @@
-"""EngineCore: requests in, one step at a time: schedule -> run -> postprocess."""
+"""EngineCore: requests in, one step at a time: schedule -> launch -> collect the tokens."""
 
 from __future__ import annotations
 
 import time
 from array import array
+from dataclasses import dataclass
 
 from app.engine.client.validation import ModelLimits
 from app.engine.config import EngineConfig
 from app.engine.core.kv_cache import KVCacheManager
 from app.engine.core.prefill_pacer import PrefillPacer
-from app.engine.core.scheduler import Scheduler
+from app.engine.core.scheduler import PLACEHOLDER, ScheduledBatch, Scheduler
 from app.engine.core.sequence import Sequence
 from app.engine.protocol import (
     FINISH_CODES,
@@ -19,7 +20,7 @@ from app.engine.protocol import (
     StepStats,
     TokenLogprobs,
 )
-from app.engine.worker.model_runner import ModelRunner, PromptScores
+from app.engine.worker.model_runner import Launched, ModelRunner, PromptScores
 
 
 class EngineCore:
@@ -50,6 +51,9 @@ class EngineCore:
         )
         self.requests: dict[str, Sequence] = {}
         self._aborted: list[Sequence] = []  # reported (token -1, "abort") by the next step
+        # With async scheduling, the step launched last, whose tokens the next call collects.
+        self._in_flight: _InFlight | None = None
+        self._num_penalized = 0  # live requests with penalties (see _needs_tokens)
         # This thread's CPU time at the end of the last reported step: what the loop spends
         # outside the model (commands, scheduling, outputs, encoding) is measured from it.
         self._cpu_mark = time.thread_time()
@@ -76,12 +80,14 @@ class EngineCore:
             seq.prompt_logprobs = [None] * len(prompt_ids)
         self.requests[request.request_id] = seq
         self.scheduler.add(seq)
+        self._num_penalized += params.has_penalties
 
     def abort_request(self, request_id: str) -> bool:
         """Cancel a request; its blocks are free before the next step. False if it is unknown."""
         seq = self.requests.pop(request_id, None)
         if seq is None:
             return False
+        self._num_penalized -= seq.params.has_penalties
         self.scheduler.abort(seq)
         self._aborted.append(seq)
         return True
@@ -94,36 +100,52 @@ class EngineCore:
             self.abort_request(msg.request_id)
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.num_unfinished > 0 or bool(self._aborted)
+        return (
+            self.scheduler.num_unfinished > 0 or bool(self._aborted) or self._in_flight is not None
+        )
 
     def step(self) -> StepResult:
+        """Schedule and launch a step; report the tokens of the step whose tokens are now known.
+
+        Without async scheduling that is the step just launched. With it, it is the one
+        launched by the previous call: the next step is scheduled and its inputs prepared while
+        the device still runs this one, and its tokens are collected after. A step whose rows
+        need the previous tokens on the host (penalties read the output so far) waits for them
+        first."""
         start = time.perf_counter()
         rows = _Rows()
         for seq in self._aborted:
             rows.add_aborted(seq)
         self._aborted = []
+        pending, self._in_flight = self._in_flight, None
+        if pending is not None and self._needs_tokens(pending):
+            self._collect(pending, rows)
+            pending = None
         if self.pacer is not None:
             self.scheduler.max_prefill_tokens_while_decoding = self.pacer.limit
         before = (self.kv.num_queries, self.kv.num_hits, self.scheduler.num_preemptions)
         batch = self.scheduler.schedule(time.monotonic())
         num_decode, num_tokens = batch.num_decode, batch.num_tokens
+        launched: _InFlight | None = None
         if batch.items:
-            sampled = [seq for seq, n in batch.items if seq.num_computed + n == len(seq.token_ids)]
-            result = self.runner.execute(batch)
-            for scores in result.prompt_scores:
-                _record_prompt_logprobs(batch.items[scores.item][0], scores)
-            finished = self.scheduler.postprocess(batch, result.tokens)
-            rows.add_sampled(sampled, result.logprobs)
-            for seq in finished:
-                del self.requests[seq.request_id]
-        elif not rows.handles:
+            previous = pending.run if pending is not None else None
+            run = self.runner.launch(batch, previous)
+            launched = _InFlight(batch, self.scheduler.advance(batch), run)
+        if pending is not None:
+            self._collect(pending, rows)
+        if launched is not None:
+            if self.config.async_scheduling:
+                self._in_flight = launched
+            else:
+                self._collect(launched, rows)
+        elif pending is None and not rows.handles:
             self._cpu_mark = time.thread_time()  # an idle turn of the loop is not host work
             return StepResult(array("q"), array("q"), b"")
         seconds = time.perf_counter() - start
         cpu = time.thread_time()
         host = cpu - self._cpu_mark - self.runner.take_model_cpu_seconds()
         self._cpu_mark = cpu
-        if self.pacer is not None:
+        if self.pacer is not None and batch.items:
             self.pacer.observe(seconds, num_decode, num_tokens - num_decode)
         stats = StepStats(
             step_seconds=seconds,
@@ -140,6 +162,48 @@ class EngineCore:
             host_seconds=max(0.0, host),
         )
         return rows.result(stats)
+
+    def _needs_tokens(self, pending: _InFlight) -> bool:
+        """The next step cannot be launched before `pending`'s tokens are on the host: some
+        live sequence's penalties read its output so far."""
+        return self._num_penalized > 0
+
+    def _collect(self, flight: _InFlight, rows: _Rows) -> None:
+        """Wait for a launched step's tokens and account for them."""
+        out = self.runner.collect(flight.run)
+        items = flight.batch.items
+        for scores in out.prompt_scores:
+            _record_prompt_logprobs(items[scores.item][0], scores)
+        dropped, finished = self.scheduler.resolve(flight.batch, flight.slots, out.tokens)
+        tokens, logprobs = out.tokens, out.logprobs  # one per sampled item, in item order
+        slots = flight.slots
+        if len(tokens) == len(items) and not dropped:  # every item sampled and counts
+            rows.add_sampled([seq for seq, _ in items], slots, tokens, logprobs)
+        else:
+            counted = [
+                (k, item)
+                for k, item in enumerate(i for i, at in enumerate(slots) if at >= 0)
+                if items[item][0] not in dropped
+            ]
+            rows.add_sampled(
+                [items[item][0] for _, item in counted],
+                [slots[item] for _, item in counted],
+                [tokens[k] for k, _ in counted],
+                [logprobs[k] for k, _ in counted],
+            )
+        for seq in finished:
+            del self.requests[seq.request_id]
+            self._num_penalized -= seq.params.has_penalties
+
+
+@dataclass
+class _InFlight:
+    """A launched step: its batch, where each item's token goes (Scheduler.advance), and the
+    model runner's handle on its outputs."""
+
+    batch: ScheduledBatch
+    slots: list[int]
+    run: Launched
 
 
 def _record_prompt_logprobs(seq: Sequence, scores: PromptScores) -> None:
@@ -170,21 +234,29 @@ class _Rows:
         self.handles.append(seq.handle)
         self.tokens.append(-1)
         self.finish.append(_FINISH_CODE[seq.finish_reason])
-        if seq.num_output_tokens == 0:
+        # (a placeholder is a token still in flight: it is dropped with the abort)
+        output = seq.token_ids[seq.num_prompt_tokens :]
+        if not output or output == [PLACEHOLDER]:
             if seq.first_scheduled_time is not None:
                 self.scheduled.append((row, seq.first_scheduled_time))
             if seq.num_cached_tokens:
                 self.cached_tokens.append((row, seq.num_cached_tokens))
 
-    def add_sampled(self, seqs: list[Sequence], logprobs: list[TokenLogprobs | None]) -> None:
-        """A row for each sequence and its new token, as a few list passes rather than a call
-        per row (this runs for every row of every step); first tokens carry the first-row
-        facts, prompt logprobs included."""
+    def add_sampled(
+        self,
+        seqs: list[Sequence],
+        slots: list[int],
+        tokens: list[int],
+        logprobs: list[TokenLogprobs | None],
+    ) -> None:
+        """A row for each sequence and its new token (at index slots[i] of its token_ids), as
+        a few list passes rather than a call per row (this runs for every row of every step);
+        first tokens carry the first-row facts, prompt logprobs included."""
         start = len(self.handles)
         self.handles.extend([seq.handle for seq in seqs])
-        self.tokens.extend([seq.token_ids[-1] for seq in seqs])
+        self.tokens.extend(tokens)
         self.finish.extend([_FINISH_CODE[seq.finish_reason] for seq in seqs])
-        firsts = [i for i, s in enumerate(seqs) if len(s.token_ids) - s.num_prompt_tokens == 1]
+        firsts = [i for i, s in enumerate(seqs) if slots[i] == s.num_prompt_tokens]
         for i in firsts:
             seq, row = seqs[i], start + i
             if seq.first_scheduled_time is not None:

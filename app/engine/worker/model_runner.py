@@ -78,6 +78,28 @@ class StepOutput:
     prompt_scores: list[PromptScores]
 
 
+@dataclass
+class Launched:
+    """A step queued on the device: its sampled ids (in sampling order); what the host reads
+    of it (the ids, and with checks on the device a second row flagging the rows that were no
+    distribution), its pinned copy and the event that marks it done (CUDA); what sampling
+    reported on the host; the sequences each id belongs to (a later step's placeholders name
+    them)."""
+
+    chosen: torch.Tensor
+    outputs: torch.Tensor
+    host: torch.Tensor | None
+    ready: torch.cuda.Event | None
+    logprobs: list[TokenLogprobs | None]
+    prompt_scores: list[PromptScores]
+    sampling: list[SamplingInput]
+    sample_items: list[int]
+
+    def row_of(self) -> dict[int, int]:
+        """id(sequence) -> its row in `chosen`."""
+        return {id(seq): row for row, seq in enumerate(self.sampling)}
+
+
 class ModelRunner:
     def __init__(self, config: EngineConfig) -> None:
         self._model_cpu = 0.0  # see take_model_cpu_seconds
@@ -134,20 +156,64 @@ class ModelRunner:
         )
         kv_cache_sizing.log_capacity(self.num_blocks, self.block_size, self.max_model_len)
 
-    @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> StepOutput:
-        inputs = self.prepare(batch)
+        """One step, start to finish: launch, then collect."""
+        return self.collect(self.launch(batch))
+
+    @torch.inference_mode()
+    def launch(self, batch: ScheduledBatch, previous: Launched | None = None) -> Launched:
+        """Prepare the step and queue its forward pass and sampling; on CUDA this returns while
+        the device works (its sampled ids are copied into pinned memory behind them). A row
+        whose input token is a placeholder (Scheduler.advance) takes the token `previous`
+        sampled for that sequence, on the device: the host never waits for it."""
+        inputs = self.prepare(batch, previous)
         self._use_threads(self._threads_for(len(inputs.input_ids)))
         cpu = time.thread_time()
         logits, prompt_scores = self.forward(inputs)
         chosen, logprobs = self.sampler(logits, inputs.sampling)
         self._model_cpu += time.thread_time() - cpu
-        tokens = chosen.tolist()
-        if inputs.sample_items != sorted(inputs.sample_items):
+        # Rows the sampler found to be no distribution, when it checks on the device.
+        invalid = self.sampler.last_invalid
+        outputs = chosen if invalid is None else torch.stack([chosen, invalid.to(chosen.dtype)])
+        host: torch.Tensor | None = None
+        ready: torch.cuda.Event | None = None
+        if chosen.device.type == "cuda":
+            host = torch.empty(outputs.shape, dtype=outputs.dtype, pin_memory=True)
+            host.copy_(outputs, non_blocking=True)
+            ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            ready.record()
+        return Launched(
+            chosen,
+            outputs,
+            host,
+            ready,
+            logprobs,
+            prompt_scores,
+            inputs.sampling,
+            inputs.sample_items,
+        )
+
+    def collect(self, run: Launched) -> StepOutput:
+        """The launched step's tokens on the host (waiting for the device if it must), with its
+        logprobs and prompt scores, in batch.items order."""
+        if run.ready is not None and run.host is not None:
+            run.ready.synchronize()
+            outputs = run.host.tolist()
+        else:
+            outputs = run.outputs.tolist()
+        tokens = outputs if run.outputs.dim() == 1 else outputs[0]
+        if run.outputs.dim() == 2 and any(outputs[1]):
+            log.error(
+                "sampler: %d of %d rows had NaN or infinite logits; they end with end-of-text",
+                sum(outputs[1]),
+                len(tokens),
+            )
+        logprobs = run.logprobs
+        if run.sample_items != sorted(run.sample_items):
             # Hand results back in batch.items order, which is what the scheduler walks.
-            order = sorted(range(len(inputs.sample_items)), key=inputs.sample_items.__getitem__)
+            order = sorted(range(len(run.sample_items)), key=run.sample_items.__getitem__)
             tokens, logprobs = [tokens[i] for i in order], [logprobs[i] for i in order]
-        return StepOutput(tokens, logprobs, prompt_scores)
+        return StepOutput(tokens, logprobs, run.prompt_scores)
 
     def take_model_cpu_seconds(self) -> float:
         """This thread's CPU seconds in the forward pass and sampling since the last call."""
@@ -194,12 +260,13 @@ class ModelRunner:
         if self.device.type == "cpu" and n != torch.get_num_threads():
             torch.set_num_threads(n)
 
-    def prepare(self, batch: ScheduledBatch) -> StepInputs:
+    def prepare(self, batch: ScheduledBatch, previous: Launched | None = None) -> StepInputs:
         """Flatten the step: single-token rows first (decode attention), then prefill chunks.
 
         The single-token rows, usually all of a step, are built as arrays (positions, cache
         slots and block tables from the block-table array in one index each); only a row that
-        does not sample or that scores its prompt takes the per-row path."""
+        does not sample or that scores its prompt takes the per-row path. Rows whose input is a
+        placeholder take `previous`'s sampled id for their sequence, copied on the device."""
         items = batch.items
         single_items = [i for i, (_, n) in enumerate(items) if n == 1]
         chunk_items = [i for i, (_, n) in enumerate(items) if n > 1]
@@ -241,6 +308,14 @@ class ModelRunner:
             ids += chunk_ids
             pos = np.concatenate([pos, np.array(chunk_positions, np.int64)])
             slots = np.concatenate([slots, np.array(chunk_slots, np.int64)])
+        # Placeholders (async scheduling): only single-token rows feed a token sampled by the
+        # step still in flight. (PLACEHOLDER is -1, the only negative id.)
+        fill_rows: list[int] = []
+        fill_from: list[int] = []
+        if previous is not None and ns and min(ids[:ns]) < 0:
+            row_of = previous.row_of()
+            fill_rows = [row for row in range(ns) if ids[row] < 0]
+            fill_from = [row_of[id(singles[row])] for row in fill_rows]
         width = int(pos[:ns].max()) // bs + 1 if ns else 0
         # Every integer input of the step in one array, moved to the device at once (one
         # host-to-device copy a step on CUDA, one tensor on CPU) and split into views.
@@ -252,6 +327,8 @@ class ModelRunner:
             batch.block_tables[kv_rows, :width].ravel(),
             *(np.array(blocks, np.int64) for blocks in chunk_blocks),
         ]
+        if fill_rows:
+            parts += [np.array(fill_rows, np.int64), np.array(fill_from, np.int64)]
         sizes = [len(part) for part in parts]
         # split_with_sizes, not torch.split: the same views without torch.split's Python-level
         # dispatch (7 against 14 µs a step here).
@@ -259,6 +336,10 @@ class ModelRunner:
         (input_ids, positions, slot_mapping, sample_rows_t, tables, *blocks) = (
             step_ints.split_with_sizes(sizes)
         )
+        if fill_rows:
+            assert previous is not None
+            *blocks, fill_t, from_t = blocks
+            input_ids.index_copy_(0, fill_t, previous.chosen.index_select(0, from_t))
         attn = AttnBatch(
             slot_mapping=slot_mapping,
             num_decode=ns,

@@ -64,6 +64,12 @@ class Sampler:
         self.device = device
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
+        # On CUDA, rows that are no distribution are found and dealt with on the device: a host
+        # check would wait for the step to finish, and async scheduling's overlap with it.
+        self.checks_on_device = device.type == "cuda"
+        # (M,) bool of the last call's rows that were no distribution, when it checked them
+        # on the device; else None.
+        self.last_invalid: torch.Tensor | None = None
 
     def __call__(
         self, logits: torch.Tensor, rows: list[SamplingInput]
@@ -74,6 +80,16 @@ class Sampler:
         if any(_modifies_logits(r) for r in rows):  # copy only when something edits them
             logits = self._apply_penalties_and_masks(raw.clone(), rows)
         greedy = row_argmax(logits)
+        self.last_invalid = None
+        if self.checks_on_device and all(r.params.logprobs is None for r in rows):
+            # Such a row ends its text: its token is EOS, chosen on the device (the host
+            # learns of it with the step's tokens: ModelRunner.collect logs it). Logprobs are
+            # read on the host anyway: a step that reports them repairs rows as on CPU.
+            invalid = self.last_invalid = _no_distribution(logits, greedy)
+            chosen = self._choose(logits, greedy, rows)
+            eos = torch.full_like(chosen, self.eos_token_id)
+            chosen = torch.where(invalid, eos, chosen)
+            return chosen, self._logprobs(raw, chosen, rows)
         bad = invalid_rows(logits, greedy)
         if bad:  # never draw from NaN: see repair_logits
             log.error(
@@ -90,13 +106,18 @@ class Sampler:
                 if edited:
                     repair_logits(logits[i], self.eos_token_id)
             greedy = row_argmax(logits)
-        if all(r.params.is_greedy for r in rows):
-            chosen = greedy
-        else:
-            sampled = self._sample(logits, rows)
-            is_greedy = to_device([r.params.is_greedy for r in rows], torch.bool, logits.device)
-            chosen = torch.where(is_greedy, greedy, sampled)
+        chosen = self._choose(logits, greedy, rows)
         return chosen, self._logprobs(raw, chosen, rows)
+
+    def _choose(
+        self, logits: torch.Tensor, greedy: torch.Tensor, rows: list[SamplingInput]
+    ) -> torch.Tensor:
+        """Each row's token: its greedy one, or a draw for the rows that sample."""
+        if all(r.params.is_greedy for r in rows):
+            return greedy
+        sampled = self._sample(logits, rows)
+        is_greedy = to_device([r.params.is_greedy for r in rows], torch.bool, logits.device)
+        return torch.where(is_greedy, greedy, sampled)
 
     def _apply_penalties_and_masks(
         self, logits: torch.Tensor, rows: list[SamplingInput]
@@ -240,13 +261,18 @@ def token_logprobs(
     ]
 
 
+def _no_distribution(logits: torch.Tensor, greedy: torch.Tensor) -> torch.Tensor:
+    """(M,) bool, on the logits' device: rows with a NaN or +inf, or no finite logit (see
+    invalid_rows)."""
+    return ~torch.isfinite(logits.gather(1, greedy.unsqueeze(1)).squeeze(1))
+
+
 def invalid_rows(logits: torch.Tensor, greedy: torch.Tensor) -> list[int]:
     """Rows that are no distribution: a NaN or +inf anywhere, or no finite logit at all.
 
     Free of a pass over the vocabulary: argmax returns a NaN's index when the row has one (NaN
     compares as the largest), else a +inf's, and the value there is -inf only when all are."""
-    top = logits.gather(1, greedy.unsqueeze(1)).squeeze(1)
-    bad = ~torch.isfinite(top)
+    bad = _no_distribution(logits, greedy)
     if not bool(bad.any()):
         return []
     return [int(i) for i in bad.nonzero().flatten().tolist()]
