@@ -289,7 +289,15 @@ def test_random_adds_aborts_and_steps_keep_blocks_exact_and_bounded(
     in_flight: list[tuple[ScheduledBatch, list[int], int]] = []
 
     def resolve(batch: ScheduledBatch, slots: list[int], token: int) -> None:
-        for seq in s.resolve(batch, slots, [token for at in slots if at >= 0])[1]:
+        # Sampled in this step, ended (or aborted) since it was launched: their tokens drop.
+        gone = [
+            seq
+            for (seq, _), at in zip(batch.items, slots, strict=True)
+            if at >= 0 and seq.is_finished
+        ]
+        dropped, finished = s.resolve(batch, slots, [token for at in slots if at >= 0])
+        assert dropped == gone
+        for seq in finished:
             _check_finished(seq, token)
             assert PLACEHOLDER not in seq.token_ids
 
@@ -299,6 +307,11 @@ def test_random_adds_aborts_and_steps_keep_blocks_exact_and_bounded(
         _check_batch(s, batch, decoding)
         model.run(batch, s.running)
         slots = s.advance(batch)
+        for (seq, _), at in zip(batch.items, slots, strict=True):
+            if at >= 0 and seq.status is Status.RUNNING:
+                # it decodes in the next step, before this token is known, unless it is its last
+                last = at + 1 - seq.num_prompt_tokens >= seq.params.max_tokens
+                assert seq.is_decoding is not last
         if not pipelined:
             resolve(batch, slots, token)
         else:
