@@ -305,6 +305,22 @@ def test_killed_worker_ends_streams_with_an_error_then_recovers(server: Server) 
     assert again["usage"]["completion_tokens"] == 4
 
 
+def _assert_close(got: Any, want: Any, path: str = "") -> None:
+    """Equal structures, strings and ints; floats within 1e-4."""
+    if isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-4), path
+    elif isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys(), path
+        for key in want:
+            _assert_close(got[key], want[key], f"{path}.{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), path
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            _assert_close(g, w, f"{path}[{i}]")
+    else:
+        assert got == want, path
+
+
 def test_async_scheduling_serves_the_tokens_of_one_step_at_a_time(
     server: Server,
     tiny_model_dir: Any,
@@ -329,7 +345,9 @@ def test_async_scheduling_serves_the_tokens_of_one_step_at_a_time(
         with ThreadPoolExecutor(len(bodies)) as pool:
             want = list(pool.map(lambda body: _complete(server, **body)["choices"], bodies))
             got = list(pool.map(lambda body: _complete(ahead, **body)["choices"], bodies))
-        assert got == want
+        # The same tokens; a logprob may differ in its last bits, as a row's may between
+        # batches of different sizes (which two servers under one load do not share).
+        _assert_close(got, want)
         events = _stream(ahead, "/v1/completions", {**bodies[0], "stream": True})
         text = "".join(e["choices"][0]["text"] for e in events[:-1] if e["choices"])
         assert text == want[0][0]["text"]
