@@ -15,7 +15,7 @@ from app.engine import SamplingParams
 from app.engine.core.scheduler import PLACEHOLDER
 from app.engine.protocol import GenerationDelta
 from app.engine.worker.llm import LLM
-from app.engine.worker.model_runner import Launched
+from app.engine.worker.step_io import Launched
 
 
 def _workload(stop_token: int | None) -> list[tuple[list[int], SamplingParams]]:

@@ -11,7 +11,7 @@ import torch
 
 from app.engine.core.scheduler import ScheduledBatch
 from app.engine.protocol import SamplingParams
-from app.engine.worker.model_runner import StepInputs
+from app.engine.worker.step_io import StepInputs
 from app.model.attention import NULL_BLOCK, decode_bias, slots_of
 
 

@@ -20,7 +20,8 @@ from app.engine.protocol import (
     StepStats,
     TokenLogprobs,
 )
-from app.engine.worker.model_runner import Launched, ModelRunner, PromptScores
+from app.engine.worker.model_runner import ModelRunner
+from app.engine.worker.step_io import Launched, PromptScores
 
 
 class EngineCore:
