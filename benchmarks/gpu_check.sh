@@ -45,7 +45,9 @@ timeout 200 python3 -m benchmarks.gpu_bench --json "$out/gpu_bench.json" 2>&1 | 
 fi
 
 model=/tmp/gpt2-124m
-[ -f $model/config.json ] || python3 scripts/make_demo_model.py --shape 124m $model | tee -a "$log"
+if want 3 || want 4 || want 6; then  # the HTTP steps serve GPT-2 124M's shape
+  [ -f $model/config.json ] || python3 scripts/make_demo_model.py --shape 124m $model | tee -a "$log"
+fi
 if want 3; then
 echo "== 3. HTTP sweep (4 client processes)" | tee -a "$log"
 timeout 120 python3 -m benchmarks.host_cost --model $model --device cuda --streams 1 32 256 \

@@ -54,7 +54,9 @@ class EngineCore:
         self._aborted: list[Sequence] = []  # reported (token -1, "abort") by the next step
         # With async scheduling, the step launched last, whose tokens the next call collects.
         self._in_flight: _InFlight | None = None
-        self._num_penalized = 0  # live requests with penalties (see _needs_tokens)
+        # Live requests with penalties: while any is, each step collects the previous one's
+        # tokens before it launches (penalties read the output so far on the host).
+        self._num_penalized = 0
         # This thread's CPU time at the end of the last reported step: what the loop spends
         # outside the model (commands, scheduling, outputs, encoding) is measured from it.
         self._cpu_mark = time.thread_time()
@@ -119,7 +121,7 @@ class EngineCore:
             rows.add_aborted(seq)
         self._aborted = []
         pending, self._in_flight = self._in_flight, None
-        if pending is not None and self._needs_tokens(pending):
+        if pending is not None and self._num_penalized:
             self._collect(pending, rows)
             pending = None
         if self.pacer is not None:
@@ -163,11 +165,6 @@ class EngineCore:
             host_seconds=max(0.0, host),
         )
         return rows.result(stats)
-
-    def _needs_tokens(self, pending: _InFlight) -> bool:
-        """The next step cannot be launched before `pending`'s tokens are on the host: some
-        live sequence's penalties read its output so far."""
-        return self._num_penalized > 0
 
     def _collect(self, flight: _InFlight, rows: _Rows) -> None:
         """Wait for a launched step's tokens and account for them."""
