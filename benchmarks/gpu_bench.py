@@ -17,6 +17,7 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from app.engine import EngineConfig, SamplingParams
+from app.engine.worker.cuda_graphs import StaticDecode
 from app.engine.worker.llm import LLM
 from benchmarks.engine_bench import make_gpt2_124m
 from tests.checkpoints import prefix_match, write_tokenizer
@@ -55,25 +56,37 @@ def greedy_match(model_dir: Path, hf: GPT2LMHeadModel, dtype: str) -> float:
 
 
 def decode_step_ms(
-    model_dir: Path, batch: int, graphs: bool, async_scheduling: bool = False
+    model_dir: Path,
+    batch: int,
+    graphs: bool,
+    async_scheduling: bool = False,
+    full_width: bool = False,
 ) -> dict[str, float]:
     """Decode steps of `batch` sequences: the median step (ms) each timed alone (the device
     synchronised before and after), the mean step and tokens/s over 64 steps back to back (what
     async scheduling overlaps), and the share of a step's wall time the GPU spends in kernels
-    (torch.profiler over 20 more steps)."""
+    (torch.profiler over 20 more steps). full_width: graphs captured at max_model_len only
+    (every step attends over 1,024 positions a row), the baseline of the context widths."""
     llm = LLM(
         EngineConfig(
             model=str(model_dir),
             device="cuda",
             dtype="auto",
             max_num_seqs=batch,
-            max_model_len=256,
+            # max_model_len stays the model's 1,024, as the server runs it: graphs attend over
+            # the narrowest captured width that holds the step's longest context.
             kv_cache_tokens=max(KV_TOKENS, batch * 256),
             cuda_graphs=graphs,
-            cuda_graph_batch_sizes=tuple(sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, batch})),
+            cuda_graph_batch_sizes=(batch,),  # every measured step has `batch` rows
             async_scheduling=async_scheduling,
         )
     )
+    if full_width:
+        runner = llm.core.runner
+        top = runner.max_blocks_per_seq
+        runner.static_decode = StaticDecode(
+            runner.model, runner.kv, [batch], top, capture=True, widths=[top]
+        )
     for _ in range(batch):
         llm.submit([1] * 32, SamplingParams(max_tokens=200, ignore_eos=True, temperature=0))
     while llm.core.scheduler.waiting or any(not s.is_decoding for s in llm.core.scheduler.running):
@@ -138,9 +151,14 @@ def main() -> None:
             results[f"greedy_match_{dtype}"] = greedy_match(model_dir, hf, dtype)
             print(dtype, "greedy match", results[f"greedy_match_{dtype}"], flush=True)
         for batch in (1, 32, 256):
-            for graphs, ahead in ((True, False), (False, False), (True, True)):
-                step = decode_step_ms(model_dir, batch, graphs, ahead)
-                key = f"batch{batch}_{'graphs' if graphs else 'eager'}{'_async' if ahead else ''}"
+            variants = [("graphs", True, False), ("eager", False, False)]
+            variants.append(("graphs_async", True, True))
+            if batch > 1:  # one row's attention is too small for its width to show
+                variants.append(("graphs_full_width", True, False))
+            for key_end, graphs, ahead in variants:
+                full = key_end == "graphs_full_width"
+                step = decode_step_ms(model_dir, batch, graphs, ahead, full_width=full)
+                key = f"batch{batch}_{key_end}"
                 results[key] = step
                 print(
                     key,

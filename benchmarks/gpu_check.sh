@@ -2,9 +2,10 @@
 # Every GPU figure of the serving-path issue in one go, for a lent GPU machine (at most ~8 min):
 #   1. the GPU test suite (tests marked gpu: parity, graphs vs eager, seeds, no host sync,
 #      half precision on the demo model);
-#   2. decode step times with and without CUDA graphs, and with graphs and async scheduling, at
-#      batch 1, 32, 256, with the profiler's GPU-busy share, and half-precision greedy match
-#      (benchmarks/gpu_bench.py);
+#   2. decode step times with and without CUDA graphs, with graphs and async scheduling, and
+#      with graphs captured at the full 1,024-position width only (the context widths'
+#      baseline), at batch 1, 32, 256, with the profiler's GPU-busy share, and half-precision
+#      greedy match (benchmarks/gpu_bench.py);
 #   3. the HTTP sweep at 1, 32, 256 streams on GPT-2 124M's shape: tokens/s and CPU per token of
 #      each process, the load spread over 4 client processes (benchmarks/host_cost.py);
 #   4. tokens/s at 256 streams with --api-workers 1, 2, 4 (when the flag exists), and with

@@ -92,23 +92,38 @@ def test_repetition_penalty_matches_transformers(make_llm: Any, hf_model: GPT2LM
 
 
 def test_static_padded_decode_path_matches_eager(make_llm: Any) -> None:
-    """The CUDA-graph decode path (static buffers, padding to captured sizes), run eagerly on
-    CPU, yields the same greedy tokens as the plain path."""
+    """The CUDA-graph decode path (static buffers, padding to captured batch sizes and context
+    widths), run eagerly on CPU, yields the same greedy tokens as the plain path, and each step
+    runs in the narrowest width that holds its longest context."""
     from app.engine.worker.cuda_graphs import StaticDecode
 
-    prompts = [ids for ids, _ in PROMPTS[:6]]
+    groups = [[ids for ids, _ in PROMPTS[:7]], [PROMPTS[7][0]]]  # contexts to 42 and to 76
     params = _greedy(12)
-    eager = [c.token_ids for c in make_llm(max_num_seqs=8).generate(prompts, params)]
+    eager = [[c.token_ids for c in make_llm(max_num_seqs=8).generate(g, params)] for g in groups]
     llm: LLM = make_llm(max_num_seqs=8)
     runner = llm.core.runner
-    runner.static_decode = StaticDecode(
-        runner.model, runner.kv, [1, 4, 8], runner.max_blocks_per_seq, capture=False
-    )
-    calls = []
-    original = runner.static_decode.run
-    runner.static_decode.run = lambda *a: calls.append(a[0].shape[0]) or original(*a)  # type: ignore[method-assign]
-    assert [c.token_ids for c in llm.generate(prompts, params)] == eager
-    assert 6 in calls, "decode steps of 6 rows should have gone through the padded 8-row path"
+    top = runner.max_blocks_per_seq
+    static = StaticDecode(runner.model, runner.kv, [1, 4, 8], top, capture=False, widths=[1, 2, 4])
+    runner.static_decode = static
+    used: list[tuple[int, int]] = []  # (rows, width in blocks) of each step
+    chosen = static.graph_for
+    static.graph_for = lambda b, w: used.append((b, w)) or chosen(b, w)  # type: ignore[method-assign]
+    assert [[c.token_ids for c in llm.generate(g, params)] for g in groups] == eager
+    # 7 rows padded to 8; positions 30-31 span 2 blocks, 32-41 span 3 (the 4-block graph),
+    # 64-75 span 5 (only the full width holds them).
+    assert {(7, 2), (7, 3), (1, 5)} <= set(used)
+    assert {(8, 2), (8, 4), (1, top)} <= {chosen(b, w) for b, w in used}
+
+
+def test_context_widths_halve_down_to_the_narrowest() -> None:
+    from app.engine.worker.cuda_graphs import MIN_CONTEXT_TOKENS, context_widths
+
+    assert MIN_CONTEXT_TOKENS == 128
+    assert context_widths(64, 16) == [8, 16, 32, 64]  # GPT-2: 128 to 1,024 tokens
+    assert context_widths(8, 16) == [8]
+    assert context_widths(6, 16) == [6]  # 96 tokens: nothing narrower is worth a graph
+    assert context_widths(48, 16) == [12, 24, 48]
+    assert context_widths(63, 16) == [63]  # odd: no exact half, one width
 
 
 @pytest.mark.gpu

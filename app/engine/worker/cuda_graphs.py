@@ -1,12 +1,16 @@
-"""Decode steps through captured CUDA graphs, one per batch size (nano-vllm's recipe).
+"""Decode steps through captured CUDA graphs, one per batch size and context width.
 
-A decode-only step of B rows is padded up to the next captured size bs: static buffers take the
+A decode-only step of B rows whose longest context spans W blocks is padded up to the captured
+graph of the next batch size bs >= B and the next context width w >= W: static buffers take the
 step's ids, positions, cache slots, block tables and attention bias, the graph replays, and the
-first B rows of the static logits are sampled. The block tables are a static (bs, max_blocks)
-input, so one graph serves every step of that batch size whatever blocks its sequences hold:
-attention gathers all max_blocks blocks of each row and the bias masks what lies past its
-length. Padding rows write their key and value to the scratch block (attention.NULL_BLOCK,
-never handed to a sequence) and attend to its position 0 only, so they touch nothing live.
+first B rows of the static logits are sampled. Attention in a graph gathers all w blocks of each
+row and the bias masks what lies past its length, so the width matters: one width of
+max_model_len made every step gather and multiply 1,024 positions a row however short its
+sequences were. Widths halve from the longest down to MIN_CONTEXT_TOKENS (1,024 -> 512, 256,
+128 at GPT-2's 1,024 positions), so a step reads at most twice its real context (or 128
+tokens), at the price of a few graphs per batch size. Padding rows write their key and value to
+the scratch block (attention.NULL_BLOCK, never handed to a sequence) and attend to its position
+0 only, so they touch nothing live.
 
 With capture=False the same padded, static path runs eagerly: that is how CPU tests check the
 padding logic that the GPU relies on.
@@ -15,6 +19,7 @@ padding logic that the GPU relies on.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +28,18 @@ from app.model.attention import NULL_BLOCK, AttnBatch, DecodeRows, KVCache
 from app.model.gpt2 import GPT2
 
 log = logging.getLogger(__name__)
+# The narrowest captured context: below it a width costs little to gather and multiply, and
+# each further width is one more graph per batch size (capture time, logits memory).
+MIN_CONTEXT_TOKENS = 128
+
+
+def context_widths(max_blocks: int, block_size: int) -> list[int]:
+    """Captured context widths in blocks, ascending: max_blocks halved while a width still
+    spans MIN_CONTEXT_TOKENS."""
+    widths = [max_blocks]
+    while widths[-1] % 2 == 0 and (widths[-1] // 2) * block_size >= MIN_CONTEXT_TOKENS:
+        widths.append(widths[-1] // 2)
+    return widths[::-1]
 
 
 @dataclass
@@ -30,43 +47,76 @@ class _Graph:
     input_ids: torch.Tensor  # (bs,)
     positions: torch.Tensor  # (bs,)
     slot_mapping: torch.Tensor  # (bs,)
-    block_tables: torch.Tensor  # (bs, max_blocks)
-    bias: torch.Tensor  # (bs, 1, max_blocks * block_size)
+    block_tables: torch.Tensor  # (bs, width)
+    bias: torch.Tensor  # (bs, 1, width * block_size)
     logits: torch.Tensor | None  # (bs, V), written by the graph
     graph: torch.cuda.CUDAGraph | None
 
 
 class StaticDecode:
     def __init__(
-        self, model: GPT2, kv: KVCache, batch_sizes: list[int], max_blocks: int, capture: bool
+        self,
+        model: GPT2,
+        kv: KVCache,
+        batch_sizes: list[int],
+        max_blocks: int,
+        capture: bool,
+        widths: list[int] | None = None,
     ) -> None:
+        """Graphs for every batch size x context width in blocks (by default context_widths;
+        max_blocks, which every step fits, always among them)."""
         self.model, self.kv, self.max_blocks = model, kv, max_blocks
         self.capture = capture
-        device, dtype = kv.k.device, kv.k.dtype
-        width = max_blocks * kv.block_size
+        chosen = widths or context_widths(max_blocks, kv.block_size)
+        self.widths = sorted({*chosen, max_blocks})
+        assert self.widths[0] >= 1 and self.widths[-1] == max_blocks, self.widths
         self.batch_sizes = sorted(b for b in set(batch_sizes) if b >= 1)
-        self.graphs: dict[int, _Graph] = {}
+        self.graphs: dict[tuple[int, int], _Graph] = {}
+        started = time.perf_counter()
         pool = None
-        for bs in reversed(self.batch_sizes):  # largest first, so smaller ones reuse its memory
-            g = _Graph(
-                input_ids=torch.zeros(bs, dtype=torch.long, device=device),
-                positions=torch.zeros(bs, dtype=torch.long, device=device),
-                slot_mapping=torch.zeros(bs, dtype=torch.long, device=device),
-                block_tables=torch.zeros(bs, max_blocks, dtype=torch.long, device=device),
-                bias=torch.zeros(bs, 1, width, dtype=dtype, device=device),
-                logits=None,
-                graph=None,
-            )
-            if capture:
-                g.graph = torch.cuda.CUDAGraph()
-                self._forward(g)  # warm-up outside the graph (allocator, kernels)
-                torch.cuda.synchronize()
-                with torch.cuda.graph(g.graph, pool=pool):
-                    g.logits = self._forward(g)
-                pool = g.graph.pool()
-            self.graphs[bs] = g
+        # Largest first, so smaller graphs reuse its memory. The batch-sized inputs are shared
+        # by every width of a batch size (only one graph runs at a time, and run() fills all
+        # its inputs before it replays).
+        for bs in reversed(self.batch_sizes):
+            rows = [torch.zeros(bs, dtype=torch.long, device=kv.k.device) for _ in range(3)]
+            for width in reversed(self.widths):
+                g = self._buffers(bs, width, *rows)
+                if capture:
+                    g.graph = torch.cuda.CUDAGraph()
+                    self._forward(g)  # warm-up outside the graph (allocator, kernels)
+                    torch.cuda.synchronize()
+                    with torch.cuda.graph(g.graph, pool=pool):
+                        g.logits = self._forward(g)
+                    pool = g.graph.pool()
+                self.graphs[(bs, width)] = g
         if capture:
-            log.info("captured CUDA graphs for decode batch sizes %s", self.batch_sizes)
+            log.info(
+                "captured %d CUDA graphs in %.1f s: decode batch sizes %s x context widths %s "
+                "tokens",
+                len(self.graphs),
+                time.perf_counter() - started,
+                self.batch_sizes,
+                [w * kv.block_size for w in self.widths],
+            )
+
+    def _buffers(
+        self,
+        bs: int,
+        width: int,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> _Graph:
+        device, dtype = self.kv.k.device, self.kv.k.dtype
+        return _Graph(
+            input_ids=input_ids,
+            positions=positions,
+            slot_mapping=slot_mapping,
+            block_tables=torch.zeros(bs, width, dtype=torch.long, device=device),
+            bias=torch.zeros(bs, 1, width * self.kv.block_size, dtype=dtype, device=device),
+            logits=None,
+            graph=None,
+        )
 
     def can_run(self, num_rows: int, attn: AttnBatch) -> bool:
         d = attn.decode
@@ -77,6 +127,14 @@ class StaticDecode:
             and num_rows <= (self.batch_sizes[-1] if self.batch_sizes else 0)
         )
 
+    def graph_for(self, num_rows: int, width: int) -> tuple[int, int]:
+        """The captured (batch size, width) a step of num_rows rows spanning width blocks runs
+        in: the smallest of each that fits."""
+        return (
+            next(s for s in self.batch_sizes if s >= num_rows),
+            next(w for w in self.widths if w >= width),
+        )
+
     @torch.inference_mode()
     def run(
         self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttnBatch
@@ -85,8 +143,7 @@ class StaticDecode:
         d = attn.decode
         assert d is not None
         b, width = d.block_tables.shape
-        bs = next(s for s in self.batch_sizes if s >= b)
-        g = self.graphs[bs]
+        g = self.graphs[self.graph_for(b, width)]
         g.input_ids.zero_()
         g.input_ids[:b] = input_ids
         g.positions.zero_()
