@@ -19,6 +19,7 @@ CUDA graph and unused block-table entries point at it, so they can write and rea
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -52,7 +53,10 @@ class DecodeRows:
 
     block_tables: torch.Tensor  # (n, max_blocks) long: each row's blocks, NULL_BLOCK-padded
     positions: torch.Tensor  # (n,) long: position of each row's token
-    bias: torch.Tensor  # (n, 1, L) float, L = max_blocks * block_size: 0 where visible, -inf not
+    # (n, 1, L) float, L = max_blocks * block_size: 0 where visible, -inf not. None: made from
+    # the positions on the device by the model (with_decode_bias), inside a CUDA graph's replay
+    # when one runs, rather than by the host before it.
+    bias: torch.Tensor | None = None
     buffers: GatherBuffers | None = None  # where the gather copies to; None: fresh tensors
 
 
@@ -128,6 +132,16 @@ def decode_bias(
     return bias.masked_fill_(~visible, float("-inf")).unsqueeze(1)
 
 
+def with_decode_bias(batch: AttnBatch, block_size: int, dtype: torch.dtype) -> AttnBatch:
+    """`batch` with its decode rows' bias made from their positions if it has none (once a
+    step, for every layer)."""
+    d = batch.decode
+    if d is None or d.bias is not None:
+        return batch
+    bias = decode_bias(d.positions + 1, d.block_tables.shape[1] * block_size, dtype)
+    return dataclasses.replace(batch, decode=dataclasses.replace(d, bias=bias))
+
+
 def attend(
     q: torch.Tensor,  # (N, H, D)
     k: torch.Tensor,  # (N, H, D)
@@ -181,6 +195,7 @@ def _attend_decode(
     # flash kernel, and the additive mask is built once per step rather than once per layer.
     qh = q.transpose(0, 1).unsqueeze(2)  # (H, n, 1, D)
     scores = torch.matmul(qh, keys.transpose(-1, -2))  # (H, n, 1, L)
+    assert d.bias is not None  # made by GPT2.forward (with_decode_bias) when not given
     scores = scores.mul_(q.shape[-1] ** -0.5).add_(d.bias)
     o = torch.matmul(scores.softmax(dim=-1), values).squeeze(2)  # (H, n, D)
     return o.transpose(0, 1)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.model.attention import AttnBatch, KVCache, attend
+from app.model.attention import AttnBatch, KVCache, attend, with_decode_bias
 from app.model.int8 import Int8Weight, int8_linear, quantize_weight
 from app.model.matmul import (
     Conv1D,
@@ -143,6 +143,7 @@ class GPT2(nn.Module):
         kv: KVCache,
     ) -> torch.Tensor:
         """Hidden states after the last block, (N, C), before ln_f."""
+        batch = with_decode_bias(batch, kv.block_size, kv.k.dtype)
         x = self.wte(input_ids) + self.wpe(positions)
         for i, block in enumerate(self.h):
             x = block(x, kv.k[i], kv.v[i], batch)

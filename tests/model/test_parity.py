@@ -56,15 +56,18 @@ def _prefill(model: GPT2, kv: KVCache, ids: list[int], slot: int, start: int) ->
     return model.compute_logits(hidden)
 
 
-def _decode(model: GPT2, kv: KVCache, tokens: list[int], positions: list[int]) -> torch.Tensor:
-    """One decode row per sequence; row i is sequence (slot) i."""
+def _decode(
+    model: GPT2, kv: KVCache, tokens: list[int], positions: list[int], host_bias: bool = True
+) -> torch.Tensor:
+    """One decode row per sequence; row i is sequence (slot) i. host_bias False: the model
+    makes the attention bias from the positions (as on CUDA)."""
     width = max(-(-(p + 1) // BLOCK) for p in positions)
     tables = [_table(model, kv, i)[:width] for i in range(len(tokens))]
     pos = torch.tensor(positions)
     rows = DecodeRows(
         block_tables=torch.tensor(tables),
         positions=pos,
-        bias=decode_bias(pos + 1, width * BLOCK, torch.float32),
+        bias=decode_bias(pos + 1, width * BLOCK, torch.float32) if host_bias else None,
     )
     slots = [slots_of(t, p, p + 1, BLOCK)[0] for t, p in zip(tables, positions, strict=True)]
     batch = AttnBatch(slot_mapping=torch.tensor(slots), num_decode=len(tokens), decode=rows)
@@ -102,15 +105,20 @@ def test_chunked_prefill_equals_one_shot(model: GPT2, hf_model: GPT2LMHeadModel)
     torch.testing.assert_close(torch.cat(parts), expected, atol=ATOL, rtol=1e-4)
 
 
+@pytest.mark.parametrize("host_bias", [True, False])
 @torch.inference_mode()
-def test_batched_decode_at_different_positions(model: GPT2, hf_model: GPT2LMHeadModel) -> None:
-    """Three sequences at positions 3, 40 and 200 decode in one batch, each matching HF."""
+def test_batched_decode_at_different_positions(
+    model: GPT2, hf_model: GPT2LMHeadModel, host_bias: bool
+) -> None:
+    """Three sequences at positions 3, 40 and 200 decode in one batch, each matching HF,
+    whether the host or the model makes the attention bias."""
     g = torch.Generator().manual_seed(2)
     seqs = [torch.randint(0, 50257, (n,), generator=g).tolist() for n in (4, 41, 201)]
     kv = _kv(model, 3)
     for slot, ids in enumerate(seqs):
         _prefill(model, kv, ids[:-1], slot=slot, start=0)
-    got = _decode(model, kv, [s[-1] for s in seqs], [len(s) - 1 for s in seqs])
+    last = [s[-1] for s in seqs]
+    got = _decode(model, kv, last, [len(s) - 1 for s in seqs], host_bias)
     for row, ids in enumerate(seqs):
         expected = hf_model(torch.tensor([ids])).logits[0, -1]
         torch.testing.assert_close(got[row], expected, atol=ATOL, rtol=1e-4)

@@ -2,15 +2,19 @@
 
 A decode-only step of B rows whose longest context spans W blocks is padded up to the captured
 graph of the next batch size bs >= B and the next context width w >= W: static buffers take the
-step's ids, positions, cache slots, block tables and attention bias, the graph replays, and the
-first B rows of the static logits are sampled. Attention in a graph gathers all w blocks of each
-row and the bias masks what lies past its length, so the width matters: one width of
-max_model_len made every step gather and multiply 1,024 positions a row however short its
-sequences were. Widths halve from the longest down to MIN_CONTEXT_TOKENS (1,024 -> 512, 256,
-128 at GPT-2's 1,024 positions), so a step reads at most twice its real context (or 128
-tokens), at the price of a few graphs per batch size. Padding rows write their key and value to
-the scratch block (attention.NULL_BLOCK, never handed to a sequence) and attend to its position
-0 only, so they touch nothing live.
+step's ids, positions, cache slots and block tables, the graph replays, and the first B rows of
+the static logits are sampled. The attention bias is made from the positions inside the graph
+(attention.with_decode_bias), so no host work or copy builds it. Attention in a graph gathers
+all w blocks of each row and the bias masks what lies past its length, so the width matters: one
+width of max_model_len made every step gather and multiply 1,024 positions a row however short
+its sequences were. Widths halve from the longest down to MIN_CONTEXT_TOKENS (1,024 -> 512,
+256, 128 at GPT-2's 1,024 positions), so a step reads at most twice its real context (or 128
+tokens), at the price of a few graphs per batch size.
+
+Padding rows are all zeros: token 0 at position 0, written to slot 0 and reading block 0, the
+scratch block (attention.NULL_BLOCK, never handed to a sequence), so they touch nothing live;
+position 0 makes their bias see that one position. One zero fill and four copies fill a graph's
+inputs before it replays.
 
 With capture=False the same padded, static path runs eagerly: that is how CPU tests check the
 padding logic that the GPU relies on.
@@ -28,6 +32,8 @@ from app.model.attention import NULL_BLOCK, AttnBatch, DecodeRows, KVCache
 from app.model.gpt2 import GPT2
 
 log = logging.getLogger(__name__)
+# Padding is one zero fill of a graph's inputs: slot 0 and block 0 must be the scratch block.
+assert NULL_BLOCK == 0
 # The narrowest captured context: below it a width costs little to gather and multiply, and
 # each further width is one more graph per batch size (capture time, logits memory).
 MIN_CONTEXT_TOKENS = 128
@@ -44,11 +50,14 @@ def context_widths(max_blocks: int, block_size: int) -> list[int]:
 
 @dataclass
 class _Graph:
+    """A graph's inputs: views of one zero-padded buffer that every width of its batch size
+    shares (ids, positions and slots of bs rows, then a (bs, width) block table)."""
+
+    inputs: torch.Tensor  # the whole buffer: what run() zeroes before it copies a step in
     input_ids: torch.Tensor  # (bs,)
     positions: torch.Tensor  # (bs,)
     slot_mapping: torch.Tensor  # (bs,)
     block_tables: torch.Tensor  # (bs, width)
-    bias: torch.Tensor  # (bs, 1, width * block_size)
     logits: torch.Tensor | None  # (bs, V), written by the graph
     graph: torch.cuda.CUDAGraph | None
 
@@ -74,13 +83,13 @@ class StaticDecode:
         self.graphs: dict[tuple[int, int], _Graph] = {}
         started = time.perf_counter()
         pool = None
-        # Largest first, so smaller graphs reuse its memory. The batch-sized inputs are shared
-        # by every width of a batch size (only one graph runs at a time, and run() fills all
-        # its inputs before it replays).
+        # Largest first, so smaller graphs reuse its memory. One input buffer per batch size,
+        # shared by its widths (one graph runs at a time, and run() fills the whole buffer
+        # before it replays).
         for bs in reversed(self.batch_sizes):
-            rows = [torch.zeros(bs, dtype=torch.long, device=kv.k.device) for _ in range(3)]
+            inputs = torch.zeros(bs * (3 + max_blocks), dtype=torch.long, device=kv.k.device)
             for width in reversed(self.widths):
-                g = self._buffers(bs, width, *rows)
+                g = _views(inputs, bs, width)
                 if capture:
                     g.graph = torch.cuda.CUDAGraph()
                     self._forward(g)  # warm-up outside the graph (allocator, kernels)
@@ -98,25 +107,6 @@ class StaticDecode:
                 self.batch_sizes,
                 [w * kv.block_size for w in self.widths],
             )
-
-    def _buffers(
-        self,
-        bs: int,
-        width: int,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor,
-        slot_mapping: torch.Tensor,
-    ) -> _Graph:
-        device, dtype = self.kv.k.device, self.kv.k.dtype
-        return _Graph(
-            input_ids=input_ids,
-            positions=positions,
-            slot_mapping=slot_mapping,
-            block_tables=torch.zeros(bs, width, dtype=torch.long, device=device),
-            bias=torch.zeros(bs, 1, width * self.kv.block_size, dtype=dtype, device=device),
-            logits=None,
-            graph=None,
-        )
 
     def can_run(self, num_rows: int, attn: AttnBatch) -> bool:
         d = attn.decode
@@ -144,17 +134,11 @@ class StaticDecode:
         assert d is not None
         b, width = d.block_tables.shape
         g = self.graphs[self.graph_for(b, width)]
-        g.input_ids.zero_()
+        g.inputs.zero_()  # padding rows (see the module's docstring)
         g.input_ids[:b] = input_ids
-        g.positions.zero_()
         g.positions[:b] = positions
-        g.slot_mapping.fill_(NULL_BLOCK * self.kv.block_size)  # padding rows: the scratch block
         g.slot_mapping[:b] = attn.slot_mapping
-        g.block_tables.fill_(NULL_BLOCK)
         g.block_tables[:b, :width] = d.block_tables
-        g.bias.fill_(float("-inf"))
-        g.bias[:, :, 0] = 0.0  # padding rows see their own position 0 only
-        g.bias[:b, :, : d.bias.shape[-1]] = d.bias
         if g.graph is None:
             return self._forward(g)[:b]
         g.graph.replay()
@@ -163,7 +147,13 @@ class StaticDecode:
 
     def _forward(self, g: _Graph) -> torch.Tensor:
         bs = g.input_ids.shape[0]
-        rows = DecodeRows(block_tables=g.block_tables, positions=g.positions, bias=g.bias)
+        rows = DecodeRows(block_tables=g.block_tables, positions=g.positions)  # bias: in here
         batch = AttnBatch(slot_mapping=g.slot_mapping, num_decode=bs, decode=rows)
         hidden = self.model(g.input_ids, g.positions, batch, self.kv)
         return self.model.compute_logits(hidden)
+
+
+def _views(inputs: torch.Tensor, bs: int, width: int) -> _Graph:
+    ids, positions, slots = inputs[: 3 * bs].view(3, bs)
+    tables = inputs[3 * bs : 3 * bs + bs * width].view(bs, width)
+    return _Graph(inputs, ids, positions, slots, tables, logits=None, graph=None)

@@ -31,7 +31,6 @@ from app.model.attention import (
     GatherBuffers,
     KVCache,
     PrefillChunk,
-    decode_bias,
     slots_of,
 )
 from app.model.gpt2 import GPT2
@@ -337,13 +336,12 @@ class ModelRunner:
     ) -> DecodeRows:
         """Each row's blocks up to the longest context of the step, padded with the scratch
         block (masked out by the bias)."""
-        span = tables.shape[1] * self.block_size
+        bias = None  # made on the device by the model (inside the graph on CUDA)
         if self.bias_rows is not None:
             # One index into the precomputed masks: the same values as decode_bias, at a
             # fraction of the per-op cost of building them on CPU.
+            span = tables.shape[1] * self.block_size
             bias = torch.from_numpy(self.bias_rows[host_positions + 1, :span]).unsqueeze(1)
-        else:
-            bias = decode_bias(positions + 1, span, self.dtype)
         return DecodeRows(
             block_tables=tables, positions=positions, bias=bias, buffers=self.gather_buffers
         )
