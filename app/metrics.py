@@ -122,7 +122,8 @@ class Metrics:
             return Histogram(name, doc, registry=self.registry, buckets=buckets)
 
         self.ttft = histogram(
-            "gpt2_time_to_first_token_seconds", "Arrival to first generated token, per request."
+            "gpt2_time_to_first_token_seconds",
+            "HTTP arrival to first generated token, per request.",
         )
         self.itl = histogram(
             "gpt2_inter_token_latency_seconds", "Gap between consecutive tokens of a request."

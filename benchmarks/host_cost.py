@@ -26,15 +26,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+from app.bench import metrics_check
+from app.bench.stats import percentile
 from benchmarks.serve_bench import ROOT, server
 from tests.checkpoints import make_checkpoint
 
@@ -61,8 +66,7 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-def metric(url: str, name: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=10).text
+def metric(text: str, name: str) -> float:
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
@@ -70,14 +74,42 @@ def metric(url: str, name: str) -> float:
     )
 
 
-def snapshot(url: str, api_pids: list[int], worker_pid: int) -> dict[str, float]:
+def snapshot(url: str, api_pids: list[int], worker_pid: int) -> dict[str, Any]:
+    text = httpx.get(url + "/metrics", timeout=10).text
     return {
         "api": sum(cpu_seconds(p) for p in api_pids),
         "api_system": sum(cpu_seconds(p, "system") for p in api_pids),
         "worker": cpu_seconds(worker_pid),
-        "host": metric(url, "gpt2_engine_host_seconds_total"),
-        "tokens": metric(url, "gpt2_generation_tokens_total"),
+        "host": metric(text, "gpt2_engine_host_seconds_total"),
+        "tokens": metric(text, "gpt2_generation_tokens_total"),
+        "histograms": metrics_check.parse(text).histograms,
         "time": time.monotonic(),
+    }
+
+
+def latency(before: dict[str, Any], after: dict[str, Any], benches: list[Any]) -> dict[str, float]:
+    """Client and server latency of a point, in seconds. TTFT p50 on both sides: the client's
+    over every measured request of every client process, the server's from its histogram
+    (the point's own traffic, the clients' warm-up requests included; interpolated in its
+    bucket as Prometheus does). Inter-token latency from the clients: the median of their p50s
+    and the largest of their p99s (each client's own percentiles cannot be merged exactly)."""
+    server = {
+        key: after["histograms"][name].minus(before["histograms"][name])
+        for key, name in metrics_check.HISTOGRAMS.items()
+    }
+    stats = [b["targets"][0]["points"][0]["stats"] for b in benches]
+    ttfts = [
+        r["ttft"]
+        for b in benches
+        for r in b["targets"][0]["points"][0]["requests"]
+        if r["error"] is None and r["ttft"] is not None
+    ]
+    return {
+        "client_ttft_p50": percentile(ttfts, 0.5),
+        "server_ttft_p50": server["ttft"].quantile(0.5),
+        "client_itl_p50": statistics.median(s["itl"]["p50"] for s in stats),
+        "client_itl_p99": max(s["itl"]["p99"] for s in stats),
+        "server_itl_p50": server["itl"].quantile(0.5),
     }
 
 
@@ -89,11 +121,12 @@ def run_point(
     out: Path,
     clients: int,
     output_len: int = 128,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     stats = httpx.get(url + "/v1/engine/stats", timeout=10).json()
     worker_pid = int(stats["worker_pid"])
     api_pids = [server_pid] + [p for p in children(server_pid) if p != worker_pid]
     procs = []
+    clients = min(clients, streams)  # a client process of no stream has nothing to do
     before = snapshot(url, api_pids, worker_pid)
     for i in range(clients):
         share = streams // clients + (1 if i < streams % clients else 0)
@@ -112,12 +145,11 @@ def run_point(
     tokens = after["tokens"] - before["tokens"]
     served = sum(max(1, requests // clients) for _ in range(clients)) + streams  # and warm-ups
     wall = after["time"] - before["time"]
-    client_cpu = [
-        json.loads((out / f"bench_{streams}_{i}.json").read_text()).get("client_cpu_seconds")
-        for i in range(clients)
-    ]
+    benches = [json.loads((out / f"bench_{streams}_{i}.json").read_text()) for i in range(clients)]
+    client_cpu = [b.get("client_cpu_seconds") for b in benches]
     busiest = max((c for c in client_cpu if isinstance(c, float)), default=float("nan"))
     return {
+        **latency(before, after, benches),
         "streams": streams,
         "clients": clients,
         "tokens": tokens,
@@ -156,7 +188,8 @@ def main() -> None:
             "-m", "app.cli", "serve", "--model", str(model), "--device", args.device,
             "--max-num-seqs", str(max(args.streams)), "--max-num-batched-tokens", "4096",
             # room for every stream's 32 + 128 tokens (11 blocks): no preemption in the figures
-            "--kv-cache-tokens", str(max(args.streams) * 176),
+            # (and at least one sequence of GPT-2's 1,024 positions, which the server requires)
+            "--kv-cache-tokens", str(max(max(args.streams) * 176, 1024)),
             "--log-level", "WARNING", *args.server_arg,
         ]  # fmt: skip
         rows = []
@@ -179,6 +212,18 @@ def main() -> None:
             f"{r['worker_us_per_token']:15.1f}  {r['worker_host_us_per_token']:20.1f}  "
             f"{r['api_busy']:8.0%}  {r['worker_busy']:11.0%}  {r['client_busy']:11.0%}  "
             f"{r['api_us_per_request']:14.0f}"
+        )
+    print(
+        "streams  TTFT p50 client / server ms (ratio)  ITL p50 client / server ms  "
+        "ITL p99 client ms"
+    )
+    for r in rows:
+        ratio = r["client_ttft_p50"] / r["server_ttft_p50"] if r["server_ttft_p50"] else math.nan
+        print(
+            f"{r['streams']:7d}  {r['client_ttft_p50'] * 1e3:15.2f} / "
+            f"{r['server_ttft_p50'] * 1e3:7.2f} ({ratio:4.2f}x)  "
+            f"{r['client_itl_p50'] * 1e3:15.3f} / {r['server_itl_p50'] * 1e3:7.3f}  "
+            f"{r['client_itl_p99'] * 1e3:17.2f}"
         )
     (args.out / "host_cost.json").write_text(json.dumps({"command": command, "rows": rows}))
 

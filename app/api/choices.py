@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from app.api.request_context import note_prompt, track_engine_request
+from app.api.request_context import note_prompt, request_arrival, track_engine_request
 from app.api.streams import ChoiceStreams, Starter
 from app.engine.engine_client import EngineClient
 from app.engine.protocol import (
@@ -38,12 +38,16 @@ def open_streams(
     """Engine request ids are "<response id>-<choice index>": unique, and traceable from the
     id the caller sees in the body."""
 
+    # The engine times each request (TTFT, queue, end to end) from the HTTP request's arrival,
+    # so parsing, validation and tokenization count, as they do for the caller.
+    arrival = request_arrival()
+
     def starter(plan: ChoicePlan) -> Starter:
         def start(sink: DeltaSink) -> Callable[[], None]:
             request_id = f"{response_id}-{plan.index}"
             track_engine_request(request_id)  # its RequestRecord belongs to this HTTP request
             return engine.add_request(
-                plan.prompt_ids, plan.params, request_id=request_id, sink=sink
+                plan.prompt_ids, plan.params, request_id=request_id, sink=sink, arrival=arrival
             )
 
         return start

@@ -7,9 +7,10 @@ it compares the server's count, mean (exact: _sum / _count) and p50 (interpolate
 bucket, like Prometheus' histogram_quantile) with the client's.
 
 Why the client must read at least the server, minus a small tolerance. gpt2-serve times a
-request in the API process from the moment it accepted it (after the client sent it, the bytes
-crossed the network and the body was parsed and tokenized) to the moment a token was handed to
-the response (before it was framed, written, delivered and parsed by the client). Each server
+request in the API process from the moment it saw its headers (after the client sent them, the
+bytes crossed the network and waited for the event loop; the body, its parsing and tokenization
+count) to the moment a token was handed to the response (before it was framed, written,
+delivered and parsed by the client). Each server
 interval lies inside the client's interval of the same request, so every client TTFT and
 end-to-end latency is at least the server's, and so are their mean and median. The tolerance
 (`floor`, 2 ms by default) covers float rounding and the two processes reading the clock at

@@ -64,12 +64,16 @@ class EngineClient(Protocol):
         *,
         request_id: str,
         sink: DeltaSink,
+        arrival: float | None = None,
     ) -> Callable[[], None]:
         """generate() without an iterator: start the request now, and deliver its deltas by
         calling sink(delta) on the event loop as the engine processes the worker's output (the
         last has finish_reason and timings), or sink(error) once instead of the rest
         (EngineDeadError). No task or queue of its own: several requests may share one sink,
         which must only store what it gets and return.
+
+        `arrival` (time.monotonic()) is where the request's timings start: when the caller's
+        request arrived, if earlier than now.
 
         Raises at once, having delivered nothing: InvalidRequestError, OverloadedError (with
         retry_after), EngineNotReadyError. Returns `leave`: call it when the caller stops

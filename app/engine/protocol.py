@@ -289,7 +289,8 @@ class StepResult:
 
 @dataclass(frozen=True)
 class RequestTimings:
-    """Seconds, measured in the API process from the moment the request was accepted."""
+    """Seconds, measured in the API process from the moment the HTTP request arrived (its
+    headers seen by the middleware: its body, validation and tokenization count)."""
 
     queue: float  # accepted -> first scheduled (approximated by first token when unknown)
     time_to_first_token: float

@@ -57,6 +57,7 @@ class Call:
     prompt_ids: list[int]
     params: SamplingParams
     request_id: str
+    arrival: float | None = None  # what the route passed as the request's arrival
 
 
 @dataclass
@@ -171,9 +172,10 @@ class FakeEngineClient(RequestEntry):
         params: SamplingParams,
         request_id: str,
         sink: DeltaSink | None,
+        arrival: float | None = None,
     ) -> RequestState:
         """As AsyncEngine._add: validate, admit, register; then the scripted worker starts."""
-        self.calls.append(Call(list(prompt_ids), params, request_id))
+        self.calls.append(Call(list(prompt_ids), params, request_id, arrival))
         if self.draining or not self.ready:
             raise EngineNotReadyError("the engine is not ready")
         handle = len(self.calls)
@@ -183,7 +185,7 @@ class FakeEngineClient(RequestEntry):
             self.admission.check(self.admission.max_in_flight, 0, len(prompt_ids))
         self.admission.admit(len(prompt_ids))
         try:
-            req = self.outputs.add(request_id, handle, len(prompt_ids), params, sink)
+            req = self.outputs.add(request_id, handle, len(prompt_ids), params, sink, arrival)
         except BaseException:
             self.admission.release(len(prompt_ids), was_scheduled=False)
             raise

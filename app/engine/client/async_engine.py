@@ -190,6 +190,7 @@ class AsyncEngine(RequestEntry):
         params: SamplingParams,
         request_id: str,
         sink: DeltaSink | None,
+        arrival: float | None = None,
     ) -> RequestState:
         """Validate, admit, register and send one request to the worker."""
         if not self.is_ready or self.worker.info is None:
@@ -200,7 +201,9 @@ class AsyncEngine(RequestEntry):
         request = validate_request(request_id, prompt_ids, params, limits, next(self._handles))
         self.admission.admit(len(prompt_ids))
         try:
-            req = self.outputs.add(request_id, request.handle, len(prompt_ids), params, sink)
+            req = self.outputs.add(
+                request_id, request.handle, len(prompt_ids), params, sink, arrival
+            )
         except BaseException:
             self.admission.release(len(prompt_ids), was_scheduled=False)
             raise

@@ -55,10 +55,12 @@ class OutputProcessor:
         num_prompt_tokens: int,
         params: SamplingParams,
         sink: DeltaSink | None = None,
+        arrival: float | None = None,
     ) -> RequestState:
         """Register an admitted request (AdmissionControl.admit has counted it). Its deltas go
-        to `sink`, else to its queue (read by deltas()). A deadline (params.timeout) needs a
-        running event loop."""
+        to `sink`, else to its queue (read by deltas()). Its timings start at `arrival`
+        (time.monotonic(); now by default). A deadline (params.timeout) needs a running event
+        loop."""
         if request_id in self.requests:
             raise InvalidRequestError("request_id", f"{request_id!r} is already in use")
         detok = IncrementalDetokenizer(
@@ -68,7 +70,9 @@ class OutputProcessor:
             params.include_stop_str_in_output,
             params.skip_special_tokens,
         )
-        req = RequestState(request_id, num_prompt_tokens, detok, time.monotonic(), handle, sink)
+        now = time.monotonic()
+        start = now if arrival is None else min(arrival, now)
+        req = RequestState(request_id, num_prompt_tokens, detok, start, handle, sink)
         if params.timeout is not None:
             loop = asyncio.get_running_loop()
             req.deadline = loop.call_later(params.timeout, self.expire, request_id)

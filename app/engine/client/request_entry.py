@@ -23,6 +23,7 @@ class RequestEntry:
         params: SamplingParams,
         request_id: str,
         sink: DeltaSink | None,
+        arrival: float | None = None,
     ) -> RequestState:
         raise NotImplementedError
 
@@ -44,7 +45,8 @@ class RequestEntry:
         *,
         request_id: str,
         sink: DeltaSink,
+        arrival: float | None = None,
     ) -> Callable[[], None]:
         """See EngineClient.add_request (app/engine/engine_client.py)."""
-        req = self._add(prompt_ids, params, request_id, sink)
+        req = self._add(prompt_ids, params, request_id, sink, arrival)
         return functools.partial(self.outputs.leave, req)
