@@ -52,7 +52,7 @@ fi
 if want 3; then
 echo "== 3. HTTP sweep (4 client processes)" | tee -a "$log"
 timeout 120 python3 -m benchmarks.host_cost --model $model --device cuda --streams 1 32 256 \
-  --clients 4 --out "$out/host_cost" 2>&1 | tail -5 | tee -a "$log"
+  --clients 4 --out "$out/host_cost" 2>&1 | tail -9 | tee -a "$log"
 fi
 
 if want 4; then
@@ -61,13 +61,13 @@ if python3 -m app.cli serve --help 2>/dev/null | grep -q -- --api-workers; then
   for n in 1 2 4; do
     timeout 60 python3 -m benchmarks.host_cost --model $model --device cuda --streams 256 \
       --clients 4 --server-arg=--api-workers=$n --out "$out/api_workers_$n" \
-      2>&1 | tail -1 | sed "s/^/api-workers=$n /" | tee -a "$log"
+      2>&1 | tail -4 | sed "s/^/api-workers=$n /" | tee -a "$log"
   done
   if python3 -m app.cli serve --help 2>/dev/null | grep -q -- --stream-interval; then
     timeout 60 python3 -m benchmarks.host_cost --model $model --device cuda --streams 256 \
       --clients 4 --server-arg=--api-workers=4 --server-arg=--stream-interval=8 \
       --out "$out/api_workers_4_interval_8" \
-      2>&1 | tail -1 | sed "s/^/api-workers=4 stream-interval=8 /" | tee -a "$log"
+      2>&1 | tail -4 | sed "s/^/api-workers=4 stream-interval=8 /" | tee -a "$log"
   fi
 else
   echo "this build has no --api-workers" | tee -a "$log"
@@ -84,9 +84,9 @@ if want 6; then
 echo "== 6. async scheduling over HTTP" | tee -a "$log"
 timeout 60 python3 -m benchmarks.host_cost --model $model --device cuda --streams 256 \
   --clients 4 --server-arg=--async-scheduling --out "$out/async" \
-  2>&1 | tail -1 | sed "s/^/async-scheduling /" | tee -a "$log"
+  2>&1 | tail -4 | sed "s/^/async-scheduling /" | tee -a "$log"
 timeout 60 python3 -m benchmarks.host_cost --model $model --device cuda --streams 256 \
   --clients 4 --server-arg=--async-scheduling --server-arg=--api-workers=4 \
   --server-arg=--stream-interval=8 --out "$out/async_api4_interval8" \
-  2>&1 | tail -1 | sed "s/^/async-scheduling api-workers=4 stream-interval=8 /" | tee -a "$log"
+  2>&1 | tail -4 | sed "s/^/async-scheduling api-workers=4 stream-interval=8 /" | tee -a "$log"
 fi
