@@ -123,8 +123,13 @@ class EventStreamResponse(Response):
                     self._queued = True
                     batch.add(self)
 
+            # The opening and whatever arrived before (the first token, which the route waited
+            # for) go now, behind the headers, not a turn of the event loop later: on a busy
+            # loop a turn is what a token costs every stream, and TTFT would pay it. (Marked
+            # queued meanwhile, so attach does not also queue a flush for what is written now.)
+            self._queued = True
             self._streams.attach(ready, self._keep_alive_seconds, self._stream_interval)
-            ready()  # the opening, and whatever arrived before
+            self.flush()
             # The request's own watcher when the route started one (ChoiceStreams.start).
             watcher = self._streams.client_gone or asyncio.ensure_future(_disconnected(receive))
 

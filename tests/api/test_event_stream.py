@@ -109,6 +109,35 @@ def test_a_reader_that_keeps_up_writes_each_event_alone() -> None:
     assert sent.more == [True] * 4 + [False]
 
 
+def test_the_first_token_goes_out_behind_the_headers_in_the_same_turn() -> None:
+    """A route waits for the first token before it answers (ChoiceStreams.start primes): that
+    token is written right behind the headers, not a turn of the event loop later (on a busy
+    loop a turn is long, and the client's TTFT would pay it)."""
+    order: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        async def send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                loop.call_soon(order.append, "next turn")
+            elif message["body"]:
+                order.append(message["body"].decode())
+
+        async def two() -> AsyncIterator[GenerationDelta]:
+            yield _delta(0, last=False)
+            await asyncio.sleep(0)
+            yield _delta(1, last=True)
+
+        streams = ChoiceStreams([pumped(two)])
+        await streams.start(prime_seconds=5.0)  # returns once the first token is in
+        response = EventStreamResponse(streams, _Events(), keep_alive_seconds=None)
+        await asyncio.wait_for(response({"type": "http"}, _never_disconnects, send), timeout=30)
+
+    asyncio.run(main())
+    assert order[0].startswith("data: t0\n\n") and order[1] == "next turn", order
+
+
 def test_what_arrives_while_a_send_waits_goes_out_in_one_write_after_it() -> None:
     """Flow control: the server's send waits (a full socket buffer); the deltas that arrive
     meanwhile are neither lost nor written out of turn, and go out together once it is done."""
