@@ -115,6 +115,33 @@ def test_static_padded_decode_path_matches_eager(make_llm: Any) -> None:
     assert {(8, 2), (8, 4), (1, top)} <= {chosen(b, w) for b, w in used}
 
 
+def test_static_path_with_a_row_that_does_not_sample(make_llm: Any) -> None:
+    """A token budget of 2 with one sequence decoding feeds the next prompt one token a step:
+    each step is two single-token rows (the graph path), one of them a prompt token that
+    samples nothing until the prompt's last. The same tokens as the plain path."""
+    from app.engine.worker.cuda_graphs import StaticDecode
+
+    prompts = [PROMPTS[2][0], PROMPTS[4][0]]  # 3 and 8 tokens
+    params = _greedy(10)
+    config = {"max_num_seqs": 2, "max_num_batched_tokens": 2}
+    eager = [c.token_ids for c in make_llm(**config).generate(prompts, params)]
+    llm: LLM = make_llm(**config)
+    runner = llm.core.runner
+    static = StaticDecode(runner.model, runner.kv, [2], runner.max_blocks_per_seq, capture=False)
+    runner.static_decode = static
+    rows: list[tuple[int, int]] = []  # (rows, rows that sample) of each graph step
+    forward = runner.forward
+
+    def spy(inputs: Any) -> Any:
+        if inputs.attn.decode is not None and not inputs.attn.prefills:
+            rows.append((len(inputs.input_ids), len(inputs.sampling)))
+        return forward(inputs)
+
+    runner.forward = spy  # type: ignore[method-assign]
+    assert [c.token_ids for c in llm.generate(prompts, params)] == eager
+    assert (2, 1) in rows
+
+
 def test_context_widths_halve_down_to_the_narrowest() -> None:
     from app.engine.worker.cuda_graphs import MIN_CONTEXT_TOKENS, context_widths
 

@@ -176,7 +176,9 @@ class ModelRunner:
             and self.static_decode.can_run(n, inputs.attn)
         ):
             logits = self.static_decode.run(inputs.input_ids, inputs.positions, inputs.attn)
-            return logits.index_select(0, inputs.sample_rows), []
+            if len(inputs.sampling) < n:  # only when some row does not sample: a (B, V) copy
+                logits = logits.index_select(0, inputs.sample_rows)
+            return logits, []
         hidden = self.model(inputs.input_ids, inputs.positions, inputs.attn, self.kv)
         scores = [self._score_prompt(hidden, s) for s in inputs.scoring]
         if len(inputs.sampling) < n:  # prefill rows that do not sample need no logits
