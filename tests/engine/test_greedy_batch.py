@@ -142,15 +142,16 @@ def test_static_path_with_a_row_that_does_not_sample(make_llm: Any) -> None:
     assert (2, 1) in rows
 
 
-def test_context_widths_halve_down_to_the_narrowest() -> None:
+def test_context_widths_double_from_the_narrowest_to_the_longest() -> None:
     from app.engine.worker.cuda_graphs import MIN_CONTEXT_TOKENS, context_widths
 
     assert MIN_CONTEXT_TOKENS == 128
     assert context_widths(64, 16) == [8, 16, 32, 64]  # GPT-2: 128 to 1,024 tokens
+    assert context_widths(63, 16) == [8, 16, 32, 63]  # --max-model-len 1000
+    assert context_widths(48, 16) == [8, 16, 32, 48]
     assert context_widths(8, 16) == [8]
     assert context_widths(6, 16) == [6]  # 96 tokens: nothing narrower is worth a graph
-    assert context_widths(48, 16) == [12, 24, 48]
-    assert context_widths(63, 16) == [63]  # odd: no exact half, one width
+    assert context_widths(64, 32) == [4, 8, 16, 32, 64]  # 128-token widths of 32-token blocks
 
 
 @pytest.mark.gpu

@@ -7,8 +7,8 @@ the static logits are sampled. The attention bias is made from the positions ins
 (attention.with_decode_bias), so no host work or copy builds it. Attention in a graph gathers
 all w blocks of each row and the bias masks what lies past its length, so the width matters: one
 width of max_model_len made every step gather and multiply 1,024 positions a row however short
-its sequences were. Widths halve from the longest down to MIN_CONTEXT_TOKENS (1,024 -> 512,
-256, 128 at GPT-2's 1,024 positions), so a step reads at most twice its real context (or 128
+its sequences were. Widths double from MIN_CONTEXT_TOKENS up to max_model_len (128, 256, 512,
+1,024 at GPT-2's 1,024 positions), so a step reads at most twice its real context (or 128
 tokens), at the price of a few graphs per batch size.
 
 Padding rows are all zeros: token 0 at position 0, written to slot 0 and reading block 0, the
@@ -40,12 +40,15 @@ MIN_CONTEXT_TOKENS = 128
 
 
 def context_widths(max_blocks: int, block_size: int) -> list[int]:
-    """Captured context widths in blocks, ascending: max_blocks halved while a width still
-    spans MIN_CONTEXT_TOKENS."""
+    """Captured context widths in blocks, ascending: the powers of two below max_blocks that
+    span at least MIN_CONTEXT_TOKENS, then max_blocks itself."""
     widths = [max_blocks]
-    while widths[-1] % 2 == 0 and (widths[-1] // 2) * block_size >= MIN_CONTEXT_TOKENS:
-        widths.append(widths[-1] // 2)
-    return widths[::-1]
+    width = 1
+    while width < max_blocks:
+        if width * block_size >= MIN_CONTEXT_TOKENS:
+            widths.insert(-1, width)
+        width *= 2
+    return widths
 
 
 @dataclass
