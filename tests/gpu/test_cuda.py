@@ -59,6 +59,25 @@ def test_cuda_graph_decode_is_token_identical_to_eager(tiny_model_dir: Path) -> 
     assert got == [r.token_ids for r in eager.generate(prompts(), GREEDY)]
 
 
+def test_graphs_of_every_context_width_are_token_identical_to_eager(tiny_model_dir: Path) -> None:
+    """Prompts of 100, 230 and 480 tokens decode across the 128-, 256- and 512-token widths
+    (and a batch mixing them runs in the widest its longest needs): the same tokens as eager."""
+    g = torch.Generator().manual_seed(1)
+    long = [torch.randint(0, 50257, (n,), generator=g).tolist() for n in (100, 230, 480)]
+    graphs = cuda_llm(tiny_model_dir, cuda_graphs=True)
+    eager = cuda_llm(tiny_model_dir, cuda_graphs=False)
+    static = graphs.core.runner.static_decode
+    assert static is not None
+    used: list[tuple[int, int]] = []
+    chosen = static.graph_for
+    static.graph_for = lambda b, w: used.append(chosen(b, w)) or chosen(b, w)  # type: ignore[method-assign]
+    alone = [[ids] for ids in long]
+    for batch in [*alone, long]:
+        got = [r.token_ids for r in graphs.generate(batch, GREEDY)]
+        assert got == [r.token_ids for r in eager.generate(batch, GREEDY)]
+    assert {w for _, w in used} >= {8, 16, 32}  # 128, 256 and 512 tokens of 16-token blocks
+
+
 def test_async_scheduling_is_token_identical_on_cuda(tiny_model_dir: Path) -> None:
     """The next step launched before this one's tokens reach the host (their ids fed on the
     device), with CUDA graphs: the same tokens as one step at a time, stop tokens included."""
