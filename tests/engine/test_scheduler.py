@@ -471,6 +471,24 @@ def test_a_decode_behind_a_prefilling_sequence_still_gets_its_token() -> None:
     assert (d, 1) in batch.items and (short, 1) in batch.items and not long.is_decoding
 
 
+def test_a_prefilling_sequence_preempted_by_a_decode_is_not_scheduled_in_that_step() -> None:
+    """Three blocks: d (15-token prompt) decodes, p (20 tokens) is admitted and prefills in
+    8-token chunks. When d's next token needs a block and none is free, d preempts p, the
+    newest, in the decode pass: p goes back to the queue, and the prefill pass that follows
+    must not give it a chunk."""
+    s = _make(max_num_seqs=4, budget=64, blocks=3, max_model_len=256, threshold=8)
+    d = _seq("d", 15, 40)
+    s.add(d)
+    _step(s, random.Random(0))  # d's prompt in one block, and its first token
+    p = _seq("p", 20, 4)
+    s.add(p)
+    _step(s, random.Random(0))  # d's position 15 (its block's last); p takes 2 blocks, 8 tokens
+    assert p.status is Status.RUNNING and p.num_computed == 8 and s.kv.pool.num_free == 0
+    batch = s.schedule(0.0)  # d's position 16 needs a second block: p gives its two back
+    assert list(s.waiting) == [p] and p.status is Status.WAITING and s.num_preemptions == 1
+    assert batch.items == [(d, 1)]
+
+
 def test_out_of_blocks_the_newest_of_three_is_preempted() -> None:
     """Three one-block prompts in a pool of four blocks: when all three need a second block,
     the second takes the last free one from the newest, which goes back to the queue."""

@@ -116,11 +116,15 @@ class Scheduler:
         preempted_before = self.num_preemptions
         # decode, oldest first: a sequence that cannot get a block preempts the newest
         block_size = self.kv.block_size
+        prefilling: list[Sequence] = []  # running sequences still in their prompt, in order
         for seq in list(self.running):
             # (is_decoding inlined, and kv.grow called only for a full block: this runs for
             # every row)
-            if seq.status is not Status.RUNNING or seq.num_computed != len(seq.token_ids) - 1:
-                continue  # preempted by an older one in this loop, or still prefilling
+            if seq.status is not Status.RUNNING:
+                continue  # preempted by an older one in this loop
+            if seq.num_computed != len(seq.token_ids) - 1:
+                prefilling.append(seq)
+                continue
             if seq.num_computed >= len(seq.block_table) * block_size:  # its last block is full
                 while not self.kv.grow(seq):
                     victim = self.running[-1]
@@ -142,9 +146,10 @@ class Scheduler:
                 long_budget -= n
             return n
 
-        # continue chunked prefills
-        for seq in self.running:
-            if not seq.is_decoding and (n := chunk(seq)) > 0:
+        # continue chunked prefills (all still running: a decode preempts the newest running
+        # sequence, itself or one the loop has not reached, never one it has passed)
+        for seq in prefilling:
+            if (n := chunk(seq)) > 0:
                 batch.items.append((seq, n))
         # admit, in arrival order (a long prompt with no room this step waits at the head)
         # (not in a step that had to preempt: the blocks it freed are for the running)
