@@ -27,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from app.engine.config import EngineConfig
 from app.engine.protocol import AddRequest, SamplingParams
 from app.engine.wire import frame
@@ -85,12 +87,13 @@ def measure(model: Path, rows: int, steps: int) -> dict[str, float]:
     scheduler.resolve = _timed(spent, "postprocess", scheduler.resolve)  # type: ignore[method-assign]
     counted = 0
     start = time.thread_time()
-    for _ in range(steps):
-        result = core.step()
-        t = time.thread_time()
-        frame(result)
-        spent["encode"] += time.thread_time() - t
-        counted += len(result)
+    with torch.inference_mode():  # as the worker's loop runs (app/engine/worker/main.py)
+        for _ in range(steps):
+            result = core.step()
+            t = time.thread_time()
+            frame(result)
+            spent["encode"] += time.thread_time() - t
+            counted += len(result)
     spent["step (all)"] = time.thread_time() - start
     out = {name: 1e6 * s / counted for name, s in spent.items()}
     out["host"] = out["step (all)"] - sum(out.get(p, 0.0) for p in MODEL_PHASES)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from app.engine.worker.device import inference
 from app.model.attention import NULL_BLOCK, AttnBatch, DecodeRows, KVCache
 from app.model.gpt2 import GPT2
 
@@ -128,7 +129,7 @@ class StaticDecode:
             next(w for w in self.widths if w >= width),
         )
 
-    @torch.inference_mode()
+    @inference
     def run(
         self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttnBatch
     ) -> torch.Tensor:

@@ -64,8 +64,11 @@ def run_worker(
         clients.listen(listen, ready)
     if not clients.send_owner(ready):
         return
+    import torch  # loaded by the engine already; imported here, never in the API process
+
     try:
-        _serve(core, clients)
+        with torch.inference_mode():  # once for the loop, not once a step (device.inference)
+            _serve(core, clients)
     finally:
         clients.close()
 

@@ -14,7 +14,7 @@ from app.engine.core.scheduler import ScheduledBatch
 from app.engine.protocol import TokenLogprobs
 from app.engine.worker import kv_cache_sizing
 from app.engine.worker.cuda_graphs import StaticDecode
-from app.engine.worker.device import resolve_device, resolve_dtype
+from app.engine.worker.device import inference, resolve_device, resolve_dtype
 from app.engine.worker.host_memory import keep_freed_memory
 from app.engine.worker.host_to_device import to_device
 from app.engine.worker.sampler import Sampler, SamplingInput, token_logprobs
@@ -104,7 +104,7 @@ class ModelRunner:
         """One step, start to finish: launch, then collect."""
         return self.collect(self.launch(batch))
 
-    @torch.inference_mode()
+    @inference
     def launch(self, batch: ScheduledBatch, previous: Launched | None = None) -> Launched:
         """Prepare the step and queue its forward pass and sampling; on CUDA this returns while
         the device works (its sampled ids are copied into pinned memory behind them). A row
