@@ -96,6 +96,7 @@ def latency(before: dict[str, Any], after: dict[str, Any], benches: list[Any]) -
     server = {
         key: after["histograms"][name].minus(before["histograms"][name])
         for key, name in metrics_check.HISTOGRAMS.items()
+        if key in ("ttft", "itl")
     }
     stats = [b["targets"][0]["points"][0]["stats"] for b in benches]
     ttfts = [

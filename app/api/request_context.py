@@ -32,10 +32,10 @@ class RequestContext:
     path: str
     pending: dict[str, RequestContext]  # engine request id -> context, shared by all requests
     span: Any = None
-    started: float = field(default_factory=time.perf_counter)
     # time.monotonic() when the middleware first saw the request (its headers parsed, its body
-    # not yet read): where the engine's timings of its requests start (request_arrival).
-    arrived: float = field(default_factory=time.monotonic)
+    # not yet read): the log line's total, and where the engine's timings of its requests start
+    # (request_arrival).
+    started: float = field(default_factory=time.monotonic)
     engine_ids: list[str] = field(default_factory=list)
     records: list[RequestRecord] = field(default_factory=list)
     error: Outcome | None = None  # a failure the HTTP layer saw (see app/api/telemetry.py)
@@ -61,7 +61,7 @@ def track_engine_request(engine_request_id: str) -> None:
 def request_arrival() -> float | None:
     """time.monotonic() when the current HTTP request arrived; None outside a tracked one."""
     ctx = _current.get()
-    return None if ctx is None else ctx.arrived
+    return None if ctx is None else ctx.started
 
 
 def note_error(exc: BaseException) -> None:

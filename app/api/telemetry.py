@@ -148,7 +148,7 @@ class Telemetry:
             "completion_tokens": sum(r.num_output_tokens for r in ctx.records),
             "queue_ms": _max_ms([r.timings.queue for r in records]),
             "ttft_ms": _max_ms([r.timings.time_to_first_token for r in records]),
-            "total_ms": round((time.perf_counter() - ctx.started) * 1000.0, 3),
+            "total_ms": round((time.monotonic() - ctx.started) * 1000.0, 3),
         }
         if len(ctx.records) > 1:
             fields["choices"] = len(ctx.records)

@@ -79,7 +79,6 @@ class StaticDecode:
         """Graphs for every batch size x context width in blocks (by default context_widths;
         max_blocks, which every step fits, always among them)."""
         self.model, self.kv, self.max_blocks = model, kv, max_blocks
-        self.capture = capture
         chosen = widths or context_widths(max_blocks, kv.block_size)
         self.widths = sorted({*chosen, max_blocks})
         assert self.widths[0] >= 1 and self.widths[-1] == max_blocks, self.widths
