@@ -93,6 +93,18 @@ def test_frames_come_back_whole_however_the_bytes_are_split() -> None:
     messages: list[Any] = [
         _request("a", 1),
         StepResult(array("q", [1, 2]), array("q", [7, -1]), b"\x00\x03", stats=STATS),
+        # every field a step can carry (StepResult has its own wire form: __reduce__)
+        StepResult(
+            array("q", [3, 1 << 50, 4]),
+            array("q", [50256, 9, -1]),
+            b"\x02\x00\x03",
+            scheduled=((0, 12.5),),
+            cached_tokens=((0, 16),),
+            logprobs=((1, TokenLogprobs(9, -0.25, ((9, -0.25), (3, -1.5)), 1)),),
+            prompt_logprobs=((0, (None, TokenLogprobs(7, -3.0))),),
+            stats=StepStats(0.5, 1, 31, 3, 3, 2, 9, 64, 32, 16, 1, 0.001),
+        ),
+        StepResult(array("q"), array("q"), b""),  # an idle turn: no rows, no stats
         "x" * 70_000,  # longer than one read
         Shutdown(),
     ]
@@ -103,6 +115,9 @@ def test_frames_come_back_whole_however_the_bytes_are_split() -> None:
         for start in range(0, len(data), size):
             out += reader.feed(data[start : start + size])
         assert out == messages, size
+        assert [type(m) for m in out] == [type(m) for m in messages]
+        steps = [m for m in out if isinstance(m, StepResult)]
+        assert all(s.handles.typecode == s.tokens.typecode == "q" for s in steps)
 
 
 @pytest.fixture
