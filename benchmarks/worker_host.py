@@ -10,9 +10,15 @@ host), postprocessing, building the step's message and encoding it as the worker
 
     python -m benchmarks.worker_host                 # 64 and 256 rows
     python -m benchmarks.worker_host --rows 256 --steps 200 --repeats 5
+    python -m benchmarks.worker_host --stub-model    # the bookkeeping without a CPU model
 
 Prints the median over repeats of µs per row for each phase and the host total (everything
 but the model).
+
+With --stub-model the forward pass and sampling are stand-ins that return at once (every row's
+token is the same id): what the bookkeeping costs where the model runs on a device, as on a GPU
+node. On CPU the model's pass over its weights, KV cache and logits leaves the caches cold for
+the Python that follows it, so the host phases cost more there than they would beside a GPU.
 """
 
 from __future__ import annotations
@@ -49,6 +55,22 @@ def _timed(spent: dict[str, float], name: str, fn: Callable[..., Any]) -> Callab
     return wrapper
 
 
+STUB_TOKEN = 11  # what the stub model samples for every row (EOS is ignored anyway)
+
+
+class _StubSampler:
+    """Every row's token is STUB_TOKEN, no logprobs; nothing is checked on a device."""
+
+    last_invalid = None
+
+    def __call__(self, logits: torch.Tensor, rows: list[Any]) -> tuple[torch.Tensor, list[None]]:
+        return torch.full((len(rows),), STUB_TOKEN, dtype=torch.long), [None] * len(rows)
+
+
+def _stub_forward(inputs: Any) -> tuple[torch.Tensor, list[Any]]:
+    return torch.zeros(len(inputs.sampling), 1), []  # one 'logit' a sampled row
+
+
 class _TimedSampler:
     """The runner's sampler, its calls timed; its attributes read through."""
 
@@ -62,7 +84,7 @@ class _TimedSampler:
         return getattr(self._sampler, name)
 
 
-def measure(model: Path, rows: int, steps: int) -> dict[str, float]:
+def measure(model: Path, rows: int, steps: int, stub_model: bool = False) -> dict[str, float]:
     """µs per row of each phase over `steps` decode steps of `rows` sequences."""
     config = EngineConfig(
         model=str(model),
@@ -71,6 +93,9 @@ def measure(model: Path, rows: int, steps: int) -> dict[str, float]:
         kv_cache_tokens=max(rows * (32 + steps + 48), 1024),
     )
     core = EngineCore(config)
+    if stub_model:
+        core.runner.forward = _stub_forward  # type: ignore[method-assign]
+        core.runner.sampler = _StubSampler()  # type: ignore[assignment]
     params = SamplingParams(max_tokens=steps + 8, temperature=0, ignore_eos=True)
     for i in range(rows):
         prompt = tuple((7 * i + j) % 50000 for j in range(32))
@@ -108,13 +133,18 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--stub-model",
+        action="store_true",
+        help="forward pass and sampling return at once: the bookkeeping alone",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "tiny"
         make_checkpoint(model, seed=0, n_layer=1, n_embd=16, n_head=2)
         print("# python -m benchmarks.worker_host " + " ".join(sys.argv[1:]))
         for rows in args.rows:
-            runs = [measure(model, rows, args.steps) for _ in range(args.repeats)]
+            runs = [measure(model, rows, args.steps, args.stub_model) for _ in range(args.repeats)]
             names = ["host", "schedule", "prepare", "postprocess", "encode", "rest",
                      "forward", "sample"]  # fmt: skip
             print(f"rows {rows}: µs per row, median of {args.repeats} (host = all but the model)")
