@@ -90,3 +90,37 @@ def test_array_built_inputs_equal_the_row_by_row_reference(make_llm: Any) -> Non
     while llm.has_unfinished():
         llm.step()
     assert checked["mixed"] > 3 and checked["decode_only"] > 3 and checked["no_sample"], checked
+
+
+def test_a_step_that_admits_a_prompt_builds_its_decoding_rows_as_arrays(make_llm: Any) -> None:
+    """Decoding rows that all sample take the array path also in a step with a prompt chunk:
+    only the chunk is looked at row by row (each row-by-row call costs the worker's step loop
+    about a µs, and with requests arriving, about every other step has a chunk)."""
+    llm = make_llm(max_num_seqs=8)
+    runner = llm.core.runner
+    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    for i in range(3):
+        llm.submit([10 + i] * 20, params)
+    llm.step()  # the three prompts
+    llm.step()  # decoding
+    llm.submit(list(range(50, 70)), params)  # the next step: 3 decoding rows and this chunk
+    calls: list[int] = []
+    row_outputs = runner._row_outputs
+
+    def counting(batch: ScheduledBatch, item: int, *rest: Any) -> None:
+        calls.append(item)
+        row_outputs(batch, item, *rest)
+
+    runner._row_outputs = counting
+    prepare = runner.prepare
+    seen: list[StepInputs] = []
+
+    def keeping(batch: ScheduledBatch, previous: Any = None) -> StepInputs:
+        seen.append(prepare(batch, previous))
+        return seen[-1]
+
+    runner.prepare = keeping
+    llm.step()
+    (got,) = seen
+    assert got.attn.num_decode == 3 and calls == [3]  # the chunk (item 3) alone, row by row
+    assert got.sample_rows.tolist() == [0, 1, 2, 3 + 20 - 1] and got.sample_items == [0, 1, 2, 3]

@@ -233,13 +233,17 @@ class ModelRunner:
         kv_rows = np.array([s.kv_row for s in singles], np.int64)
         ids = [s.token_ids[s.num_computed] for s in singles]
         slots = batch.block_tables[kv_rows, pos // bs] * bs + pos % bs
-        all_sample = ns == len(items) and all(
+        singles_sample = all(
             s.num_computed + 1 == len(s.token_ids) and s.params.prompt_logprobs is None
             for s in singles
         )
-        if all_sample:  # the usual decode step: every row samples, none scores
-            sampling += singles
+        # (all_sample: the usual decode step, whose sampled rows are 0..ns-1)
+        all_sample = singles_sample and not chunk_items
+        if singles_sample:  # every single-token row samples and none scores, as in most steps
+            sampling += singles  # (a step that also admits a prompt included: not row by row)
             sample_items += single_items
+            if chunk_items:
+                sample_rows += range(ns)
         else:
             for row, item in enumerate(single_items):
                 self._row_outputs(batch, item, row, sampling, sample_rows, sample_items, scoring)
