@@ -61,6 +61,13 @@ class WorkerProcess:
         )
         self._process.start()
         theirs.close()
+        self._pid = self._process.pid
+        # Closed once it has exited (_release): spawning keeps two pipe ends open in this
+        # process until then, which a worker restart would otherwise leave to the garbage
+        # collector (rare here: its thresholds are raised in app/main.py).
+        self._released = False
+        self._exitcode: int | None = None  # kept when the process object is closed
+        self._stopping = False
         self._loop = loop
         self._on_message, self._on_exit = on_message, on_exit
         self._error: str | None = None
@@ -71,21 +78,26 @@ class WorkerProcess:
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid
+        return self._pid
 
     def is_alive(self) -> bool:
-        return self._process.is_alive()
+        return not self._released and self._process.is_alive()
 
     def send(self, msg: Any) -> None:
         self._channel.send(msg)
 
     def kill(self) -> None:
-        self._process.kill()
+        if not self._released:
+            self._process.kill()
 
     async def stop(self, timeout: float = STOP_SECONDS) -> None:
         """Ask the worker to exit and wait for it (then terminate, then kill)."""
+        if self._released:
+            return
+        self._stopping = True  # its process object is the joining thread's until it is done
         self.send(Shutdown())
         await asyncio.to_thread(self._join, timeout)
+        self._release()
 
     def _join(self, timeout: float) -> None:
         self._process.join(timeout)
@@ -105,7 +117,19 @@ class WorkerProcess:
     def _closed(self) -> None:
         # The socket is closed once the process is gone or going: reap it off the loop.
         waiting = self._loop.run_in_executor(None, self._process.join, 5.0)
-        waiting.add_done_callback(lambda _: self._on_exit(self._process.exitcode, self._error))
+        waiting.add_done_callback(lambda _: self._exited())
+
+    def _exited(self) -> None:
+        if not self._stopping:
+            self._release()
+        self._on_exit(self._exitcode if self._released else self._process.exitcode, self._error)
+
+    def _release(self) -> None:
+        """Close the process object (its spawn pipes) once the process has exited."""
+        if not self._released and self._process.exitcode is not None:
+            self._exitcode = self._process.exitcode
+            self._process.close()
+            self._released = True
 
 
 class WorkerHandle:
