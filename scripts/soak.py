@@ -21,7 +21,8 @@ check failed:
 - after each phase: nothing in flight, running or waiting, no KV slot or queued prompt token
   in use (/v1/engine/stats and the /metrics gauges);
 - RSS of the HTTP process and of the worker flat: under 5% growth from the first phase's end
-  to the last (the worker per process: a killed one starts over), and no fd growth;
+  to the last (the worker per process: a killed one starts over), and no fd growth (with
+  --api-workers, "HTTP" is the supervisor and its API processes together);
 - /health under 100 ms, always (a separate process probes it every 100 ms);
 - after the SIGTERM, the process exits within the drain deadline plus its bounded shutdown.
 """
@@ -321,6 +322,17 @@ def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def http_pids(server: int, worker: int) -> list[int]:
+    """The server's process and, with --api-workers, its API processes: its children but the
+    engine worker and multiprocessing's resource tracker."""
+    children = Path(f"/proc/{server}/task/{server}/children").read_text().split()
+    return [server] + [
+        pid
+        for pid in map(int, children)
+        if pid != worker and b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+
+
 def scrape(url: str) -> dict[str, float]:
     text = httpx.get(url + "/metrics", timeout=10).text
     values: dict[str, float] = {}
@@ -419,7 +431,8 @@ class Soak:
     # -- phases ----------------------------------------------------------------------------
 
     async def run_phase(self, load: Load, seconds: float, kill_at: list[float]) -> None:
-        self.phase_cpu = (cpu_seconds(self.server.pid), time.monotonic())
+        http = http_pids(self.server.pid, int(self.stats()["worker_pid"]))
+        self.phase_cpu = (sum(map(cpu_seconds, http)), time.monotonic())
         stop = asyncio.Event()
         runner = asyncio.create_task(load.run(stop))
         end = time.monotonic() + seconds
@@ -464,10 +477,11 @@ class Soak:
         self.check(f"{name}: gauges and KV back to zero", not busy, str(busy or "all 0"))
         self.check_counters(name, load.tally, server_outcomes(metrics))
         worker = int(stats["worker_pid"])
+        http = http_pids(self.server.pid, worker)
         row = Row(
-            rss_mib(self.server.pid), fds(self.server.pid), rss_mib(worker), fds(worker), worker
+            sum(map(rss_mib, http)), sum(map(fds, http)), rss_mib(worker), fds(worker), worker
         )
-        cpu = (cpu_seconds(self.server.pid) - self.phase_cpu[0]) / (
+        cpu = (sum(map(cpu_seconds, http)) - self.phase_cpu[0]) / (
             time.monotonic() - self.phase_cpu[1]
         )
         self.phase_rows.append(
