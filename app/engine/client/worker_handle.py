@@ -67,7 +67,10 @@ class WorkerProcess:
         # collector (rare here: its thresholds are raised in app/main.py).
         self._released = False
         self._exitcode: int | None = None  # kept when the process object is closed
-        self._stopping = False
+        # Two threads may join it: the socket's reaping (_closed) and stop's. It is closed when
+        # the one in flight is done, so neither sees a closed object.
+        self._reaped = False
+        self._joining = False
         self._loop = loop
         self._on_message, self._on_exit = on_message, on_exit
         self._error: str | None = None
@@ -94,10 +97,14 @@ class WorkerProcess:
         """Ask the worker to exit and wait for it (then terminate, then kill)."""
         if self._released:
             return
-        self._stopping = True  # its process object is the joining thread's until it is done
+        self._joining = True
         self.send(Shutdown())
-        await asyncio.to_thread(self._join, timeout)
-        self._release()
+        try:
+            await asyncio.to_thread(self._join, timeout)
+        finally:
+            self._joining = False
+        if self._reaped:
+            self._release()
 
     def _join(self, timeout: float) -> None:
         self._process.join(timeout)
@@ -120,7 +127,8 @@ class WorkerProcess:
         waiting.add_done_callback(lambda _: self._exited())
 
     def _exited(self) -> None:
-        if not self._stopping:
+        self._reaped = True
+        if not self._joining:
             self._release()
         self._on_exit(self._exitcode if self._released else self._process.exitcode, self._error)
 
