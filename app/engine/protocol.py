@@ -27,9 +27,7 @@ from __future__ import annotations
 import enum
 from array import array
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
-from operator import attrgetter
-from typing import Any
+from dataclasses import dataclass, field
 
 from app.engine.errors import InvalidRequestError
 
@@ -287,54 +285,6 @@ class StepResult:
 
     def __len__(self) -> int:
         return len(self.handles)
-
-    def __reduce__(self) -> tuple[Callable[..., StepResult], tuple[Any, ...]]:
-        # One message a step crosses the wire, so its encoding is a fixed cost of every step on
-        # both sides: pickle's default for a dataclass (copyreg, a state dict, each array's own
-        # reduce) took about 19 µs to write and 21 µs to read, whatever the rows; as a tuple of
-        # bytes, about 3 each.
-        return (
-            _step_result,
-            (
-                self.handles.tobytes(),
-                self.tokens.tobytes(),
-                self.finish,
-                self.scheduled,
-                self.cached_tokens,
-                self.logprobs,
-                self.prompt_logprobs,
-                None if self.stats is None else _stats_values(self.stats),
-            ),
-        )
-
-
-_stats_values = attrgetter(*(f.name for f in fields(StepStats)))
-
-
-def _step_result(
-    handles: bytes,
-    tokens: bytes,
-    finish: bytes,
-    scheduled: tuple[tuple[int, float], ...],
-    cached_tokens: tuple[tuple[int, int], ...],
-    logprobs: tuple[tuple[int, TokenLogprobs], ...],
-    prompt_logprobs: tuple[tuple[int, tuple[TokenLogprobs | None, ...]], ...],
-    stats: tuple[Any, ...] | None,
-) -> StepResult:
-    """StepResult from its wire form (StepResult.__reduce__)."""
-    handle_array, token_array = array("q"), array("q")
-    handle_array.frombytes(handles)
-    token_array.frombytes(tokens)
-    return StepResult(
-        handle_array,
-        token_array,
-        finish,
-        scheduled,
-        cached_tokens,
-        logprobs,
-        prompt_logprobs,
-        None if stats is None else StepStats(*stats),
-    )
 
 
 # ---- engine client -> routes and observers --------------------------------------------------

@@ -93,7 +93,7 @@ def test_frames_come_back_whole_however_the_bytes_are_split() -> None:
     messages: list[Any] = [
         _request("a", 1),
         StepResult(array("q", [1, 2]), array("q", [7, -1]), b"\x00\x03", stats=STATS),
-        # every field a step can carry (StepResult has its own wire form: __reduce__)
+        # every field a step can carry (StepResult has its own wire form: wire.py)
         StepResult(
             array("q", [3, 1 << 50, 4]),
             array("q", [50256, 9, -1]),
