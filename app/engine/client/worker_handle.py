@@ -65,8 +65,7 @@ class WorkerProcess:
         # Closed once it has exited (_release): spawning keeps two pipe ends open in this
         # process until then, which a worker restart would otherwise leave to the garbage
         # collector (rare here: its thresholds are raised in app/main.py).
-        self._released = False
-        self._exitcode: int | None = None  # kept when the process object is closed
+        self._exitcode: int | None = None  # set when the process object is closed
         # Two threads may join it: the socket's reaping (_closed) and stop's. It is closed when
         # the one in flight is done, so neither sees a closed object.
         self._reaped = False
@@ -82,6 +81,10 @@ class WorkerProcess:
     @property
     def pid(self) -> int | None:
         return self._pid
+
+    @property
+    def _released(self) -> bool:
+        return self._exitcode is not None
 
     def is_alive(self) -> bool:
         return not self._released and self._process.is_alive()
@@ -137,7 +140,6 @@ class WorkerProcess:
         if not self._released and self._process.exitcode is not None:
             self._exitcode = self._process.exitcode
             self._process.close()
-            self._released = True
 
 
 class WorkerHandle:
